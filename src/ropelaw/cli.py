@@ -1,0 +1,60 @@
+"""The `ropelaw` command line: one subcommand per workflow step.
+
+Each subcommand lives in its own module, which defines `add_arguments(parser)`
+and `run(args)`; the module is imported only when its subcommand runs, so
+`ropelaw predict` starts without importing torch.
+
+User errors (`ropelaw.UserError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ropelaw import UserError, __version__
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "predict": ("ropelaw.theory_cli", "predict d_extra, beta0, beta1-3 and T_extra from the theory"),
+    "check-config": ("ropelaw.config", "validate a workflow config and print it resolved"),
+    "fetch-embedded": ("ropelaw.embedded", "build Pile-format shards from the embedded corpora"),
+    "train-tokenizer": ("ropelaw.tokenizer", "train a byte-level BPE tokenizer on Pile shards"),
+    "pack": ("ropelaw.data", "tokenize Pile shards and pack fixed-length training sequences"),
+    "prepare-eval": ("ropelaw.evaldata", "tokenize the long-document evaluation set"),
+    "init-model": ("ropelaw.models", "make the untuned model directory of a config model"),
+    "finetune": ("ropelaw.finetune", "train one cell (new rotary base at a tuning length)"),
+    "evaluate": ("ropelaw.evaluate", "perplexity and accuracy of one cell at every context length"),
+    "law": ("ropelaw.law", "measured vs predicted extrapolation bounds, and the log-log fit"),
+    "figures": ("ropelaw.figures", "draw every figure from the result tables"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported to add its arguments."""
+    parser = argparse.ArgumentParser(prog="ropelaw", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"ropelaw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(_module=module_name)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        module.run(args)
+    except UserError as err:
+        print(f"ropelaw {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Provenance and safe writing of artifacts.
+
+Every artifact of the workflow carries a manifest (see `manifest`) and is
+written atomically (see `atomic_dir`, `write_json`), so a crash never leaves
+a file or directory that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+_LIBRARIES = (
+    "ropelaw", "torch", "transformers", "accelerate", "tokenizers", "deepspeed",
+    "flash-attn", "numpy", "pandas", "snakemake", "gguf",
+)
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The commit of the ropelaw checkout (with '+dirty' if it has local edits), or 'unknown'."""
+    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape a result."""
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def manifest(**fields: Any) -> dict[str, Any]:
+    """A manifest: the caller's fields plus commit, versions, host and command line."""
+    return {
+        **fields,
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+        "host": platform.node(),
+        "command": sys.argv,
+    }
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
+
+    Works for files and directories. An existing `path` is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        _remove(path)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
