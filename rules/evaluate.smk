@@ -1,0 +1,35 @@
+# Evaluation: perplexity and accuracy of one cell at every configured context length.
+
+
+rule evaluate:
+    input:
+        model=cell_model_dir,
+        data="results/{model}/data/eval",
+    output:
+        table="results/{model}/{method}/base{base}_len{length}/eval.csv",
+        provenance="results/{model}/{method}/base{base}_len{length}/eval.json",
+    params:
+        cell=cell_json,
+        lengths=" ".join(map(str, CFG["evaluation"]["lengths"])),
+        chunk=CFG["evaluation"]["chunk_size"],
+        batch=CFG["evaluation"]["batch_size"],
+        precision=CFG["evaluation"]["precision"],
+        attn=CFG["evaluation"]["attn_implementation"],
+        buckets=(
+            "--bucket-edges " + " ".join(map(str, CFG["evaluation"]["bucket_edges"]))
+            if CFG["evaluation"]["bucket_edges"]
+            else ""
+        ),
+    resources:
+        gpu=0,
+    log:
+        "logs/evaluate/{model}/{method}/base{base}_len{length}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}/{method}/base{base}_len{length}.tsv"
+    conda:
+        "../envs/ropelaw.yaml"
+    shell:
+        "ropelaw evaluate --model {input.model} --cell-json {params.cell:q} --eval-data {input.data} "
+        "--lengths {params.lengths} --chunk-size {params.chunk} --batch-size {params.batch} "
+        "--precision {params.precision} --attn-implementation {params.attn} {params.buckets} "
+        "--out {output.table} > {log} 2>&1"

@@ -1,0 +1,40 @@
+# Models: a scratch model is initialised at random and pretrained here; an hf_dir model is used in place.
+
+
+rule init_model:
+    input:
+        tokenizer="results/{model}/tokenizer",
+    output:
+        directory("results/{model}/init"),
+    params:
+        spec=model_spec_json,
+    log:
+        "logs/init_model/{model}.log",
+    conda:
+        "../envs/ropelaw.yaml"
+    shell:
+        "ropelaw init-model --spec {params.spec:q} --tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
+
+
+rule pretrain:
+    input:
+        model="results/{model}/init",
+        data=pretrain_data,
+    output:
+        directory("results/{model}/pretrained"),
+    params:
+        base=original_base,
+        spec=pretrain_spec,
+        launch=launcher,
+        checkpoints="results/{model}/pretrain_checkpoints",
+    resources:
+        gpu=0,
+    log:
+        "logs/pretrain/{model}.log",
+    benchmark:
+        "benchmarks/pretrain/{model}.tsv"
+    conda:
+        "../envs/ropelaw.yaml"
+    shell:
+        "{params.launch} finetune --model {input.model} --data {input.data} --base {params.base} "
+        "--spec {params.spec:q} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"

@@ -1,0 +1,168 @@
+"""Every figure, drawn from the result tables alone (so they can be regenerated at will).
+
+    ropelaw figures --evals results/*/*/*/eval.csv --cells results/law/cells.csv \
+        --study NAME --out-dir results/figures --formats png pdf
+
+- `ppl_vs_length`: perplexity and accuracy against context length, one column
+  for bases <= beta0 and one for bases > beta0 (the paper's two sweeps), the
+  untuned model dashed in both; one figure per (model, T_tune).
+- `bound_vs_base`: the theory's T_extra = 2*pi*beta^(d_extra/d) against the
+  measured bound of every cell (censored bounds drawn as up-triangles).
+- `critical_dimension`: the period 2*pi*beta^(2n/d) of every dimension pair
+  against T_train, for the original base and the grid's bases.
+Every figure names its evaluation set (the Books3 substitute, where one is used).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from ropelaw import provenance, theory  # noqa: E402
+from ropelaw.law import load_evals  # noqa: E402
+
+UNTUNED = "untuned"
+
+
+def _save(fig, out_dir: Path, name: str, formats: list[str]) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{name}.{fmt}"
+        with provenance.atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _base_label(base: int) -> str:
+    return f"{base:.0e}".replace("e+0", "e").replace("e+", "e") if base >= 100000 else f"{base:,}"
+
+
+def ppl_vs_length(evals: pd.DataFrame, cells: pd.DataFrame, model: str, tune_len: int, study: str):
+    prefix = evals[(evals.scope == "prefix") & (evals.model == model)]
+    untuned = prefix[prefix.method == UNTUNED]
+    tuned = prefix[(prefix.method != UNTUNED) & (prefix.tune_len == tune_len)]
+    info = cells[(cells.model == model)].iloc[0]
+    beta0 = theory.critical_base(info.train_len, tune_len, info.orig_base)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True, sharey="row")
+    panels = [("smaller", tuned[tuned.base <= beta0], "Blues_r"), ("larger", tuned[tuned.base > beta0], "Reds")]
+    for col, (regime, data, palette) in enumerate(panels):
+        bases = sorted(data.base.unique())
+        colors = dict(zip(bases, sns.color_palette(palette, max(len(bases), 1) + 1)))
+        for row, metric in enumerate(["ppl", "accuracy"]):
+            ax = axes[row, col]
+            for base in bases:
+                part = data[data.base == base].sort_values("end")
+                ax.plot(part.end, part[metric], marker="o", ms=3, color=colors[base], label=f"base {_base_label(base)}")
+            if len(untuned):
+                part = untuned.sort_values("end")
+                ax.plot(part.end, part[metric], "k--", marker="x", ms=4, label=f"untuned (base {_base_label(int(info.orig_base))})")
+            ax.axvline(info.train_len, color="grey", lw=1, ls=":")
+            if tune_len != info.train_len:
+                ax.axvline(tune_len, color="grey", lw=1, ls="-.")
+            if regime == "larger" and metric == "ppl":
+                for base in bases:
+                    bound = theory.t_extra(base, info.head_dim, info.train_len, info.orig_base)
+                    ax.axvline(bound, color=colors[base], lw=0.8, alpha=0.6)
+            ax.set_xscale("log", base=2)
+            if metric == "ppl":
+                ax.set_yscale("log")
+                ax.set_title(f"{regime} bases (beta {'<=' if regime == 'smaller' else '>'} beta0 = {beta0:,.0f})")
+            ax.set_xlabel("context length (tokens)")
+            ax.set_ylabel("perplexity" if metric == "ppl" else "next-token accuracy")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0, col].legend(fontsize=7, loc="upper left")
+    fig.suptitle(
+        f"{study}: {model}, T_train = {info.train_len}, T_tune = {tune_len}; evaluated on {info.eval_set}\n"
+        "dotted: T_train; thin lines (right): predicted bound 2*pi*beta^(d_extra/d)",
+        fontsize=10,
+    )
+    return fig
+
+
+def bound_vs_base(cells: pd.DataFrame, study: str):
+    tuned = cells[cells.method != UNTUNED]
+    groups = list(tuned.groupby(["model", "tune_len"], sort=True))
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(6 * max(len(groups), 1), 5), squeeze=False)
+    for ax, ((model, tune_len), group) in zip(axes[0], groups):
+        first = group.iloc[0]
+        lo, hi = group.base.min() / 2, group.base.max() * 2
+        grid = np.geomspace(max(first.beta0, lo), hi, 200)
+        law = [theory.t_extra(b, first.head_dim, first.train_len, first.orig_base) for b in grid]
+        ax.plot(grid, law, "k-", label="theory: 2*pi*beta^(d_extra/d)")
+        ax.axhline(tune_len, color="grey", ls=":", label="T_tune")
+        ax.axvline(first.beta0, color="grey", ls="--", label=f"beta0 = {first.beta0:,.0f}")
+        for censored, marker, label in ((False, "o", "measured bound"), (True, "^", "measured (censored: >= longest length)")):
+            part = group[group.censored == censored]
+            if len(part):
+                ax.scatter(part.base, part.measured_bound, marker=marker, s=40, label=label, zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("rotary base beta")
+        ax.set_ylabel("extrapolation bound (tokens)")
+        ax.set_title(f"{model}, T_tune = {tune_len}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    factor_note = "bound: largest length with ppl <= factor x ppl(T_tune) (law.ppl_factor)"
+    fig.suptitle(f"{study}: predicted vs measured bound; evaluated on {cells.eval_set.iloc[0]}\n{factor_note}", fontsize=10)
+    return fig
+
+
+def critical_dimension(cells: pd.DataFrame, study: str):
+    models = list(cells.groupby("model", sort=True))
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.5), squeeze=False)
+    for ax, (model, group) in zip(axes[0], models):
+        first = group.iloc[0]
+        d, t_train, b0 = int(first.head_dim), int(first.train_len), float(first.orig_base)
+        d_extra = theory.critical_dim(d, t_train, b0)
+        pairs = np.arange(d // 2)
+        bases = sorted({b0, *group.base.astype(float)})
+        colors = sns.color_palette("viridis", len(bases))
+        for color, base in zip(colors, bases):
+            style = dict(lw=2.5, color="k") if base == b0 else dict(lw=1, color=color)
+            ax.plot(pairs, theory.periods(d, base), label=f"base {_base_label(int(base))}", **style)
+        ax.axhline(t_train, color="red", ls="--", label=f"T_train = {t_train}")
+        ax.axvline(d_extra / 2 - 0.5, color="red", ls=":", label=f"d_extra = {d_extra} (pair {d_extra // 2})")
+        ax.set_yscale("log")
+        ax.set_xlabel("dimension pair n (dims 2n, 2n+1)")
+        ax.set_ylabel("period 2*pi*beta^(2n/d) (tokens)")
+        ax.set_title(f"{model}: d = {d}; pairs left of the dotted line complete a period within T_train", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{study}: the critical dimension", fontsize=10)
+    return fig
+
+
+def draw_all(evals: pd.DataFrame, cells: pd.DataFrame, study: str, out_dir: Path, formats: list[str]) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid", context="paper")
+    written = []
+    tuned = cells[cells.method != UNTUNED]
+    for (model, tune_len), _ in tuned.groupby(["model", "tune_len"], sort=True):
+        fig = ppl_vs_length(evals, cells, model, tune_len, study)
+        written += _save(fig, out_dir, f"ppl_vs_length_{model}_len{tune_len}", formats)
+    written += _save(bound_vs_base(cells, study), out_dir, "bound_vs_base", formats)
+    written += _save(critical_dimension(cells, study), out_dir, "critical_dimension", formats)
+    return written
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--evals", required=True, nargs="+", help="per-cell eval.csv files")
+    parser.add_argument("--cells", required=True, help="results/law/cells.csv")
+    parser.add_argument("--study", default="ropelaw", help="study name for titles")
+    parser.add_argument("--out-dir", required=True, help="directory for the figures")
+    parser.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats")
+
+
+def run(args) -> None:
+    written = draw_all(load_evals(args.evals), pd.read_csv(args.cells), args.study, Path(args.out_dir), args.formats)
+    for path in written:
+        print(path)
