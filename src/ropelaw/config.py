@@ -102,6 +102,8 @@ def _resolve_ref(schema: dict, node: dict) -> dict:
 
 def _fill_defaults(schema: dict, node: dict, value: Any) -> Any:
     node = _resolve_ref(schema, node)
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        return [_fill_defaults(schema, node["items"], item) for item in value]
     if not isinstance(value, dict):
         return value
     for name, sub in node.get("properties", {}).items():
@@ -180,12 +182,10 @@ def cells(cfg: dict) -> list[Cell]:
         geo = geometry(cfg, block["model"])
         for tune_len in block["tune_lengths"]:
             for j, spec in enumerate(block["bases"]):
-                base = theory.resolve_base(spec, geo.head_dim, geo.train_len, tune_len, geo.orig_base)
-                if base <= 1:
-                    raise UserError(
-                        f"config key 'grid[{i}].bases[{j}]': base {spec!r} resolves to {base}; "
-                        "a rotary base must be > 1"
-                    )
+                try:
+                    base = theory.resolve_base(spec, geo.head_dim, geo.train_len, tune_len, geo.orig_base)
+                except UserError as err:
+                    raise UserError(f"config key 'grid[{i}].bases[{j}]': {err}") from None
                 out.append(Cell(block["model"], block["method"], base, tune_len))
     return list(dict.fromkeys(out))
 
@@ -215,13 +215,6 @@ def _check_grid(cfg: dict, all_cells: list[Cell]) -> None:
     lengths = cfg["evaluation"]["lengths"]
     if lengths != sorted(set(lengths)):
         raise UserError("config key 'evaluation.lengths' must be strictly increasing, without repeats")
-    for i, block in enumerate(cfg["grid"]):
-        if block["model"] not in cfg["models"]:
-            close = difflib.get_close_matches(block["model"], list(cfg["models"]), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UserError(
-                f"config key 'grid[{i}].model': '{block['model']}' is not a key of 'models'{hint}"
-            )
     for cell in all_cells:
         args = training_args(cfg, cell)
         multiple = args["length_multiple"]
@@ -252,6 +245,13 @@ def resolve(raw: dict) -> tuple[dict, list[Cell]]:
             training = spec["pretrain"]
             if training["global_batch_size"] % training["micro_batch_size"]:
                 raise UserError(f"config key 'models.{name}.pretrain.global_batch_size' must be a multiple of micro_batch_size")
+    for i, block in enumerate(cfg["grid"]):
+        if block["model"] not in cfg["models"]:
+            close = difflib.get_close_matches(block["model"], list(cfg["models"]), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(
+                f"config key 'grid[{i}].model': '{block['model']}' is not a key of 'models'{hint}"
+            )
     _check_files(cfg)
     all_cells = cells(cfg)
     _check_grid(cfg, all_cells)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for ropelaw: a virtual environment at .venv with the CPU
+# build of torch, ropelaw (editable) and its test tools; Debian's bible-kjv when
+# we are root on Debian (the KJV is the embedded long book). Safe to re-run.
+# On a GPU cluster, install your site's CUDA torch instead of the CPU pin below.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v bible >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv >/dev/null) \
+        || echo "setup: could not install bible-kjv; the KJV long book will be skipped" >&2
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# A looser torch pin pulls several GB of CUDA packages; 2.13.0 is the local CPU wheel.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: done; activate with '. .venv/bin/activate'"

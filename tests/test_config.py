@@ -1,0 +1,127 @@
+"""Config validation: every shipped config resolves, and bad input stops with one clear line."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ropelaw import UserError
+from ropelaw.config import load_yaml, resolve, training_args
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "config").glob("*.yaml")) + [ROOT / "tests" / "scenario" / "config.yaml"]
+
+
+@pytest.fixture
+def raw():
+    return load_yaml(ROOT / "tests" / "scenario" / "config.yaml")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_resolve(path):
+    cfg, cells = resolve(load_yaml(path))
+    assert cells, "a shipped config must have cells"
+    assert all(cell.base > 1 for cell in cells)
+
+
+def test_defaults_and_overrides(raw):
+    raw["models"]["mini"]["finetune"] = {"lr": 5e-4}
+    raw["grid"][0]["finetune"] = {"max_grad_norm": 2.5}
+    cfg, cells = resolve(raw)
+    args = training_args(cfg, cells[-1])
+    assert args["lr"] == 5e-4 and args["max_grad_norm"] == 2.5
+    assert args["steps"] == 4 and args["weight_decay"] == 0.0 and args["warmup_steps"] == 0
+    assert cfg["law"]["ppl_factor"] == 1.5
+
+
+def test_cells_resolve_symbolic_bases(raw):
+    _, cells = resolve(raw)
+    # T_tune = 64: beta3 = 64 / (2 pi) = 10.19 -> 10; the untuned cell comes first.
+    assert [(c.method, c.base) for c in cells] == [("untuned", 10000), ("base", 10), ("base", 10000), ("base", 1000000)]
+    assert cells[1].path == "results/mini/base/base10_len64"
+
+
+def _error(raw) -> str:
+    with pytest.raises(UserError) as info:
+        resolve(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_key_suggests_the_right_one(raw):
+    raw["finetune"]["stepz"] = 3
+    message = _error(raw)
+    assert "'stepz'" in message and "did you mean 'steps'" in message and "finetune" in message
+
+
+def test_unknown_top_level_key(raw):
+    raw["evaluaton"] = {}
+    assert "evaluaton" in _error(raw)
+
+
+def test_wrong_type_names_the_key(raw):
+    raw["evaluation"]["chunk_size"] = "big"
+    assert "evaluation.chunk_size" in _error(raw)
+
+
+def test_missing_data_path(raw):
+    raw["data"]["train"]["shards"] = ["/nonexistent/train.jsonl.zst"]
+    message = _error(raw)
+    assert "data.train.shards[0]" in message and "/nonexistent/train.jsonl.zst" in message
+
+
+def test_base_not_above_one(raw):
+    raw["grid"][0]["bases"] = [1]
+    assert "grid[0].bases[0]" in _error(raw)
+
+
+def test_unknown_symbolic_base(raw):
+    raw["grid"][0]["bases"] = ["beta9"]
+    assert "beta9" in _error(raw)
+
+
+def test_tune_len_not_a_multiple(raw):
+    raw["grid"][0]["tune_lengths"] = [100]
+    message = _error(raw)
+    assert "length_multiple" in message and "100" in message
+
+
+def test_grid_names_unknown_model(raw):
+    raw["grid"][0]["model"] = "mnii"
+    message = _error(raw)
+    assert "grid[0].model" in message and "did you mean 'mini'" in message
+
+
+def test_eval_lengths_need_one_at_most_tune_len(raw):
+    raw["evaluation"]["lengths"] = [128, 256]
+    assert "evaluation.lengths" in _error(raw)
+
+
+def test_global_batch_not_divisible(raw):
+    raw["finetune"]["global_batch_size"] = 10
+    raw["finetune"]["micro_batch_size"] = 4
+    assert "global_batch_size" in _error(raw)
+
+
+def test_hf_dir_without_config(raw, tmp_path):
+    raw["models"]["mini"] = {"source": "hf_dir", "path": str(tmp_path)}
+    assert "models.mini.path" in _error(raw)
+
+
+def test_snakemake_reports_config_error_in_one_line(tmp_path):
+    bad = copy.deepcopy(load_yaml(ROOT / "tests" / "scenario" / "config.yaml"))
+    bad["finetune"]["lr_schedul"] = "cosine"
+    path = tmp_path / "bad.yaml"
+    path.write_text(__import__("yaml").safe_dump(bad))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(path)],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "lr_schedul" in line]
+    assert len(lines) == 1 and "did you mean 'lr_schedule'" in lines[0], result.stderr

@@ -1,0 +1,137 @@
+"""Chunked, one-pass perplexity agrees with the plain full-logits computation.
+
+Tiny random LlamaForCausalLM models on CPU; run with `pytest -q tests/test_perplexity.py`.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+from ropelaw.perplexity import (
+    default_bucket_edges,
+    evaluate_docs,
+    naive_perplexity,
+    prefix_and_bucket_sums,
+    token_stats,
+)
+
+VOCAB = 97
+LENGTHS = [16, 64, 100, 257]
+
+
+def tiny_llama(attn="eager", rope=None, seed=0):
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+        max_position_embeddings=64, initializer_range=0.2,  # sharp attention: RoPE matters
+        rope_parameters=rope or {"rope_type": "default", "rope_theta": 10000.0},
+        attn_implementation=attn,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).float().eval()
+
+
+def dynamic_llama():
+    return tiny_llama(rope={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
+
+
+def random_docs(n_docs, length, seed=1):
+    return torch.randint(0, VOCAB, (n_docs, length), generator=torch.Generator().manual_seed(seed))
+
+
+def prefix_rows(frame):
+    return frame[frame.scope == "prefix"].set_index("end")
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_chunked_stats_match_full_logits(attn):
+    model, ids_bl = tiny_llama(attn), random_docs(2, 300)
+    nll_bt, correct_bt = token_stats(model, ids_bl, chunk_size=64)
+    with torch.no_grad():
+        logits_blv = model(ids_bl).logits[:, :-1].float()
+    expected_bt = F.cross_entropy(logits_blv.transpose(1, 2), ids_bl[:, 1:], reduction="none")
+    assert nll_bt.shape == correct_bt.shape == (2, 299) and nll_bt.dtype == torch.float64
+    torch.testing.assert_close(nll_bt, expected_bt.double(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(correct_bt, logits_blv.argmax(-1) == ids_bl[:, 1:])
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_one_pass_prefixes_match_separate_passes(attn):
+    model, docs = tiny_llama(attn), random_docs(3, 300)
+    kwargs = dict(chunk_size=64, progress=False)
+    one = prefix_rows(evaluate_docs(model, docs, LENGTHS, batch_size=2, **kwargs))
+    sep = prefix_rows(evaluate_docs(model, docs, LENGTHS, one_pass=False, **kwargs))
+    for n in LENGTHS:
+        ppl, accuracy = naive_perplexity(model, docs, n)
+        assert one.loc[n, "tokens"] == sep.loc[n, "tokens"] == 3 * (n - 1)
+        assert one.loc[n, "n_docs"] == 3
+        for frame in (one, sep):
+            assert frame.loc[n, "ppl"] == pytest.approx(ppl, rel=1e-5)
+            assert frame.loc[n, "accuracy"] == pytest.approx(accuracy, rel=1e-5)
+
+
+def test_dynamic_ntk_needs_one_pass_per_length():
+    model, docs = dynamic_llama(), random_docs(2, 200)
+    lengths = [32, 64, 100, 200]
+    # Reference: a freshly built model per length, so no rotary state carries over.
+    naive = {n: naive_perplexity(dynamic_llama(), docs, n) for n in lengths}
+
+    # The 200-token pass rotates every position with the base scaled for 200, so
+    # its prefixes are wrong at every shorter length, even below max_position_embeddings.
+    nll_bt, correct_bt = token_stats(model, docs)
+    shortcut = prefix_rows(prefix_and_bucket_sums(nll_bt, correct_bt, lengths, []))
+    assert shortcut.loc[200, "ppl"] == pytest.approx(naive[200][0], rel=1e-5)
+    for n in (32, 100):
+        assert shortcut.loc[n, "ppl"] != pytest.approx(naive[n][0], rel=1e-2)
+
+    with pytest.raises(ValueError, match="one_pass=False"):
+        evaluate_docs(model, docs, lengths, progress=False)
+    separate = prefix_rows(evaluate_docs(model, docs, lengths, one_pass=False, progress=False))
+    for n in lengths:
+        assert separate.loc[n, "ppl"] == pytest.approx(naive[n][0], rel=1e-5)
+        assert separate.loc[n, "accuracy"] == pytest.approx(naive[n][1], rel=1e-5)
+
+
+def test_dynamic_ntk_state_is_reset_between_passes():
+    # transformers keeps the largest length seen: without a reset, a 100-token pass
+    # after a 200-token pass would use the base scaled for 200.
+    model, docs = dynamic_llama(), random_docs(1, 200)
+    fresh = naive_perplexity(dynamic_llama(), docs, 100)
+    with torch.no_grad():
+        model(docs)
+        stale_logits = model(docs[:, :100]).logits[:, :-1]
+    stale = torch.exp(F.cross_entropy(stale_logits.transpose(1, 2), docs[:, 1:100])).item()
+    assert stale != pytest.approx(fresh[0], rel=1e-2)
+    token_stats(model, docs)
+    assert naive_perplexity(model, docs, 100) == pytest.approx(fresh, rel=1e-6)
+
+
+def test_buckets_add_up_to_longest_prefix():
+    model, docs = tiny_llama(), random_docs(3, 300)
+    frame = evaluate_docs(model, docs, LENGTHS, chunk_size=64, batch_size=2, progress=False)
+    buckets = frame[frame.scope == "bucket"]
+    edges = [0, 2, 4, 8, 16, 32, 64, 128, 256, 257]
+    assert default_bucket_edges(257) == edges
+    assert list(buckets.start) == edges[:-1] and list(buckets.end) == edges[1:]
+    assert default_bucket_edges(256)[-2:] == [128, 256] and default_bucket_edges(2) == [0, 2]
+    longest = prefix_rows(frame).loc[257]
+    assert buckets.tokens.sum() == longest.tokens == 3 * 256
+    assert buckets.correct.sum() == longest.correct
+    assert buckets.nll_sum.sum() == pytest.approx(longest.nll_sum, rel=1e-12)
+    assert np.isfinite(buckets.ppl).all()
+
+
+def test_bad_ranges_raise():
+    nll_bt, correct_bt = torch.zeros(1, 9, dtype=torch.float64), torch.zeros(1, 9, dtype=torch.bool)
+    for lengths, buckets in [([11], []), ([1], []), ([], [0, 1]), ([], [0, 4, 4]), ([], [0, 11])]:
+        with pytest.raises(ValueError):
+            prefix_and_bucket_sums(nll_bt, correct_bt, lengths, buckets)
+
+
+def test_logit_softcapping_is_refused():
+    model = tiny_llama()
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        token_stats(model, random_docs(1, 16))
