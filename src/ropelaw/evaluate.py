@@ -26,7 +26,7 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
 
     from ropelaw.evaldata import load_eval_docs
     from ropelaw.models import load_causal_lm
-    from ropelaw.perplexity import evaluate_docs
+    from ropelaw.perplexity import evaluate_docs, length_dependent_rope
 
     docs = load_eval_docs(eval_dir)
     if docs.shape[1] < max(lengths):
@@ -40,8 +40,10 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
     )
     model.eval()
     started = time.perf_counter()
+    # Methods whose rotation depends on the total length need one forward per length.
+    one_pass = not length_dependent_rope(model)
     table = evaluate_docs(
-        model, docs, lengths, one_pass=True, chunk_size=chunk_size, buckets=bucket_edges, batch_size=batch_size
+        model, docs, lengths, one_pass=one_pass, chunk_size=chunk_size, buckets=bucket_edges, batch_size=batch_size
     )
     seconds = time.perf_counter() - started
     for key in reversed(CELL_KEYS):
@@ -53,6 +55,7 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
         model_manifest_sha256=_sha_if_exists(Path(model_dir) / "ropelaw_manifest.json"),
         eval_manifest_sha256=provenance.sha256_file(Path(eval_dir) / "manifest.json"),
         lengths=list(lengths),
+        one_pass=one_pass,
         chunk_size=chunk_size,
         dtype=str(next(model.parameters()).dtype),
         attn_implementation=attn_implementation,

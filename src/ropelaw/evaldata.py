@@ -1,0 +1,135 @@
+"""Tokenize the long-document evaluation set.
+
+    ropelaw prepare-eval --shards S.jsonl.zst ... [--subsets Books3] --tokenizer TOK \
+        --length 32768 --short-docs skip|concatenate [--max-docs 8] --out DIR
+
+Each document is tokenized (no special tokens, EOS appended). A row of
+`DIR/docs.bin` (raw little-endian [n_docs, length], uint16 or uint32 as in
+`ropelaw pack`) holds the first `length` tokens of one document; perplexity at
+every evaluated context length L <= length is then measured on the first L
+tokens of the same rows. Documents shorter than `length` are skipped
+(`skip`, the paper's choice); or (`concatenate`) consecutive documents are
+joined, EOS between, until the row is full, and the rest of the last one is
+dropped (the next row starts with the next document). `DIR/manifest.json` names the source
+documents of every row. Read the rows with `load_eval_docs(DIR)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ropelaw import UserError
+from ropelaw.data import load_tokenizer, read_manifest, read_token_matrix, token_dtype, tokenize_documents
+from ropelaw.pile import check_shards, iter_documents
+from ropelaw.provenance import atomic_path, manifest, sha256_file, write_json
+
+POLICIES = ("skip", "concatenate")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", nargs="+", required=True, help="Pile-format shards (.jsonl, .jsonl.zst)")
+    parser.add_argument("--subsets", nargs="+", default=None, help="pile_set_name values to keep (default: all)")
+    parser.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder (AutoTokenizer)")
+    parser.add_argument("--length", type=int, required=True, help="tokens per row: the longest evaluation length")
+    parser.add_argument("--short-docs", choices=POLICIES, default="skip",
+                        help="documents shorter than --length: skip them, or join consecutive ones")
+    parser.add_argument("--max-docs", type=int, default=None, help="keep at most this many rows")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (docs.bin, manifest.json)")
+
+
+def run(args: argparse.Namespace) -> None:
+    info = prepare_eval(args.shards, args.tokenizer, args.length, args.out, args.subsets,
+                        args.short_docs, args.max_docs)
+    print(f"{info['n_docs']} rows of {info['length']} tokens ({info['short_docs']}) "
+          f"from {info['documents_read']} documents", flush=True)
+
+
+def prepare_eval(
+    shards: list[str | Path],
+    tokenizer_dir: str | Path,
+    length: int,
+    out: str | Path,
+    subsets: list[str] | None = None,
+    short_docs: str = "skip",
+    max_docs: int | None = None,
+    key: str = "data.eval",
+) -> dict[str, Any]:
+    """Write `out`/docs.bin and `out`/manifest.json; return the manifest."""
+    if short_docs not in POLICIES:
+        raise UserError(f"{key}.short_docs: {short_docs!r} is not one of {list(POLICIES)}")
+    if length < 2:
+        raise UserError(f"evaluation.lengths: {length} is too short; use 2 or more tokens")
+    paths = check_shards(shards, key)
+    tokenizer, identity = load_tokenizer(tokenizer_dir)
+    dtype = token_dtype(identity["vocab_size"])
+    rows: list[dict[str, Any]] = []
+    pending: list[np.ndarray] = []  # concatenate: the documents of the row being filled
+    parts: list[dict[str, Any]] = []
+    n_pending = documents_read = longest = total = 0
+
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        with open(tmp / "docs.bin", "wb") as sink:
+            docs = tqdm(iter_documents(paths, subsets, key=key), desc=f"eval docs {length}", unit="doc")
+            for doc, ids in tokenize_documents(tokenizer, docs, dtype):
+                documents_read += 1
+                longest = max(longest, len(ids))
+                total += len(ids)
+                part = {**doc.source(), "n_tokens": len(ids),
+                        "tokens_in_row": min(len(ids), length - n_pending)}
+                if short_docs == "skip":
+                    if len(ids) < length:
+                        continue
+                    row, sources = ids[:length], [part]
+                else:
+                    pending.append(ids)
+                    parts.append(part)
+                    n_pending += len(ids)
+                    if n_pending < length:
+                        continue
+                    row, sources = np.concatenate(pending)[:length], parts
+                    pending, parts, n_pending = [], [], 0
+                sink.write(row.tobytes())
+                rows.append({"sources": sources})
+                if max_docs is not None and len(rows) >= max_docs:
+                    break
+            docs.close()
+        if not rows:
+            names = [str(p) for p in paths]
+            if short_docs == "skip":
+                raise UserError(
+                    f"evaluation.lengths: the longest length {length} exceeds every document in {names} "
+                    f"(longest has {longest} tokens); lower it, add longer documents, "
+                    f"or set {key}.short_docs: concatenate"
+                )
+            raise UserError(
+                f"evaluation.lengths: the longest length {length} exceeds all the documents in {names} "
+                f"together ({total} tokens); lower it or add documents"
+            )
+        info = manifest(
+            n_docs=len(rows),
+            length=length,
+            dtype=dtype.str,
+            short_docs=short_docs,
+            max_docs=max_docs,
+            subsets=subsets,
+            documents_read=documents_read,
+            rows=rows,
+            shards={str(p): sha256_file(p) for p in paths},
+            tokenizer=identity,
+            docs_bin_sha256=sha256_file(tmp / "docs.bin"),
+        )
+        write_json(tmp / "manifest.json", info)
+    return info
+
+
+def load_eval_docs(directory: str | Path) -> np.memmap:
+    """The rows of a `ropelaw prepare-eval` folder, as a read-only memmap [n_docs, length]."""
+    info = read_manifest(directory)
+    return read_token_matrix(Path(directory) / "docs.bin", info["n_docs"], info["length"], info["dtype"])
