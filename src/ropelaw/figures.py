@@ -43,7 +43,11 @@ def _save(fig, out_dir: Path, name: str, formats: list[str]) -> list[Path]:
 
 
 def _base_label(base: int) -> str:
-    return f"{base:.0e}".replace("e+0", "e").replace("e+", "e") if base >= 100000 else f"{base:,}"
+    """20, 10,000 below 1e5; 1.5e5, 1e6 above."""
+    if base < 100000:
+        return f"{base:,}"
+    mantissa, exponent = f"{base:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def ppl_vs_length(evals: pd.DataFrame, cells: pd.DataFrame, model: str, tune_len: int, study: str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 
 from ropelaw import UserError
@@ -27,7 +28,7 @@ def _check(head_dim: int, train_len: float, orig_base: float) -> None:
 
 
 def _check_head_dim(head_dim: int) -> None:
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+    if isinstance(head_dim, bool) or not isinstance(head_dim, numbers.Integral) or head_dim <= 0 or head_dim % 2:
         raise UserError(f"head_dim must be a positive even integer: got {head_dim!r}")
 
 
