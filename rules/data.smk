@@ -63,12 +63,17 @@ rule prepare_eval:
         subsets=subset_args("eval"),
         length=eval_length(),
         short_docs=CFG["data"]["eval"]["short_docs"],
-        max_docs=CFG["data"]["eval"]["max_docs"],
+        max_docs=(
+            f"--max-docs {CFG['data']['eval']['max_docs']}" if CFG["data"]["eval"]["max_docs"] else ""
+        ),
+        windows=CFG["data"]["eval"]["windows_per_doc"],
+        skip=CFG["data"]["eval"]["skip_tokens"],
     log:
         "logs/prepare_eval/{model}.log",
     conda:
         "../envs/ropelaw.yaml"
     shell:
         "ropelaw prepare-eval --shards {input.shards} {params.subsets} --tokenizer {input.tokenizer} "
-        "--length {params.length} --short-docs {params.short_docs} --max-docs {params.max_docs} "
+        "--length {params.length} --short-docs {params.short_docs} {params.max_docs} "
+        "--windows-per-doc {params.windows} --skip-tokens {params.skip} "
         "--out {output} > {log} 2>&1"

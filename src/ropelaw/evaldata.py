@@ -39,12 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short-docs", choices=POLICIES, default="skip",
                         help="documents shorter than --length: skip them, or join consecutive ones")
     parser.add_argument("--max-docs", type=int, default=None, help="keep at most this many rows")
+    parser.add_argument("--windows-per-doc", type=int, default=1,
+                        help="cut up to N consecutive non-overlapping rows from each (long) document")
+    parser.add_argument("--skip-tokens", type=int, default=0,
+                        help="drop the first N tokens of every document (front matter) before use")
     parser.add_argument("--out", type=Path, required=True, help="output folder (docs.bin, manifest.json)")
 
 
 def run(args: argparse.Namespace) -> None:
     info = prepare_eval(args.shards, args.tokenizer, args.length, args.out, args.subsets,
-                        args.short_docs, args.max_docs)
+                        args.short_docs, args.max_docs, skip_tokens=args.skip_tokens,
+                        windows_per_doc=args.windows_per_doc)
     print(f"{info['n_docs']} rows of {info['length']} tokens ({info['short_docs']}) "
           f"from {info['documents_read']} documents", flush=True)
 
@@ -58,8 +63,21 @@ def prepare_eval(
     short_docs: str = "skip",
     max_docs: int | None = None,
     key: str = "data.eval",
+    skip_tokens: int = 0,
+    windows_per_doc: int = 1,
 ) -> dict[str, Any]:
-    """Write `out`/docs.bin and `out`/manifest.json; return the manifest."""
+    """Write `out`/docs.bin and `out`/manifest.json; return the manifest.
+
+    `skip_tokens` drops the start of every document (title pages, lists of
+    characters) so that each row is running text; a document's length counts
+    what is left. `windows_per_doc` > 1 cuts several consecutive rows from a
+    long document (or a long concatenation), so that averages over positions
+    are not dominated by the content of a handful of windows.
+    """
+    if windows_per_doc < 1:
+        raise UserError(f"{key}.windows_per_doc must be >= 1 (got {windows_per_doc})")
+    if skip_tokens < 0:
+        raise UserError(f"{key}.skip_tokens must be >= 0 (got {skip_tokens})")
     if short_docs not in POLICIES:
         raise UserError(f"{key}.short_docs: {short_docs!r} is not one of {list(POLICIES)}")
     if length < 2:
@@ -79,6 +97,7 @@ def prepare_eval(
             docs = tqdm(iter_documents(paths, subsets, key=key), desc=f"eval docs {length}", unit="doc")
             for doc, ids in tokenize_documents(tokenizer, docs, dtype):
                 documents_read += 1
+                ids = ids[skip_tokens:]
                 longest = max(longest, len(ids))
                 total += len(ids)
                 part = {**doc.source(), "n_tokens": len(ids),
@@ -86,17 +105,20 @@ def prepare_eval(
                 if short_docs == "skip":
                     if len(ids) < length:
                         continue
-                    row, sources = ids[:length], [part]
+                    stream, sources = ids, [part]
                 else:
                     pending.append(ids)
                     parts.append(part)
                     n_pending += len(ids)
                     if n_pending < length:
                         continue
-                    row, sources = np.concatenate(pending)[:length], parts
+                    stream, sources = np.concatenate(pending), parts
                     pending, parts, n_pending = [], [], 0
-                sink.write(row.tobytes())
-                rows.append({"sources": sources})
+                for window in range(min(windows_per_doc, len(stream) // length)):
+                    sink.write(stream[window * length:(window + 1) * length].tobytes())
+                    rows.append({"sources": sources, "offset": skip_tokens + window * length})
+                    if max_docs is not None and len(rows) >= max_docs:
+                        break
                 if max_docs is not None and len(rows) >= max_docs:
                     break
             docs.close()
@@ -118,6 +140,8 @@ def prepare_eval(
             dtype=dtype.str,
             short_docs=short_docs,
             max_docs=max_docs,
+            skip_tokens=skip_tokens,
+            windows_per_doc=windows_per_doc,
             subsets=subsets,
             documents_read=documents_read,
             rows=rows,
