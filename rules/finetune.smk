@@ -5,6 +5,8 @@ rule finetune:
     input:
         model=untuned_model_input,
         data="results/{model}/data/train_len{length}",
+        # Ordering only (ancient: never a rerun reason): a bad evaluation set fails before training.
+        eval_data=ancient("results/{model}/data/eval"),
         deepspeed=deepspeed_config,
     output:
         model=directory("results/{model}/{method}/base{base}_len{length}/model"),

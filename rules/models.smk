@@ -20,6 +20,8 @@ rule pretrain:
     input:
         model="results/{model}/init",
         data=pretrain_data,
+        # Ordering only (ancient: never a rerun reason): a bad evaluation set fails before training.
+        eval_data=ancient("results/{model}/data/eval"),
     output:
         directory("results/{model}/pretrained"),
     params:
