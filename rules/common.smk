@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and path helpers. All logic lives in src/ropelaw.
 import json
+import os
 import shlex
 import sys
 
@@ -37,17 +38,27 @@ def is_scratch(model):
 
 def untuned_model_dir(model):
     """The model before any base change: pretrained by us (scratch) or the user's directory."""
-    return f"results/{model}/pretrained" if is_scratch(model) else model_spec(model)["path"]
+    return (
+        f"results/{model}/pretrained"
+        if is_scratch(model)
+        else model_spec(model)["path"]
+    )
 
 
 def tokenizer_dir(wildcards):
     model = wildcards.model
-    return f"results/{model}/tokenizer" if is_scratch(model) else model_spec(model)["path"]
+    return (
+        f"results/{model}/tokenizer" if is_scratch(model) else model_spec(model)["path"]
+    )
 
 
 def subset_args(split):
     subsets = CFG["data"][split]["subsets"]
-    return "" if subsets is None else "--subsets " + " ".join(shlex.quote(s) for s in subsets)
+    return (
+        ""
+        if subsets is None
+        else "--subsets " + " ".join(shlex.quote(s) for s in subsets)
+    )
 
 
 def eval_length():
@@ -57,16 +68,25 @@ def eval_length():
 def find_cell(wildcards):
     for cell in CELLS:
         if (cell.model, cell.method, str(cell.base), str(cell.tune_len)) == (
-            wildcards.model, wildcards.method, wildcards.base, wildcards.length,
+            wildcards.model,
+            wildcards.method,
+            wildcards.base,
+            wildcards.length,
         ):
             return cell
-    raise ValueError(f"results/{wildcards.model}/{wildcards.method}/base{wildcards.base}_len{wildcards.length} is not a cell of this config")
+    raise ValueError(
+        f"results/{wildcards.model}/{wildcards.method}/base{wildcards.base}_len{wildcards.length} is not a cell of this config"
+    )
 
 
 def launcher(wildcards, resources):
     """One process per GPU through torchrun when a job has several GPUs, else the plain CLI."""
     gpus = int(resources.get("gpu", 0) or 0)
-    return f"torchrun --standalone --nproc-per-node {gpus} -m ropelaw.cli" if gpus > 1 else "ropelaw"
+    return (
+        f"torchrun --standalone --nproc-per-node {gpus} -m ropelaw.cli"
+        if gpus > 1
+        else "ropelaw"
+    )
 
 
 def cell_outputs():
@@ -75,15 +95,29 @@ def cell_outputs():
 
 def figure_outputs():
     names = ["bound_vs_base", "critical_dimension"]
-    names += sorted({f"ppl_vs_length_{c.model}_len{c.tune_len}" for c in CELLS if c.method != "untuned"})
+    names += sorted(
+        {
+            f"ppl_vs_length_{c.model}_len{c.tune_len}"
+            for c in CELLS
+            if c.method != "untuned"
+        }
+    )
     return [f"results/figures/{name}.{fmt}" for name in names for fmt in FIGURE_FORMATS]
 
 
 def all_outputs():
-    return cell_outputs() + ["results/law/cells.csv", "results/law/fit.csv"] + figure_outputs()
+    return (
+        cell_outputs()
+        + ["results/law/cells.csv", "results/law/fit.csv"]
+        + figure_outputs()
+    )
 
 
 # Input and parameter functions of the rules (named, so rules hold no logic).
+def folder_of_manifest(wildcards, output):
+    return os.path.dirname(output.manifest)
+
+
 def vocab_size(wildcards):
     return model_spec(wildcards.model)["vocab_size"]
 

@@ -10,8 +10,11 @@ rule fetch_embedded:
         "logs/fetch_embedded.log",
     conda:
         "../envs/ropelaw.yaml"
+    params:
+        out=folder_of_manifest,
+        cache="resources/cache",
     shell:
-        "ropelaw fetch-embedded --cache resources/cache --out {EMBEDDED_DIR} > {log} 2>&1"
+        "ropelaw fetch-embedded --cache {params.cache} --out {params.out} > {log} 2>&1"
 
 
 rule train_tokenizer:
@@ -19,13 +22,13 @@ rule train_tokenizer:
         shards=CFG["data"]["train"]["shards"],
     output:
         directory("results/{model}/tokenizer"),
-    params:
-        subsets=subset_args("train"),
-        vocab=vocab_size,
     log:
         "logs/train_tokenizer/{model}.log",
     conda:
         "../envs/ropelaw.yaml"
+    params:
+        subsets=subset_args("train"),
+        vocab=vocab_size,
     shell:
         "ropelaw train-tokenizer --shards {input.shards} {params.subsets} "
         "--vocab-size {params.vocab} --out {output} > {log} 2>&1"
@@ -37,6 +40,10 @@ rule pack:
         tokenizer=tokenizer_dir,
     output:
         directory("results/{model}/data/train_len{length}"),
+    log:
+        "logs/pack/{model}_len{length}.log",
+    conda:
+        "../envs/ropelaw.yaml"
     params:
         subsets=subset_args("train"),
         limit=(
@@ -44,10 +51,6 @@ rule pack:
             if CFG["data"]["train"]["max_sequences"]
             else ""
         ),
-    log:
-        "logs/pack/{model}_len{length}.log",
-    conda:
-        "../envs/ropelaw.yaml"
     shell:
         "ropelaw pack --shards {input.shards} {params.subsets} --tokenizer {input.tokenizer} "
         "--seq-len {wildcards.length} {params.limit} --out {output} > {log} 2>&1"
@@ -59,19 +62,21 @@ rule prepare_eval:
         tokenizer=tokenizer_dir,
     output:
         directory("results/{model}/data/eval"),
+    log:
+        "logs/prepare_eval/{model}.log",
+    conda:
+        "../envs/ropelaw.yaml"
     params:
         subsets=subset_args("eval"),
         length=eval_length(),
         short_docs=CFG["data"]["eval"]["short_docs"],
         max_docs=(
-            f"--max-docs {CFG['data']['eval']['max_docs']}" if CFG["data"]["eval"]["max_docs"] else ""
+            f"--max-docs {CFG['data']['eval']['max_docs']}"
+            if CFG["data"]["eval"]["max_docs"]
+            else ""
         ),
         windows=CFG["data"]["eval"]["windows_per_doc"],
         skip=CFG["data"]["eval"]["skip_tokens"],
-    log:
-        "logs/prepare_eval/{model}.log",
-    conda:
-        "../envs/ropelaw.yaml"
     shell:
         "ropelaw prepare-eval --shards {input.shards} {params.subsets} --tokenizer {input.tokenizer} "
         "--length {params.length} --short-docs {params.short_docs} {params.max_docs} "

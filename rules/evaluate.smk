@@ -8,6 +8,14 @@ rule evaluate:
     output:
         table="results/{model}/{method}/base{base}_len{length}/eval.csv",
         provenance="results/{model}/{method}/base{base}_len{length}/eval.json",
+    log:
+        "logs/evaluate/{model}/{method}/base{base}_len{length}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}/{method}/base{base}_len{length}.tsv"
+    conda:
+        "../envs/ropelaw.yaml"
+    resources:
+        gpu=0,
     params:
         cell=cell_json,
         lengths=" ".join(map(str, CFG["evaluation"]["lengths"])),
@@ -20,14 +28,6 @@ rule evaluate:
             if CFG["evaluation"]["bucket_edges"]
             else ""
         ),
-    resources:
-        gpu=0,
-    log:
-        "logs/evaluate/{model}/{method}/base{base}_len{length}.log",
-    benchmark:
-        "benchmarks/evaluate/{model}/{method}/base{base}_len{length}.tsv"
-    conda:
-        "../envs/ropelaw.yaml"
     shell:
         "ropelaw evaluate --model {input.model} --cell-json {params.cell:q} --eval-data {input.data} "
         "--lengths {params.lengths} --chunk-size {params.chunk} --batch-size {params.batch} "

@@ -10,19 +10,19 @@ rule finetune:
         deepspeed=deepspeed_config,
     output:
         model=directory("results/{model}/{method}/base{base}_len{length}/model"),
-    params:
-        spec=finetune_spec,
-        launch=launcher,
-        # Checkpoints live outside the declared output, so a re-run resumes from the newest one.
-        checkpoints="results/{model}/{method}/base{base}_len{length}/checkpoints",
-    resources:
-        gpu=0,
     log:
         "logs/finetune/{model}/{method}/base{base}_len{length}.log",
     benchmark:
         "benchmarks/finetune/{model}/{method}/base{base}_len{length}.tsv"
     conda:
         "../envs/ropelaw.yaml"
+    resources:
+        gpu=0,
+    params:
+        spec=finetune_spec,
+        launch=launcher,
+        # Checkpoints live outside the declared output, so a re-run resumes from the newest one.
+        checkpoints="results/{model}/{method}/base{base}_len{length}/checkpoints",
     shell:
         "{params.launch} finetune --model {input.model} --data {input.data} --base {wildcards.base} "
         "--spec {params.spec:q} --checkpoints {params.checkpoints} --out {output.model} > {log} 2>&1"

@@ -5,14 +5,16 @@ rule law:
     input:
         cell_outputs(),
     output:
-        cells=report("results/law/cells.csv", category="Law", caption="../report/cells.rst"),
+        cells=report(
+            "results/law/cells.csv", category="Law", caption="../report/cells.rst"
+        ),
         fit=report("results/law/fit.csv", category="Law", caption="../report/fit.rst"),
-    params:
-        factor=CFG["law"]["ppl_factor"],
     log:
         "logs/law.log",
     conda:
         "../envs/ropelaw.yaml"
+    params:
+        factor=CFG["law"]["ppl_factor"],
     shell:
         "ropelaw law --evals {input} --ppl-factor {params.factor} "
         "--out-cells {output.cells} --out-fit {output.fit} > {log} 2>&1"
@@ -28,13 +30,13 @@ rule figures:
             category="Figures",
             caption="../report/figures.rst",
         ),
-    params:
-        study=CFG["study"],
-        formats=" ".join(FIGURE_FORMATS),
     log:
         "logs/figures.log",
     conda:
         "../envs/ropelaw.yaml"
+    params:
+        study=CFG["study"],
+        formats=" ".join(FIGURE_FORMATS),
     shell:
         "ropelaw figures --evals {input.evals} --cells {input.cells} --study {params.study:q} "
         "--out-dir results/figures --formats {params.formats} > {log} 2>&1"

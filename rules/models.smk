@@ -6,12 +6,12 @@ rule init_model:
         tokenizer="results/{model}/tokenizer",
     output:
         directory("results/{model}/init"),
-    params:
-        spec=model_spec_json,
     log:
         "logs/init_model/{model}.log",
     conda:
         "../envs/ropelaw.yaml"
+    params:
+        spec=model_spec_json,
     shell:
         "ropelaw init-model --spec {params.spec:q} --tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
 
@@ -24,19 +24,19 @@ rule pretrain:
         eval_data=ancient("results/{model}/data/eval"),
     output:
         directory("results/{model}/pretrained"),
-    params:
-        base=original_base,
-        spec=pretrain_spec,
-        launch=launcher,
-        checkpoints="results/{model}/pretrain_checkpoints",
-    resources:
-        gpu=0,
     log:
         "logs/pretrain/{model}.log",
     benchmark:
         "benchmarks/pretrain/{model}.tsv"
     conda:
         "../envs/ropelaw.yaml"
+    resources:
+        gpu=0,
+    params:
+        base=original_base,
+        spec=pretrain_spec,
+        launch=launcher,
+        checkpoints="results/{model}/pretrain_checkpoints",
     shell:
         "{params.launch} finetune --model {input.model} --data {input.data} --base {params.base} "
         "--spec {params.spec:q} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
