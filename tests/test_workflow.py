@@ -1,0 +1,114 @@
+"""The workflow as a user runs it: dry runs of every shipped config, lint, and the tiny scenario end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+CONFIGS = sorted((ROOT / "config").glob("*.yaml"))
+
+
+def snakemake(*args, cwd=ROOT, check=True):
+    result = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_dry_run_of_every_shipped_config(config):
+    result = snakemake("-n", "--cores", "1", "--configfile", str(config.relative_to(ROOT)))
+    assert "evaluate" in result.stdout and "law" in result.stdout
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", check=False)
+    assert "Congratulations" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_snakefmt_is_clean():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    """Run tests/scenario/config.yaml end to end in a fresh working directory."""
+    work = tmp_path_factory.mktemp("scenario")
+    (work / "config").mkdir()
+    shutil.copy(ROOT / "tests" / "scenario" / "config.yaml", work / "config" / "config.yaml")
+    snakemake("-s", str(ROOT / "Snakefile"), "-d", str(work), "--cores", "2")
+    return work
+
+
+def test_scenario_produces_every_table_and_figure(scenario):
+    cells = pd.read_csv(scenario / "results/law/cells.csv")
+    assert sorted(zip(cells.method, cells.base)) == [("base", 10), ("base", 10000), ("base", 1000000), ("untuned", 10000)]
+    assert (cells.predicted_bound > 0).all()
+    for name in ("bound_vs_base", "critical_dimension", "ppl_vs_length_mini_len64"):
+        for fmt in ("png", "pdf"):
+            assert (scenario / f"results/figures/{name}.{fmt}").stat().st_size > 1000
+
+
+def test_scenario_eval_tables_and_provenance(scenario):
+    cell = scenario / "results/mini/base/base1000000_len64"
+    table = pd.read_csv(cell / "eval.csv")
+    prefix = table[table.scope == "prefix"]
+    assert list(prefix.end) == [32, 64, 128, 256]
+    assert (prefix.ppl > 1).all() and prefix.ppl.notna().all()
+    sidecar = json.loads((cell / "eval.json").read_text())
+    assert sidecar["inv_freq_sha256"] and sidecar["git_commit"] and "torch" in sidecar["versions"]
+    manifest = json.loads((cell / "model/ropelaw_manifest.json").read_text())
+    assert manifest["base"] == 1e6 and manifest["final_loss"] > 0
+    assert manifest["spec"]["steps"] == 4 and manifest["gradient_accumulation_steps"] == 1
+    expected = [1e6 ** (-2 * n / 32) for n in range(16)]
+    assert manifest["inv_freq"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_scenario_is_up_to_date_and_figures_regenerate(scenario):
+    assert "Nothing to be done" in snakemake("-s", str(ROOT / "Snakefile"), "-d", str(scenario), "-n", "--cores", "1").stdout
+    figure = scenario / "results/figures/bound_vs_base.png"
+    before = figure.stat().st_mtime_ns
+    result = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(scenario), "--cores", "1", "--forcerun", "figures")
+    assert _count(result.stdout + result.stderr, "finetune") == 0
+    assert figure.stat().st_mtime_ns > before
+
+
+def test_one_cell_reruns_alone_by_its_output_path(scenario):
+    target = "results/mini/base/base10_len64/eval.csv"
+    result = snakemake(
+        "-s", str(ROOT / "Snakefile"), "-d", str(scenario), "-n", "--cores", "1", target, "--forcerun", target
+    )
+    stats = result.stdout.split("Job stats:")[-1]
+    assert _count(stats, "evaluate") == 1 and _count(stats, "finetune") == 0 and _count(stats, "pretrain") == 0
+
+
+def test_changing_one_override_reruns_only_its_cells(scenario, tmp_path):
+    import yaml
+
+    config = yaml.safe_load((scenario / "config/config.yaml").read_text())
+    config["models"]["mini"]["finetune"] = {"lr": 5.0e-4}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(scenario), "-n", "--cores", "1", "--configfile", str(changed))
+    stats = result.stdout.split("Job stats:")[-1]
+    assert _count(stats, "finetune") == 3
+    assert _count(stats, "pretrain") == 0
+
+
+def _count(stats: str, rule: str) -> int:
+    for line in stats.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == rule:
+            return int(parts[1])
+    return 0
