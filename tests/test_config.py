@@ -125,3 +125,9 @@ def test_snakemake_reports_config_error_in_one_line(tmp_path):
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if "lr_schedul" in line]
     assert len(lines) == 1 and "did you mean 'lr_schedule'" in lines[0], result.stderr
+
+
+def test_config_readme_is_generated_from_the_schema():
+    from ropelaw.config_doc import render
+
+    assert (ROOT / "config" / "README.md").read_text() == render(), "run: ropelaw config-doc > config/README.md"

@@ -1,0 +1,68 @@
+"""config/README.md, generated from schemas/config.schema.yaml so the two never disagree.
+
+    ropelaw config-doc > config/README.md      # tests/test_config.py checks it is current
+"""
+
+from __future__ import annotations
+
+import json
+
+from ropelaw.config import _resolve_ref, load_schema
+
+HEADER = """# Configuration keys
+
+Generated from `schemas/config.schema.yaml` by `ropelaw config-doc > config/README.md`;
+do not edit by hand. A config holds experiment facts only: threads, partitions, GPU counts
+and accounts belong to the Snakemake profile (`profiles/`). Unknown keys are errors.
+Override blocks (`models.<slug>.finetune`, `grid[].finetune`) take any key of `finetune`
+and change only what they name.
+
+Shipped configs: `config.yaml` (the embedded default, CPU, minutes), and one YAML per study.
+Several `--configfile`s are merged by Snakemake: nested mappings key by key, lists replaced.
+
+| key | type | default | meaning |
+|---|---|---|---|
+"""
+
+
+def _type(node: dict) -> str:
+    if "enum" in node:
+        return " \\| ".join(f"`{v}`" for v in node["enum"])
+    kind = node.get("type", "object" if "properties" in node else "")
+    return " or ".join(kind) if isinstance(kind, list) else str(kind)
+
+
+def _rows(schema: dict, node: dict, prefix: str) -> list[str]:
+    node = _resolve_ref(schema, node)
+    rows = []
+    for name, raw in node.get("properties", {}).items():
+        sub = _resolve_ref(schema, raw)
+        key = f"{prefix}{name}"
+        is_training = raw.get("$ref") == "#/$defs/training"
+        default = f"`{json.dumps(sub['default'])}`" if "default" in sub else ("required" if name in node.get("required", []) else "")
+        description = " ".join(sub.get("description", "").split()).replace("|", "\\|")
+        rows.append(f"| `{key}` | {_type(sub)} | {default} | {description} |")
+        if is_training and key != "finetune":
+            rows[-1] = rows[-1][:-2] + " Takes the keys of `finetune`. |"
+        elif "properties" in sub:
+            rows += _rows(schema, sub, key + ".")
+        extra = sub.get("additionalProperties")
+        if isinstance(extra, dict):
+            rows += _rows(schema, extra, key + ".<name>.")
+        items = sub.get("items")
+        if isinstance(items, dict) and "properties" in _resolve_ref(schema, items):
+            rows += _rows(schema, items, key + "[].")
+    return rows
+
+
+def render() -> str:
+    schema = load_schema()
+    return HEADER + "\n".join(_rows(schema, schema, "")) + "\n"
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> None:
+    print(render(), end="")
