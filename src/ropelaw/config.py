@@ -24,7 +24,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ropelaw import UserError, theory
+from ropelaw import UserError, methods, sources, theory
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 EMBEDDED_DIR = "resources/embedded"  # shards below it are built by the workflow (rule fetch_embedded)
@@ -42,7 +42,11 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Cell:
-    """One (model, method, base, tuning length) cell of the grid; method 'untuned' is the model as is."""
+    """One (model, method, base, tuning length) cell of the grid; method 'untuned' is the model as is.
+
+    Training-free methods (linear, ntk, dynamic_ntk, yarn, logn) evaluate the untuned
+    model, so their cell is at the original base and T_train, like the untuned cell.
+    """
 
     model: str
     method: str
@@ -56,8 +60,8 @@ class Cell:
 
 @cache
 def load_schema(path: str = str(SCHEMA_PATH)) -> dict:
-    with open(path) as fh:
-        return yaml.safe_load(fh)
+    with open(path) as fh:  # libyaml's loader when there is one: every Snakemake start reads this
+        return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -145,6 +149,18 @@ def validate(raw: dict, schema: dict | None = None) -> dict:
     return cfg
 
 
+@cache
+def _read_geometry(model: str, source: str, path: str | None, package: str | None,
+                   hub_id: str | None, revision: str | None) -> tuple[int, int, float]:
+    """(head_dim, T_train, b0) as the model's own files give them (cached: GGUF and hub reads)."""
+    spec, key = {"path": path, "package": package, "id": hub_id, "revision": revision}, f"models.{model}"
+    if source == "gguf":
+        return sources.gguf_geometry(sources.locate_gguf(spec, key))
+    if source == "hub":
+        return theory.model_geometry(sources.hub_config(spec, key))
+    return theory.model_geometry(Path(path) / "config.json")
+
+
 def geometry(cfg: dict, model: str) -> Geometry:
     """head_dim, T_train and original base of a config model (config values override the model's)."""
     spec = cfg["models"][model]
@@ -153,7 +169,11 @@ def geometry(cfg: dict, model: str) -> Geometry:
             if spec[key] is None:
                 raise UserError(f"config key 'models.{model}.{key}' is required for a scratch model")
         return Geometry(spec["architecture"]["head_dim"], spec["train_len"], float(spec["rope_base"]))
-    head_dim, train_len, orig_base = theory.model_geometry(Path(spec["path"]) / "config.json")
+    if all(spec[key] is not None for key in ("head_dim", "train_len", "rope_base")):
+        return Geometry(spec["head_dim"], spec["train_len"], float(spec["rope_base"]))
+    head_dim, train_len, orig_base = _read_geometry(
+        model, spec["source"], spec["path"], spec["package"], spec["id"], spec["revision"]
+    )
     return Geometry(
         head_dim,
         spec["train_len"] or train_len,
@@ -166,9 +186,43 @@ def training_args(cfg: dict, cell: Cell) -> dict:
     args = dict(cfg["finetune"])
     args.update(cfg["models"][cell.model]["finetune"])
     for block in cfg["grid"]:
-        if block["model"] == cell.model and block["method"] == cell.method and cell.tune_len in block["tune_lengths"]:
+        if _block_has(cfg, block, cell):
             args.update(block["finetune"])
     return args
+
+
+def _block_has(cfg: dict, block: dict, cell: Cell) -> bool:
+    """Whether a grid block produces `cell` (two blocks may share a model and a tuning length)."""
+    if (block["model"], block["method"]) != (cell.model, cell.method) or cell.tune_len not in block.get("tune_lengths", []):
+        return False
+    geo = geometry(cfg, cell.model)
+    return any(
+        theory.resolve_base(spec, geo.head_dim, geo.train_len, cell.tune_len, geo.orig_base) == cell.base
+        for spec in block.get("bases", [])
+    )
+
+
+def passkey_args(cfg: dict) -> dict:
+    """The passkey block as `ropelaw passkey --spec` takes it: lengths resolved, `enabled` left out."""
+    args = {key: value for key, value in cfg["passkey"].items() if key != "enabled"}
+    if args["lengths"] is None:
+        args["lengths"] = cfg["evaluation"]["lengths"]
+    return args
+
+
+def method_options(cfg: dict, method: str) -> dict:
+    """The `methods:` block a method reads ({} for base and untuned)."""
+    key = methods.options_key(method)
+    return dict(cfg["methods"][key]) if key else {}
+
+
+def method_spec(cfg: dict, cell: Cell) -> methods.MethodSpec:
+    """What a cell's method does to its model (see ropelaw.methods)."""
+    geo = geometry(cfg, cell.model)
+    return methods.resolve(
+        cell.method, cell.base, head_dim=geo.head_dim, train_len=geo.train_len,
+        tune_len=cell.tune_len, options=method_options(cfg, cell.method),
+    )
 
 
 def cells(cfg: dict) -> list[Cell]:
@@ -180,18 +234,44 @@ def cells(cfg: dict) -> list[Cell]:
             out.append(Cell(model, UNTUNED, round(geo.orig_base), geo.train_len))
     for i, block in enumerate(cfg["grid"]):
         geo = geometry(cfg, block["model"])
+        method = block["method"]
+        given = [k for k in ("tune_lengths", "bases") if block.get(k)] + (["finetune"] if block["finetune"] else [])
+        if method in methods.TRAINING_FREE:
+            if given:
+                raise UserError(
+                    f"config key 'grid[{i}]': method {method} is training-free (it evaluates the untuned "
+                    f"model at base{round(geo.orig_base)}_len{geo.train_len}); remove {', '.join(given)}"
+                )
+            out.append(Cell(block["model"], method, round(geo.orig_base), geo.train_len))
+            continue
+        for key in ("tune_lengths", "bases"):
+            if not block.get(key):
+                raise UserError(f"config key 'grid[{i}].{key}' is required for method {method}")
+        if method == "base_logn" and block["finetune"]:
+            raise UserError(
+                f"config key 'grid[{i}].finetune': method base_logn trains nothing (it evaluates the "
+                "`base` cell's model with log-scaled attention); put the overrides on the base block"
+            )
         for tune_len in block["tune_lengths"]:
             for j, spec in enumerate(block["bases"]):
                 try:
                     base = theory.resolve_base(spec, geo.head_dim, geo.train_len, tune_len, geo.orig_base)
                 except UserError as err:
                     raise UserError(f"config key 'grid[{i}].bases[{j}]': {err}") from None
-                out.append(Cell(block["model"], block["method"], base, tune_len))
-    return list(dict.fromkeys(out))
+                out.append(Cell(block["model"], method, base, tune_len))
+    out = list(dict.fromkeys(out))
+    for cell in out:
+        if cell.method == "base_logn" and Cell(cell.model, "base", cell.base, cell.tune_len) not in out:
+            raise UserError(
+                f"cell {cell.path} evaluates the fine-tuned model of results/{cell.model}/base/"
+                f"base{cell.base}_len{cell.tune_len}; add base {cell.base} at tune length "
+                f"{cell.tune_len} to a `method: base` block of 'grid'"
+            )
+    return out
 
 
-def _check_files(cfg: dict) -> None:
-    for split in ("train", "eval"):
+def _check_files(cfg: dict, data: bool = True) -> None:
+    for split in ("train", "eval") if data else ():
         for k, shard in enumerate(cfg["data"][split]["shards"]):
             if not shard.startswith(EMBEDDED_DIR + "/") and not Path(shard).is_file():
                 raise UserError(
@@ -199,7 +279,20 @@ def _check_files(cfg: dict) -> None:
                     "fix the path (Pile-format .jsonl or .jsonl.zst)"
                 )
     for name, spec in cfg["models"].items():
-        if spec["source"] == "hf_dir":
+        allowed = {"scratch": set(), "hf_dir": {"path", "head_dim"}, "hub": {"id", "revision", "head_dim"},
+                   "gguf": {"path", "package", "head_dim"}}
+        stray = sorted(
+            k for k in ("path", "package", "id", "revision", "head_dim") if spec[k] and k not in allowed[spec["source"]]
+        )
+        if stray:
+            raise UserError(
+                f"config key 'models.{name}.{stray[0]}' means nothing for source {spec['source']}; remove it"
+            )
+        if spec["source"] == "gguf":
+            sources.locate_gguf(spec, f"models.{name}")
+        elif spec["source"] == "hub" and not spec["id"]:
+            raise UserError(f"config key 'models.{name}.id' is required for source hub (e.g. HuggingFaceTB/SmolLM2-135M)")
+        elif spec["source"] == "hf_dir":
             if not spec["path"]:
                 raise UserError(f"config key 'models.{name}.path' is required for source hf_dir")
             if not (Path(spec["path"]) / "config.json").is_file():
@@ -207,7 +300,7 @@ def _check_files(cfg: dict) -> None:
                     f"config key 'models.{name}.path': {spec['path']} has no config.json; "
                     "point it at a Hugging Face model directory"
                 )
-        elif spec["architecture"]["hidden_size"] % spec["architecture"]["num_heads"]:
+        elif spec["source"] == "scratch" and spec["architecture"]["hidden_size"] % spec["architecture"]["num_heads"]:
             raise UserError(f"config key 'models.{name}.architecture.hidden_size' must be divisible by num_heads")
 
 
@@ -216,9 +309,10 @@ def _check_grid(cfg: dict, all_cells: list[Cell]) -> None:
     if lengths != sorted(set(lengths)):
         raise UserError("config key 'evaluation.lengths' must be strictly increasing, without repeats")
     for cell in all_cells:
+        method_spec(cfg, cell)  # bad method options fail here, at DAG-build time
         args = training_args(cfg, cell)
         multiple = args["length_multiple"]
-        if cell.method != UNTUNED and cell.tune_len % multiple:
+        if cell.method in methods.TRAINED and cell.tune_len % multiple:
             raise UserError(
                 f"tuning length {cell.tune_len} of model '{cell.model}' is not a multiple of "
                 f"finetune.length_multiple = {multiple}; change 'grid[].tune_lengths' or the multiple"
@@ -237,8 +331,25 @@ def _check_grid(cfg: dict, all_cells: list[Cell]) -> None:
             raise UserError(f"finetune.deepspeed: file {args['deepspeed']} does not exist")
 
 
-def resolve(raw: dict) -> tuple[dict, list[Cell]]:
-    """Validate a raw config; return it with defaults filled, and its cells."""
+def _check_passkey(cfg: dict) -> None:
+    args = passkey_args(cfg)
+    lengths, longest = args["lengths"], max(cfg["evaluation"]["lengths"])
+    if lengths != sorted(set(lengths)):
+        raise UserError("config key 'passkey.lengths' must be strictly increasing, without repeats")
+    if lengths[-1] > longest:
+        raise UserError(
+            f"config key 'passkey.lengths': {lengths[-1]} exceeds the longest of evaluation.lengths ({longest}), "
+            "the length of the evaluation rows the filler comes from; lower it"
+        )
+    if len(set(args["depths"])) != len(args["depths"]):
+        raise UserError("config key 'passkey.depths' has repeats; list each depth once")
+
+
+def resolve(raw: dict, check_data: bool = True) -> tuple[dict, list[Cell]]:
+    """Validate a raw config; return it with defaults filled, and its cells.
+
+    `check_data=False` skips the data shards' existence (`ropelaw plan` runs before the data is there).
+    """
     cfg = validate(raw)
     for name, spec in cfg["models"].items():
         if spec["source"] == "scratch":
@@ -252,9 +363,11 @@ def resolve(raw: dict) -> tuple[dict, list[Cell]]:
             raise UserError(
                 f"config key 'grid[{i}].model': '{block['model']}' is not a key of 'models'{hint}"
             )
-    _check_files(cfg)
+    _check_files(cfg, data=check_data)
     all_cells = cells(cfg)
     _check_grid(cfg, all_cells)
+    if cfg["passkey"]["enabled"]:
+        _check_passkey(cfg)
     return cfg, all_cells
 
 

@@ -1,10 +1,13 @@
 """Evaluate one cell: perplexity and next-token accuracy at every context length.
 
-    ropelaw evaluate --model DIR --base 500000 --cell-json '{...}' \
+    ropelaw evaluate --model DIR --cell-json '{"base": 500000, ...}' \
         --eval-data DIR --lengths 4096 8192 ... --out results/.../eval.csv
 
-One forward per document at the longest length gives every shorter length
-from its prefix (valid for position-only RoPE; see `ropelaw.perplexity`).
+The cell's method (`ropelaw.methods`: a fine-tuned base, or a training-free
+way of extending RoPE applied to the untuned model) is applied as the model
+loads. One forward per document at the longest length gives every shorter
+length from its prefix (valid for position-only RoPE; see `ropelaw.perplexity`);
+a length-dependent method (dynamic NTK) gets one forward per length instead.
 The output is one tidy CSV per cell (rows: scope 'prefix' per length, scope
 'bucket' per position bucket) with the cell's identity and geometry on every
 row, plus a JSON sidecar with provenance (inv_freq in effect, checksums).
@@ -16,16 +19,42 @@ import json
 import time
 from pathlib import Path
 
-from ropelaw import UserError, provenance, rope
+from ropelaw import UserError, methods, provenance, rope
 
 CELL_KEYS = ("model", "method", "base", "tune_len", "head_dim", "train_len", "orig_base", "eval_set")
+
+
+def cell_method(cell: dict) -> methods.MethodSpec:
+    """The cell's RoPE method, with its options from the config (`method_options` of the cell JSON)."""
+    return methods.resolve(
+        cell["method"], cell["base"], head_dim=cell["head_dim"], train_len=cell["train_len"],
+        tune_len=cell["tune_len"], options=cell.get("method_options"),
+    )
+
+
+def load_cell_model(model_dir, cell: dict, *, precision: str, attn_implementation: str):
+    """(model in eval mode on the GPU if any, inv_freq): every evaluation of a cell loads its model here."""
+    import torch
+
+    from ropelaw.models import head_dim_of, load_causal_lm
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, inv_freq = load_causal_lm(
+        model_dir, cell_method(cell), precision=precision, attn_implementation=attn_implementation, device=device
+    )
+    if head_dim_of(model.config) != cell["head_dim"]:
+        raise UserError(
+            f"config key 'models.{cell['model']}.head_dim' is {cell['head_dim']}, but {model_dir} has "
+            f"head_dim {head_dim_of(model.config)}; fix it (or set it to null to read it from the model)"
+        )
+    model.eval()
+    return model, inv_freq
 
 
 def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch_size, precision, attn_implementation, bucket_edges=None):
     import torch
 
     from ropelaw.evaldata import load_eval_docs
-    from ropelaw.models import load_causal_lm
     from ropelaw.perplexity import evaluate_docs, length_dependent_rope
 
     docs = load_eval_docs(eval_dir)
@@ -34,14 +63,13 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
             f"{eval_dir} holds documents of {docs.shape[1]} tokens, fewer than the longest "
             f"evaluation length {max(lengths)}; rebuild it (rule prepare_eval)"
         )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, inv_freq = load_causal_lm(
-        model_dir, cell["base"], precision=precision, attn_implementation=attn_implementation, device=device
-    )
-    model.eval()
+    model, inv_freq = load_cell_model(model_dir, cell, precision=precision, attn_implementation=attn_implementation)
+    device = next(model.parameters()).device.type
     started = time.perf_counter()
-    # Methods whose rotation depends on the total length need one forward per length.
+    # Methods whose rotation depends on the total length (dynamic NTK) need one forward per length.
     one_pass = not length_dependent_rope(model)
+    spec = cell_method(cell)
+    assert one_pass != spec.length_dependent, "the model's rope type disagrees with its method"
     table = evaluate_docs(
         model, docs, lengths, one_pass=one_pass, chunk_size=chunk_size, buckets=bucket_edges, batch_size=batch_size
     )
@@ -52,9 +80,10 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
         kind="evaluate",
         cell=cell,
         model_dir=str(model_dir),
-        model_manifest_sha256=_sha_if_exists(Path(model_dir) / "ropelaw_manifest.json"),
+        model_manifest_sha256=provenance.sha256_if_exists(Path(model_dir) / "ropelaw_manifest.json"),
         eval_manifest_sha256=provenance.sha256_file(Path(eval_dir) / "manifest.json"),
         lengths=list(lengths),
+        method=spec.to_json(),
         one_pass=one_pass,
         chunk_size=chunk_size,
         dtype=str(next(model.parameters()).dtype),
@@ -67,28 +96,35 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
     return table, sidecar
 
 
-def _sha_if_exists(path: Path) -> str | None:
-    return provenance.sha256_file(path) if path.is_file() else None
 
-
-def add_arguments(parser) -> None:
+def add_cell_arguments(parser) -> None:
+    """The arguments every per-cell evaluation takes (perplexity here, passkey retrieval)."""
     parser.add_argument("--model", required=True, help="model directory")
     parser.add_argument("--cell-json", required=True, help=f"the cell as JSON: {', '.join(CELL_KEYS)}")
-    parser.add_argument("--eval-data", required=True, help="evaluation directory (ropelaw prepare-eval)")
-    parser.add_argument("--lengths", required=True, type=int, nargs="+", help="context lengths")
-    parser.add_argument("--chunk-size", type=int, default=4096, help="positions per lm_head chunk")
-    parser.add_argument("--batch-size", type=int, default=1, help="documents per forward")
+    parser.add_argument("--batch-size", type=int, default=1, help="documents (or prompts) per forward")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
-    parser.add_argument("--bucket-edges", type=int, nargs="*", default=None, help="position-bucket edges")
     parser.add_argument("--out", required=True, help="output CSV (a .json sidecar is written beside it)")
 
 
-def run(args) -> None:
-    cell = json.loads(args.cell_json)
+def parse_cell(text: str) -> dict:
+    cell = json.loads(text)
     missing = [k for k in CELL_KEYS if k not in cell]
     if missing:
         raise UserError(f"--cell-json lacks {missing}")
+    return cell
+
+
+def add_arguments(parser) -> None:
+    add_cell_arguments(parser)
+    parser.add_argument("--eval-data", required=True, help="evaluation directory (ropelaw prepare-eval)")
+    parser.add_argument("--lengths", required=True, type=int, nargs="+", help="context lengths")
+    parser.add_argument("--chunk-size", type=int, default=4096, help="positions per lm_head chunk")
+    parser.add_argument("--bucket-edges", type=int, nargs="*", default=None, help="position-bucket edges")
+
+
+def run(args) -> None:
+    cell = parse_cell(args.cell_json)
     table, sidecar = evaluate_cell(
         args.model, cell, args.eval_data, args.lengths,
         chunk_size=args.chunk_size, batch_size=args.batch_size, precision=args.precision,

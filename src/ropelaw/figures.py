@@ -1,11 +1,16 @@
 """Every figure, drawn from the result tables alone (so they can be regenerated at will).
 
     ropelaw figures --evals results/*/*/*/eval.csv --cells results/law/cells.csv \
-        --study NAME --out-dir results/figures --formats png pdf
+        [--passkey results/law/passkey.csv] --study NAME --out-dir results/figures --formats png pdf
 
 - `ppl_vs_length`: perplexity and accuracy against context length, one column
   for bases <= beta0 and one for bases > beta0 (the paper's two sweeps), the
-  untuned model dashed in both; one figure per (model, T_tune).
+  untuned model and the training-free methods dashed in both, log-scaled
+  attention on a tuned base dotted; one figure per (model, T_tune).
+- `passkey_vs_length` (where passkey retrieval ran): the same panels with
+  perplexity above passkey retrieval accuracy (mean over depths), to read together.
+- `passkey_heatmap`: retrieval accuracy of one cell, depth x length, with its
+  measured perplexity bound marked; one figure per cell.
 - `bound_vs_base`: the theory's T_extra = 2*pi*beta^(d_extra/d) against the
   measured bound of every cell (censored bounds drawn as up-triangles).
 - `critical_dimension`: the period 2*pi*beta^(2n/d) of every dimension pair
@@ -26,9 +31,11 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ropelaw import provenance, theory  # noqa: E402
-from ropelaw.law import load_evals  # noqa: E402
+from ropelaw.law import GROUP, load_evals  # noqa: E402
+from ropelaw.methods import ON_TUNED  # noqa: E402
 
 UNTUNED = "untuned"
+METRICS = {"ppl": "perplexity", "accuracy": "next-token accuracy", "retrieval": "passkey retrieval accuracy"}
 
 
 def _save(fig, out_dir: Path, name: str, formats: list[str]) -> list[Path]:
@@ -50,29 +57,38 @@ def _base_label(base: int) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def ppl_vs_length(evals: pd.DataFrame, cells: pd.DataFrame, model: str, tune_len: int, study: str):
+def ppl_vs_length(evals: pd.DataFrame, cells: pd.DataFrame, model: str, tune_len: int, study: str, metrics=("ppl", "accuracy")):
     prefix = evals[(evals.scope == "prefix") & (evals.model == model)]
     untuned = prefix[prefix.method == UNTUNED]
-    tuned = prefix[(prefix.method != UNTUNED) & (prefix.tune_len == tune_len)]
+    # Training-free methods act on the untuned model: references in both panels, like it.
+    baselines = prefix[~prefix.method.isin((*ON_TUNED, UNTUNED))]
+    tuned = prefix[prefix.method.isin(ON_TUNED) & (prefix.tune_len == tune_len)]
     info = cells[(cells.model == model)].iloc[0]
     beta0 = theory.critical_base(info.train_len, tune_len, info.orig_base)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True, sharey="row")
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(12, 4 * len(metrics)), sharex=True, sharey="row", squeeze=False)
     panels = [("smaller", tuned[tuned.base <= beta0], "Blues_r"), ("larger", tuned[tuned.base > beta0], "Reds")]
     for col, (regime, data, palette) in enumerate(panels):
         bases = sorted(data.base.unique())
         colors = dict(zip(bases, sns.color_palette(palette, max(len(bases), 1) + 1)))
-        for row, metric in enumerate(["ppl", "accuracy"]):
+        for row, metric in enumerate(metrics):
             ax = axes[row, col]
             for base in bases:
-                part = data[data.base == base].sort_values("end")
-                ax.plot(part.end, part[metric], marker="o", ms=3, color=colors[base], label=f"base {_base_label(base)}")
+                for method, style in (("base", "-"), ("base_logn", ":")):
+                    part = data[(data.base == base) & (data.method == method)].dropna(subset=[metric]).sort_values("end")
+                    if len(part):
+                        label = f"base {_base_label(base)}" + (" + log-scaled attention" if method == "base_logn" else "")
+                        ax.plot(part.end, part[metric], ls=style, marker="o", ms=3, color=colors[base], label=label)
             if len(untuned):
-                part = untuned.sort_values("end")
+                part = untuned.dropna(subset=[metric]).sort_values("end")
                 ax.plot(part.end, part[metric], "k--", marker="x", ms=4, label=f"untuned (base {_base_label(int(info.orig_base))})")
+            groups = list(baselines.groupby("method", sort=True))
+            for (method, part), color, marker in zip(groups, sns.color_palette("Dark2", len(groups)), "sv^Dp*h"):
+                part = part.dropna(subset=[metric]).sort_values("end")
+                ax.plot(part.end, part[metric], ls="--", marker=marker, ms=3, color=color, label=f"{method} (untuned, training-free)")
             ax.axvline(info.train_len, color="grey", lw=1, ls=":")
             if tune_len != info.train_len:
                 ax.axvline(tune_len, color="grey", lw=1, ls="-.")
-            if regime == "larger" and metric == "ppl":
+            if regime == "larger" and metric in ("ppl", "retrieval"):
                 for base in bases:
                     bound = theory.t_extra(base, info.head_dim, info.train_len, info.orig_base)
                     ax.axvline(bound, color=colors[base], lw=0.8, alpha=0.6)
@@ -80,8 +96,10 @@ def ppl_vs_length(evals: pd.DataFrame, cells: pd.DataFrame, model: str, tune_len
             if metric == "ppl":
                 ax.set_yscale("log")
                 ax.set_title(f"{regime} bases (beta {'<=' if regime == 'smaller' else '>'} beta0 = {beta0:,.0f})")
+            if metric == "retrieval":
+                ax.set_ylim(-0.05, 1.05)
             ax.set_xlabel("context length (tokens)")
-            ax.set_ylabel("perplexity" if metric == "ppl" else "next-token accuracy")
+            ax.set_ylabel(METRICS[metric])
             ax.grid(True, which="both", alpha=0.3)
         axes[0, col].legend(fontsize=7, loc="upper left")
     fig.suptitle(
@@ -92,8 +110,37 @@ def ppl_vs_length(evals: pd.DataFrame, cells: pd.DataFrame, model: str, tune_len
     return fig
 
 
+def with_retrieval(evals: pd.DataFrame, passkey: pd.DataFrame) -> pd.DataFrame:
+    """Prefix rows of `evals` with a `retrieval` column: passkey accuracy over depths, by length."""
+    sums = passkey.groupby(GROUP + ["length"], as_index=False)[["correct", "prompts"]].sum()
+    retrieval = sums.assign(retrieval=sums.correct / sums.prompts).rename(columns={"length": "end"})
+    prefix = evals[evals.scope == "prefix"]
+    return prefix.merge(retrieval[GROUP + ["end", "retrieval"]], on=GROUP + ["end"], how="outer").assign(scope="prefix")
+
+
+def passkey_heatmap(passkey: pd.DataFrame, cell: pd.Series, study: str):
+    """Retrieval accuracy of one cell, depth x length; dashed: its measured perplexity bound."""
+    grid = passkey.pivot(index="depth", columns="length", values="accuracy")
+    fig, ax = plt.subplots(figsize=(2 + 0.9 * grid.shape[1], 1.5 + 0.45 * grid.shape[0]))
+    sns.heatmap(grid, vmin=0, vmax=1, cmap="RdYlGn", annot=True, fmt=".2f", ax=ax,
+                cbar_kws={"label": "retrieval accuracy"})
+    columns_within = int((grid.columns <= cell.measured_bound).sum())
+    if 0 < columns_within < grid.shape[1]:
+        ax.axvline(columns_within, color="k", ls="--", lw=1.5)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("depth of the key")
+    bound = f"{'>= ' if cell.censored else ''}{int(cell.measured_bound)}"
+    ax.set_title(
+        f"{study}: {cell.model}, {cell.method}, base {_base_label(int(cell.base))}, T_tune = {cell.tune_len}\n"
+        f"{int(passkey.prompts.max())} prompts per square; perplexity bound {bound} (dashed)"
+        f"{'' if np.isnan(cell.predicted_bound) else f', predicted {cell.predicted_bound:,.0f}'}; filler: {cell.eval_set}",
+        fontsize=8,
+    )
+    return fig
+
+
 def bound_vs_base(cells: pd.DataFrame, study: str):
-    tuned = cells[cells.method != UNTUNED]
+    tuned = cells[cells.method == "base"]
     groups = list(tuned.groupby(["model", "tune_len"], sort=True))
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(6 * max(len(groups), 1), 5), squeeze=False)
     for ax, ((model, tune_len), group) in zip(axes[0], groups):
@@ -145,7 +192,7 @@ def critical_dimension(cells: pd.DataFrame, study: str):
     return fig
 
 
-def draw_all(evals: pd.DataFrame, cells: pd.DataFrame, study: str, out_dir: Path, formats: list[str]) -> list[Path]:
+def draw_all(evals: pd.DataFrame, cells: pd.DataFrame, study: str, out_dir: Path, formats: list[str], passkey: pd.DataFrame | None = None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
     written = []
@@ -153,6 +200,15 @@ def draw_all(evals: pd.DataFrame, cells: pd.DataFrame, study: str, out_dir: Path
     for (model, tune_len), _ in tuned.groupby(["model", "tune_len"], sort=True):
         fig = ppl_vs_length(evals, cells, model, tune_len, study)
         written += _save(fig, out_dir, f"ppl_vs_length_{model}_len{tune_len}", formats)
+    if passkey is not None and len(passkey):
+        both = with_retrieval(evals, passkey)
+        for (model, tune_len), _ in tuned.groupby(["model", "tune_len"], sort=True):
+            fig = ppl_vs_length(both, cells, model, tune_len, study, metrics=("ppl", "retrieval"))
+            written += _save(fig, out_dir, f"passkey_vs_length_{model}_len{tune_len}", formats)
+        for _, part in passkey.merge(cells, on=GROUP).groupby(GROUP, sort=True):
+            cell = part.iloc[0]
+            name = f"passkey_heatmap_{cell.model}_{cell.method}_base{cell.base}_len{cell.tune_len}"
+            written += _save(passkey_heatmap(part, cell, study), out_dir, name, formats)
     written += _save(bound_vs_base(cells, study), out_dir, "bound_vs_base", formats)
     written += _save(critical_dimension(cells, study), out_dir, "critical_dimension", formats)
     return written
@@ -161,12 +217,14 @@ def draw_all(evals: pd.DataFrame, cells: pd.DataFrame, study: str, out_dir: Path
 def add_arguments(parser) -> None:
     parser.add_argument("--evals", required=True, nargs="+", help="per-cell eval.csv files")
     parser.add_argument("--cells", required=True, help="results/law/cells.csv")
+    parser.add_argument("--passkey", default=None, help="results/law/passkey.csv (retrieval figures when not empty)")
     parser.add_argument("--study", default="ropelaw", help="study name for titles")
     parser.add_argument("--out-dir", required=True, help="directory for the figures")
     parser.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats")
 
 
 def run(args) -> None:
-    written = draw_all(load_evals(args.evals), pd.read_csv(args.cells), args.study, Path(args.out_dir), args.formats)
+    passkey = pd.read_csv(args.passkey) if args.passkey else None
+    written = draw_all(load_evals(args.evals), pd.read_csv(args.cells), args.study, Path(args.out_dir), args.formats, passkey)
     for path in written:
         print(path)

@@ -9,18 +9,29 @@ gradient accumulation, DeepSpeed ZeRO when `deepspeed` names a config);
 this module only sets the base, checks the `inv_freq` in effect before and
 after training, keeps the global batch exactly as configured, resumes from
 the newest checkpoint, and writes the model atomically with its manifest.
+
+SIGUSR1 (SLURM's warning before the time limit, `--signal=USR1@600` in the
+profile, or `scancel --signal=USR1 JOB`) makes every rank save a checkpoint at
+the end of the same step and exit with status 75; re-running the command (the
+profile's `retries`) resumes from that checkpoint, with the data order, RNG and
+optimizer state the Trainer restores, so the run ends as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from ropelaw import UserError, provenance, rope
 
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint saved; run again to resume
 
 
 @dataclass
@@ -68,6 +79,63 @@ class TrainSpec:
         return self.global_batch_size // per_step
 
 
+class _LastStep(TrainerCallback):
+    """At the last step: log its loss (the manifest's final_loss), and skip the Trainer's
+    extra end-of-training checkpoint (optimizer state included) unless the step is due one:
+    the finished model is saved by `train` anyway."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+            control.should_save = state.global_step % args.save_steps == 0
+        return control
+
+
+class StopOnSignal(TrainerCallback):
+    """On SIGUSR1: save a checkpoint at the end of the current step and stop (all ranks, same step)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped_at: int | None = None
+        signal.signal(signal.SIGUSR1, self._request)
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _on_any_rank(self.requested, args.device) and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            control.should_log = True  # the loss since the last log goes into the checkpoint
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def _on_any_rank(flag: bool, device) -> bool:
+    """True on every rank if `flag` is true on one: ranks hear a signal at different steps."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    flag_t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(flag_t, op=dist.ReduceOp.MAX)
+    return bool(flag_t.item())
+
+
+def _claim_checkpoints(ckpt_dir: Path, identity: dict, main: bool) -> None:
+    """Resume only from checkpoints of this very run: same base, spec, world size, model and data."""
+    marker = ckpt_dir / "ropelaw_run.json"
+    if not main:
+        return
+    ours = json.loads(marker.read_text()) == identity if marker.is_file() else not any(ckpt_dir.glob("checkpoint-*"))
+    if not ours:
+        print(f"{ckpt_dir} holds checkpoints of another run ({marker.name} differs): starting afresh", flush=True)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    provenance.write_json(marker, identity)
+
+
 def newest_checkpoint(directory: Path) -> Path | None:
     """The Trainer checkpoint with the highest step in `directory`, if any is complete."""
     found = []
@@ -78,13 +146,17 @@ def newest_checkpoint(directory: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def train(model_dir: str, data_dir: str, base: float, spec: TrainSpec, checkpoints: str, out: str) -> dict:
+def train(
+    model_dir: str, data_dir: str, base: float, spec: TrainSpec, checkpoints: str, out: str, callbacks=()
+) -> dict:
+    """Train one cell; `callbacks` are extra TrainerCallbacks (bench/ times steps with one)."""
     import torch
     from transformers import AutoTokenizer, Trainer, TrainingArguments
 
     from ropelaw.data import PackedDataset
     from ropelaw.models import head_dim_of, load_causal_lm, resolve_dtype
 
+    stopper = StopOnSignal()  # first: a signal during the (long) model load is kept, not fatal
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = spec.accumulation(world_size)
     dataset = PackedDataset(data_dir)
@@ -94,12 +166,6 @@ def train(model_dir: str, data_dir: str, base: float, spec: TrainSpec, checkpoin
         raise UserError(f"tuning length {seq_len} is not a multiple of finetune.length_multiple = {spec.length_multiple}")
 
     dtype = resolve_dtype(spec.precision)
-    # Weights stay fp32 (master copy); bf16 autocast through the Trainer when dtype is bf16.
-    model, inv_freq = load_causal_lm(model_dir, base, precision="fp32", attn_implementation=spec.attn_implementation)
-    head_dim = head_dim_of(model.config)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model.config.use_cache = False
-
     ckpt_dir = Path(checkpoints)
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
@@ -127,11 +193,35 @@ def train(model_dir: str, data_dir: str, base: float, spec: TrainSpec, checkpoin
         dataloader_drop_last=True,
         disable_tqdm=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=dataset)
+    # After TrainingArguments: under ZeRO-3 they make from_pretrained load each rank's shard only
+    # (deepspeed.zero.Init), instead of the whole fp32 model on every rank.
+    # Weights stay fp32 (master copy); bf16 autocast through the Trainer, or DeepSpeed's bf16 engine.
+    model, inv_freq = load_causal_lm(model_dir, base, precision="fp32", attn_implementation=spec.attn_implementation)
+    head_dim = head_dim_of(model.config)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model.config.use_cache = False
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[_LastStep(), stopper, *callbacks])
+    identity = {
+        "base": base,
+        "spec": asdict(spec),
+        "world_size": world_size,
+        "source_model": str(model_dir),
+        "source_manifest_sha256": provenance.sha256_if_exists(Path(model_dir) / "ropelaw_manifest.json"),
+        "data_manifest_sha256": provenance.sha256_file(Path(data_dir) / "manifest.json"),
+    }
+    with args.main_process_first(local=False, desc="checkpoints of this run"):
+        _claim_checkpoints(ckpt_dir, identity, main=args.process_index == 0)
     resume = newest_checkpoint(ckpt_dir)
     if resume:
         print(f"resuming from {resume}", flush=True)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stopper.stopped_at is not None:
+        print(
+            f"stopped by SIGUSR1 after step {stopper.stopped_at} of {spec.steps}: checkpoint saved in "
+            f"{ckpt_dir}; run the same command again to resume (exit status {STOPPED_EXIT_CODE})",
+            flush=True,
+        )
+        raise SystemExit(STOPPED_EXIT_CODE)
 
     model = trainer.model
     inv_freq_after = rope.check_inv_freq(model, head_dim, base)
@@ -144,7 +234,7 @@ def train(model_dir: str, data_dir: str, base: float, spec: TrainSpec, checkpoin
         world_size=world_size,
         gradient_accumulation_steps=accumulation,
         source_model=str(model_dir),
-        source_manifest_sha256=_sha_if_exists(Path(model_dir) / "ropelaw_manifest.json"),
+        source_manifest_sha256=provenance.sha256_if_exists(Path(model_dir) / "ropelaw_manifest.json"),
         data_manifest_sha256=provenance.sha256_file(Path(data_dir) / "manifest.json"),
         data_tokens_sha256=data_manifest.get("tokens_sha256"),
         resumed_from=str(resume) if resume else None,
@@ -155,16 +245,15 @@ def train(model_dir: str, data_dir: str, base: float, spec: TrainSpec, checkpoin
         train_loss=result.training_loss,
         log_history=trainer.state.log_history,
     )
+    # Under ZeRO-3 every rank holds a shard: gathering the weights is collective, so all ranks call it.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.is_world_process_zero():
         with provenance.atomic_path(out) as tmp:
-            trainer.save_model(str(tmp))
+            trainer.model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             provenance.write_json(Path(tmp) / "ropelaw_manifest.json", record)
     return record
 
-
-def _sha_if_exists(path: Path) -> str | None:
-    return provenance.sha256_file(path) if path.is_file() else None
 
 
 def add_arguments(parser) -> None:

@@ -1,7 +1,8 @@
 """The law: measured extrapolation bounds against the theory's, and the log-log fit.
 
     ropelaw law --evals results/*/*/*/eval.csv --ppl-factor 1.5 \
-        --out-cells results/law/cells.csv --out-fit results/law/fit.csv
+        --out-cells results/law/cells.csv --out-fit results/law/fit.csv \
+        [--passkey results/*/*/*/passkey.csv --out-passkey results/law/passkey.csv]
 
 Bound-detection rule (a reproduction decision, fixed before looking at results;
 the paper does not say how it measured its "largest supported context"):
@@ -13,6 +14,10 @@ breaks the rule, the bound is censored: it is at least the longest length.
 The fit: for each (model, method, T_tune), a least-squares line through
 (log base, log measured bound) over the cells with base > beta0 whose bound
 is not censored, reported beside the theory's slope d_extra/d.
+
+Passkey retrieval (`ropelaw passkey`), where run, joins the cells: `passkey_accuracy` over
+every prompt and `passkey_accuracy_len{L}` per length; the accuracy of every (cell, length,
+depth) goes to its own table (empty when no passkey table is given).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import numpy as np
 import pandas as pd
 
 from ropelaw import UserError, provenance, theory
+from ropelaw.methods import TRAINING_FREE
 
 GROUP = ["model", "method", "base", "tune_len"]
+PASSKEY_COLUMNS = GROUP + ["length", "depth", "prompts", "correct", "accuracy"]
 
 
 def measured_bound(lengths: np.ndarray, ppl: np.ndarray, tune_len: int, factor: float) -> tuple[int, float, bool]:
@@ -57,6 +64,8 @@ def cell_table(evals: pd.DataFrame, factor: float) -> pd.DataFrame:
         regime = theory.regime(base, train_len, tune_len, orig_base)
         t_law = theory.t_extra(base, head_dim, train_len, orig_base)
         predicted = t_law if regime == "larger" else float(tune_len)
+        if method in TRAINING_FREE and method != "untuned":  # the law predicts base changes, not these
+            regime, t_law, predicted = "training-free", math.nan, math.nan
         rows.append({
             "model": model, "method": method, "base": int(base), "tune_len": int(tune_len),
             "head_dim": head_dim, "train_len": train_len, "orig_base": orig_base,
@@ -75,6 +84,8 @@ def fit_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Log-log slope of measured bound against base, per (model, method, T_tune), beside d_extra/d."""
     rows = []
     for (model, method, tune_len), group in cells.groupby(["model", "method", "tune_len"], sort=True):
+        if method in TRAINING_FREE:
+            continue
         usable = group[(group.regime == "larger") & ~group.censored & (group.measured_bound > group.ref_len)]
         slope = intercept = math.nan
         if len(usable) >= 2 and usable.base.nunique() >= 2:
@@ -85,7 +96,27 @@ def fit_table(cells: pd.DataFrame) -> pd.DataFrame:
             "fitted_slope": slope, "fitted_intercept": intercept,
             "theory_slope": first.d_extra / first.head_dim, "theory_intercept": math.log(2 * math.pi),
         })
-    return pd.DataFrame(rows)
+    columns = ["model", "method", "tune_len", "n_cells_fitted", "fitted_slope", "fitted_intercept",
+               "theory_slope", "theory_intercept"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def passkey_table(passkey: pd.DataFrame) -> pd.DataFrame:
+    """Retrieval accuracy per (cell, length, depth), over its trials."""
+    if passkey.empty:
+        return pd.DataFrame(columns=PASSKEY_COLUMNS)
+    grouped = passkey.groupby(GROUP + ["length", "depth"], sort=True).correct
+    return grouped.agg(prompts="size", correct="sum", accuracy="mean").reset_index()
+
+
+def join_passkey(cells: pd.DataFrame, passkey: pd.DataFrame) -> pd.DataFrame:
+    """`cells` with overall and per-length retrieval accuracy (none added without passkey rows)."""
+    if passkey.empty:
+        return cells
+    overall = passkey.groupby(GROUP).correct.mean().rename("passkey_accuracy")
+    by_length = passkey.pivot_table(index=GROUP, columns="length", values="correct", aggfunc="mean")
+    by_length.columns = [f"passkey_accuracy_len{length}" for length in by_length.columns]
+    return cells.merge(pd.concat([overall, by_length], axis=1).reset_index(), on=GROUP, how="left")
 
 
 def load_evals(paths: list[str]) -> pd.DataFrame:
@@ -100,16 +131,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ppl-factor", type=float, default=1.5, help="see the module docstring")
     parser.add_argument("--out-cells", required=True, help="output CSV, one row per cell")
     parser.add_argument("--out-fit", required=True, help="output CSV of the log-log fits")
+    parser.add_argument("--passkey", nargs="*", default=[], help="per-cell passkey.csv files (none: no retrieval columns)")
+    parser.add_argument("--out-passkey", help="output CSV of retrieval accuracy per cell, length and depth")
 
 
 def run(args) -> None:
     if args.ppl_factor <= 1:
         raise UserError(f"law.ppl_factor must be > 1 (got {args.ppl_factor})")
+    if args.passkey and not args.out_passkey:
+        raise UserError("--passkey needs --out-passkey, the table of accuracy per cell, length and depth")
+    passkey = load_evals(args.passkey) if args.passkey else pd.DataFrame()
     cells = cell_table(load_evals(args.evals), args.ppl_factor)
     fits = fit_table(cells)
-    for table, path in ((cells, args.out_cells), (fits, args.out_fit)):
+    cells = join_passkey(cells, passkey)
+    outputs = [(cells, args.out_cells), (fits, args.out_fit)]
+    if args.out_passkey:
+        outputs.append((passkey_table(passkey), args.out_passkey))
+    for table, path in outputs:
         with provenance.atomic_path(path) as tmp:
             table.to_csv(tmp, index=False)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(cells[GROUP + ["regime", "predicted_bound", "measured_bound", "censored"]].to_string(index=False))
+        shown = ["regime", "predicted_bound", "measured_bound", "censored"] + list(cells.filter(like="passkey_accuracy"))
+        print(cells[GROUP + shown].to_string(index=False))
         print(fits.to_string(index=False))

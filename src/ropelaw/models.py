@@ -5,9 +5,11 @@
 A scratch model is a LLaMA-architecture `LlamaForCausalLM` initialised at
 random from the config's `architecture`, then pretrained by `ropelaw finetune`
 at its `train_len` with its original base. A Hugging Face directory is used in
-place. Loading always sets `rope_parameters` in the config *before* the model
-is built, so the rotary module is constructed with the base we ask for, and
-`rope.check_inv_freq` confirms it.
+place (a hub or GGUF model is first made a local directory: `ropelaw.sources`).
+Loading applies a RoPE method (`ropelaw.methods`): it sets `rope_parameters` in
+the config *before* the model is built, so the rotary module is constructed with
+the frequencies we ask for, picks the attention function (log-scaled or not),
+and `methods.check_model` confirms the inv_freq in effect.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from ropelaw import UserError, provenance, rope
+from ropelaw import UserError, methods, provenance, rope
 
 MANIFEST = "ropelaw_manifest.json"
 
@@ -38,24 +40,30 @@ def head_dim_of(config) -> int:
 
 def load_causal_lm(
     model_dir: str | Path,
-    base: float,
+    method: float | methods.MethodSpec,
     *,
     precision: str = "auto",
     attn_implementation: str = "sdpa",
     device: str | torch.device | None = None,
 ):
-    """Load a causal LM with rotary base `base` in effect; returns (model, inv_freq)."""
+    """Load a causal LM with a RoPE method in effect; returns (model, inv_freq).
+
+    `method` is a resolved `methods.MethodSpec`, or a number: the paper's method,
+    a plain rotary base.
+    """
+    spec = method if isinstance(method, methods.MethodSpec) else methods.resolve("base", method)
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir} is not a model directory (no config.json)")
     config = AutoConfig.from_pretrained(model_dir)
-    config.rope_parameters = rope.rope_parameters(base)
+    methods.apply_to_config(spec, config)
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, config=config, dtype=resolve_dtype(precision), attn_implementation=attn_implementation
+        model_dir, config=config, dtype=resolve_dtype(precision),
+        attn_implementation=methods.attention_implementation(spec, attn_implementation),
     )
     if device is not None:
         model.to(device)
-    inv_freq = rope.check_inv_freq(model, head_dim_of(config), base)
+    inv_freq = methods.check_model(model, spec, head_dim_of(config))
     return model, inv_freq
 
 

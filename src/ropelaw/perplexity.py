@@ -8,6 +8,8 @@ Why chunks: at 1M tokens with a 49K vocabulary the full logits would take
 1M x 49K x 4 bytes = 196 GB, while the hidden state [1, 1M, 576] is about 1 GB.
 So the backbone runs once over the whole sequence and the lm_head, log-softmax and
 argmax run over `chunk_size` positions at a time; the [B, L, V] logits never exist.
+The decoder's MLPs also run over `chunk_size` positions at a time (`ropelaw.lean`), so
+their [L, intermediate] activations never exist whole either.
 
 Why one pass serves every length: in a causal model whose positions enter only
 through a position-only RoPE, the prediction at position t depends on tokens
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ropelaw import UserError
+from ropelaw.lean import chunked_mlp
 
 # Config attributes that change logits after the lm_head; we do not reproduce them.
 _SOFTCAPS = ("final_logit_softcapping", "output_logit_soft_cap", "logits_soft_cap")
@@ -95,8 +98,10 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096):
     backbone, lm_head = model.get_decoder(), model.get_output_embeddings()
     nll_bt = torch.empty(batch, length - 1, dtype=torch.float64)
     correct_bt = torch.empty(batch, length - 1, dtype=torch.bool)
-    with torch.inference_mode():
+    # The MLPs run in chunks of the same size: their [L, intermediate] activations dominate memory at 100K+.
+    with torch.inference_mode(), chunked_mlp(model, chunk_size):
         hidden_bld = backbone(input_ids=input_ids_bl, use_cache=False).last_hidden_state
+    with torch.inference_mode():
         for start in range(0, length - 1, chunk_size):
             end = min(start + chunk_size, length - 1)
             logits_bcv = lm_head(hidden_bld[:, start:end]).float()

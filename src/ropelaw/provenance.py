@@ -35,6 +35,11 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_if_exists(path: str | Path) -> str | None:
+    """sha256 of a file, or None where there is none (e.g. a model without our manifest)."""
+    return sha256_file(path) if Path(path).is_file() else None
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

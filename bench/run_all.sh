@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Every GPU benchmark of BENCHMARKS.md, in three parts that each fit a 10-minute slot:
+#
+#   bash bench/run_all.sh eval      # 1 GPU: ceilings, SDPA kernels, 7B at 100K/256K, SmolLM2 at 1M
+#   bash bench/run_all.sh train     # 1 GPU: 7B forward+backward at 4K/16K; ropelaw.finetune.train, plain and ZeRO-3
+#   bash bench/run_all.sh scaling   # ropelaw.finetune.train + ZeRO-3 under torchrun, 1 GPU then all visible
+#
+# Run from the repository root with torch, transformers, accelerate and deepspeed importable.
+# Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
+# Each step has its own time limit; a failed step is logged and the next one runs.
+set -uo pipefail
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling}
+OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
+export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+mkdir -p "$OUT"
+log=$OUT/log.txt
+work=${BENCH_WORK:-/tmp/ropelaw-bench}
+
+step() {  # step SECONDS CMD...: run with a time limit, output to the log
+    local limit=$1
+    shift
+    echo "== $(date -u +%T) $*" | tee -a "$log"
+    timeout "$limit" "$@" >>"$log" 2>&1 || echo "!! exit $? after ${SECONDS}s: $*" | tee -a "$log"
+}
+
+best_backend() {  # the fastest SDPA backend for a shape in attention.jsonl, else 'default'
+    python3 - "$OUT/attention.jsonl" "$1" <<'EOF'
+import json, os, sys
+rows = [json.loads(line) for line in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
+rows = [r for r in rows if r["shape"] == sys.argv[2] and r["pass"] == "fwd" and "tflops" in r]
+print(max(rows, key=lambda r: (r["length"], r["tflops"]))["backend"] if rows else "default")
+EOF
+}
+
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name(), torch.cuda.device_count())' | tee -a "$log"
+
+case $part in
+eval)
+    step 60 python3 bench/ceilings.py
+    gemm=$(python3 -c "import json; print(json.loads(open('$OUT/ceilings.jsonl').readline())['gemm_bf16_tflops'])" 2>/dev/null || echo "")
+    step 150 python3 bench/attention.py
+    floor=${gemm:+--gemm-tflops $gemm}
+    step 120 python3 bench/eval_long.py --shape llama2-7b --tokens 100000 --repeat 2 $floor
+    step 90 python3 bench/eval_long.py --shape llama2-7b --tokens 100000 --plain-mlp $floor
+    step 90 python3 bench/eval_long.py --shape llama2-7b --tokens 100000 --sdpa cudnn $floor
+    step 300 python3 bench/eval_long.py --shape smollm2-135m --tokens 1048576 --sdpa "$(best_backend smollm2)" $floor
+    step 120 python3 bench/eval_long.py --shape llama2-7b --tokens 262144 --sdpa "$(best_backend 7b)" $floor
+    ;;
+train)
+    for sdpa in default cudnn; do
+        step 90 python3 bench/train_step.py --seq 4096 --sdpa $sdpa
+        step 120 python3 bench/train_step.py --seq 16384 --ac --sdpa $sdpa
+    done
+    step 90 python3 bench/train_step.py --seq 4096 --ac
+    # One worker under torchrun, as the finetune rule launches a job with resources gpu=1.
+    one=(python3 -m torch.distributed.run --standalone --nproc-per-node 1 bench/trainer_path.py run --dir "$work" --global-batch 8)
+    step 60 python3 bench/trainer_path.py prepare --dir "$work" --layers 8 --seq 4096 16384 --rows 64
+    step 120 "${one[@]}" --seq 4096 --steps 6
+    step 150 "${one[@]}" --seq 4096 --steps 6 --deepspeed config/deepspeed/zero3.json
+    step 150 "${one[@]}" --seq 16384 --steps 5 --ac
+    step 150 python3 bench/train_step.py --seq 4096 --compile-layers
+    ;;
+scaling)
+    gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+    step 60 python3 bench/trainer_path.py prepare --dir "$work" --layers 8 --seq 4096 --rows 64
+    # The same global batch of 8 on 1 GPU of this machine, then on all of them.
+    zero3=(bench/trainer_path.py run --dir "$work" --seq 4096 --global-batch 8 --steps 6 --deepspeed config/deepspeed/zero3.json)
+    CUDA_VISIBLE_DEVICES=0 step 150 python3 -m torch.distributed.run --standalone --nproc-per-node 1 "${zero3[@]}"
+    step 200 python3 -m torch.distributed.run --standalone --nproc-per-node "$gpus" "${zero3[@]}"
+    ;;
+*)
+    echo "unknown part '$part': eval, train or scaling" >&2
+    exit 2
+    ;;
+esac
+echo "== done in ${SECONDS}s" | tee -a "$log"

@@ -1,0 +1,256 @@
+"""Passkey retrieval of one cell: can the model fetch a number hidden deep in its context?
+
+    ropelaw passkey --model DIR --cell-json '{...}' --eval-data DIR --tokenizer DIR \
+        --spec '{"lengths": [...], "depths": [...], "trials": 2, ...}' --out results/.../passkey.csv
+
+Low perplexity at a long context does not show that a model uses that context (Men et al.
+2024: small bases keep perplexity low while retrieval fails), so every cell also answers
+prompts of exactly L tokens:
+
+    [prefix] filler[:p] needle filler[p:] question      needle = "... pass key is 48213 ..."
+
+The filler is real evaluation text: a window of one row of `ropelaw prepare-eval`'s docs.bin,
+the documents perplexity is measured on. The needle goes after a fraction `depth` of the
+filler (0 = first, 1 = just before the question). For each (length, trial) one generator
+seeded with (seed, length, trial) draws a key per depth and then the window, so prompts depend
+only on the tokenizer, the rows and the spec: every cell of a model answers the same prompts
+(`prompts_sha256` in the sidecar), and adding a length changes no other length's prompts.
+The prefix is tokenized as a user's prompt would be (with the tokenizer's BOS, if it adds one).
+
+Each batch of prompts runs one forward with the KV cache on and logits for the last position
+only (`logits_to_keep=1`), then greedily decodes len(" " + key) + 2 tokens from the cache, so
+the [B, L, V] logits never exist. A length-dependent method (dynamic NTK) sees each prompt at
+exactly L in that forward, as perplexity does; the decoded tokens follow transformers' cache
+update. An answer is correct when its first run of digits is the key.
+Output: one row per (length, depth, trial), with the key's token span in the prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ropelaw import UserError, provenance, rope
+
+KEY = "{key}"
+EXTRA_TOKENS = 2  # decoded beyond the key's own tokens, so a longer number is caught as wrong
+
+
+@dataclass(frozen=True)
+class PasskeySpec:
+    """The `passkey` config block, with `lengths` resolved (see schemas/config.schema.yaml)."""
+
+    lengths: tuple[int, ...]
+    """Prompt lengths in tokens, each at most the length of the evaluation rows."""
+    depths: tuple[float, ...]
+    """Where the needle goes, as a fraction of the filler before it (0 = first, 1 = last)."""
+    trials: int
+    """Prompts per (length, depth): each trial has its own filler window, shared by its depths, and a key per depth."""
+    seed: int
+    """Seed of the keys and filler windows."""
+    key_digits: int
+    """Digits of every key (no leading zero)."""
+    prefix: str
+    """Text before the filler."""
+    needle: str
+    """Text hiding the key; every {key} in it becomes the key."""
+    question: str
+    """Text after the filler; the model's continuation is its answer."""
+
+    def __post_init__(self):
+        lengths, depths = list(self.lengths), list(self.depths)
+        if not lengths or lengths != sorted(set(lengths)) or lengths[0] < 2:
+            raise UserError(f"passkey.lengths must be increasing lengths >= 2 without repeats, got {lengths}")
+        if not depths or not all(0.0 <= d <= 1.0 for d in depths) or len(set(depths)) != len(depths):
+            raise UserError(f"passkey.depths must be distinct fractions in [0, 1], got {depths}")
+        if self.trials < 1 or self.seed < 0 or not 1 <= self.key_digits <= 18:
+            raise UserError("passkey: trials >= 1, seed >= 0 and 1 <= key_digits <= 18 are required")
+        if KEY not in self.needle:
+            raise UserError(f"passkey.needle must contain {KEY} (got {self.needle!r})")
+        if KEY in self.prefix + self.question:
+            raise UserError(f"passkey.prefix and passkey.question must not contain {KEY}: the key is hidden in the needle only")
+
+    @classmethod
+    def from_json(cls, text: str) -> PasskeySpec:
+        raw = json.loads(text)
+        fields = set(cls.__dataclass_fields__)
+        if set(raw) != fields:
+            raise UserError(f"--spec needs exactly the keys {sorted(fields)}, got {sorted(raw)}")
+        return cls(**{**raw, "lengths": tuple(raw["lengths"]), "depths": tuple(raw["depths"])})
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of exactly `length` tokens; the key's tokens are input_ids[key_start:key_end]."""
+
+    length: int
+    depth: float
+    trial: int
+    key: str
+    doc: int
+    doc_offset: int
+    key_start: int
+    key_end: int
+    input_ids: np.ndarray
+
+
+def score(answer: str, key: str) -> bool:
+    """Exact match: the first run of digits of the answer is the key, no more, no less."""
+    digits = re.search(r"[0-9]+", answer)
+    return digits is not None and digits.group() == key
+
+
+def _ids(tokenizer, text: str, *, special: bool = False) -> np.ndarray:
+    return np.asarray(tokenizer(text, add_special_tokens=special)["input_ids"], dtype=np.int64)
+
+
+def encode_needle(tokenizer, needle: str, key: str) -> tuple[np.ndarray, int, int]:
+    """(needle token ids, first key token, one past the last) for the first {key} of `needle`."""
+    text = needle.replace(KEY, key)
+    first = needle.index(KEY)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    span = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a < first + len(key) and b > first]
+    return np.asarray(encoded["input_ids"], dtype=np.int64), span[0], span[-1] + 1
+
+
+def build_prompts(tokenizer, docs_nl, spec: PasskeySpec, length: int) -> list[Prompt]:
+    """The trials x depths prompts of one length, ordered by trial then depth."""
+    head, tail = _ids(tokenizer, spec.prefix, special=True), _ids(tokenizer, spec.question)
+    n_docs, row_len = docs_nl.shape
+    prompts = []
+    for trial in range(spec.trials):
+        rng = np.random.default_rng([spec.seed, length, trial])
+        keys = [str(rng.integers(10 ** (spec.key_digits - 1), 10**spec.key_digits)) for _ in spec.depths]
+        needles = [encode_needle(tokenizer, spec.needle, key) for key in keys]
+        fillers = [length - len(head) - len(ids) - len(tail) for ids, _, _ in needles]
+        if min(fillers) < 1:
+            raise UserError(
+                f"passkey.lengths: {length} tokens cannot hold the {length - min(fillers)} tokens of "
+                "passkey.prefix, needle and question with any filler; drop the length or shorten the templates"
+            )
+        if max(fillers) > row_len:
+            raise UserError(
+                f"passkey.lengths: {length} needs {max(fillers)} filler tokens but the evaluation rows hold "
+                f"{row_len}; keep passkey lengths <= the longest of evaluation.lengths"
+            )
+        doc = int(rng.integers(n_docs))
+        offset = int(rng.integers(row_len - max(fillers) + 1))
+        for depth, key, (needle_ids, key_first, key_last), n_filler in zip(spec.depths, keys, needles, fillers):
+            filler = np.asarray(docs_nl[doc, offset : offset + n_filler], dtype=np.int64)
+            cut = round(depth * n_filler)
+            input_ids = np.concatenate([head, filler[:cut], needle_ids, filler[cut:], tail])
+            assert len(input_ids) == length
+            start = len(head) + cut
+            prompts.append(Prompt(length, depth, trial, key, doc, offset, start + key_first, start + key_last, input_ids))
+    return prompts
+
+
+def greedy_answer(model, input_ids_bl, n_new: int):
+    """[B, n_new] greedy continuation of equal-length prompts, from the KV cache, last-position logits only."""
+    import torch
+
+    from ropelaw.perplexity import reset_dynamic_rope
+
+    device = next(model.parameters()).device
+    ids_bl = torch.as_tensor(np.asarray(input_ids_bl), dtype=torch.long, device=device)
+    reset_dynamic_rope(model)
+    tokens = []
+    with torch.inference_mode():
+        out = model(input_ids=ids_bl, use_cache=True, logits_to_keep=1)
+        for step in range(n_new):
+            next_b = out.logits[:, -1].argmax(-1)
+            tokens.append(next_b)
+            if step + 1 < n_new:
+                out = model(input_ids=next_b[:, None], past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+    return torch.stack(tokens, 1).cpu()
+
+
+def evaluate_passkey(model, tokenizer, docs_nl, spec: PasskeySpec, *, batch_size: int = 1, progress: bool = True):
+    """(one row per prompt, sha256 of every prompt's tokens in order)."""
+    from tqdm.auto import tqdm
+
+    digest = hashlib.sha256()
+    rows = []
+    for length in spec.lengths:
+        prompts = build_prompts(tokenizer, docs_nl, spec, length)
+        n_new = max(len(_ids(tokenizer, " " + p.key)) for p in prompts) + EXTRA_TOKENS
+        for first in tqdm(range(0, len(prompts), batch_size), desc=f"passkey L={length}", disable=not progress):
+            batch = prompts[first : first + batch_size]
+            ids_bl = np.stack([p.input_ids for p in batch])
+            digest.update(ids_bl.astype("<i8").tobytes())
+            for prompt, answer_ids in zip(batch, greedy_answer(model, ids_bl, n_new).tolist()):
+                answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
+                fields = {k: v for k, v in asdict(prompt).items() if k != "input_ids"}
+                rows.append({**fields, "answer": answer, "correct": score(answer, prompt.key)})
+    return pd.DataFrame(rows), digest.hexdigest()
+
+
+def accuracy_by_length(table: pd.DataFrame) -> pd.DataFrame:
+    return table.groupby("length").correct.agg(prompts="size", correct="sum", accuracy="mean").reset_index()
+
+
+def _device_name(model) -> str:
+    import torch
+
+    device = next(model.parameters()).device
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def add_arguments(parser) -> None:
+    from ropelaw.evaluate import add_cell_arguments
+
+    add_cell_arguments(parser)
+    parser.add_argument("--eval-data", required=True, help="evaluation directory (ropelaw prepare-eval): the filler")
+    parser.add_argument("--tokenizer", required=True, help="the tokenizer the evaluation rows were made with")
+    parser.add_argument("--spec", required=True, help="the passkey config block as JSON, lengths resolved")
+
+
+def run(args) -> None:
+    from ropelaw.data import load_tokenizer
+    from ropelaw.evaldata import load_eval_docs
+    from ropelaw.evaluate import CELL_KEYS, cell_method, load_cell_model, parse_cell
+
+    cell = parse_cell(args.cell_json)
+    if args.batch_size < 1:
+        raise UserError(f"evaluation.batch_size must be >= 1 (got {args.batch_size})")
+    spec = PasskeySpec.from_json(args.spec)
+    tokenizer, tokenizer_identity = load_tokenizer(args.tokenizer)
+    docs = load_eval_docs(args.eval_data)
+    model, inv_freq = load_cell_model(args.model, cell, precision=args.precision, attn_implementation=args.attn_implementation)
+    started = time.perf_counter()
+    table, prompts_sha256 = evaluate_passkey(model, tokenizer, docs, spec, batch_size=args.batch_size)
+    seconds = time.perf_counter() - started
+    for key in reversed(CELL_KEYS):
+        table.insert(0, key, cell[key])
+    summary = accuracy_by_length(table)
+    sidecar = provenance.manifest(
+        kind="passkey",
+        cell=cell,
+        spec=asdict(spec),
+        method=cell_method(cell).to_json(),
+        model_dir=str(args.model),
+        model_manifest_sha256=provenance.sha256_if_exists(Path(args.model) / "ropelaw_manifest.json"),
+        eval_manifest_sha256=provenance.sha256_file(Path(args.eval_data) / "manifest.json"),
+        tokenizer=tokenizer_identity,
+        prompts_sha256=prompts_sha256,
+        batch_size=args.batch_size,
+        dtype=str(next(model.parameters()).dtype),
+        attn_implementation=args.attn_implementation,
+        device=_device_name(model),
+        seconds=seconds,
+        accuracy_by_length=summary.to_dict(orient="records"),
+        inv_freq=inv_freq.tolist(),
+        inv_freq_sha256=rope.inv_freq_digest(inv_freq),
+    )
+    out = Path(args.out)
+    with provenance.atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
+    provenance.write_json(out.with_suffix(".json"), sidecar)
+    print(summary.to_string(index=False))

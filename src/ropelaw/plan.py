@@ -1,0 +1,197 @@
+"""The cost of a study before anything runs: every cell's tokens, GPU-hours and wall time.
+
+    ropelaw plan --configfile config/paper.yaml --profile profiles/slurm
+
+Throughput is read from the table of BENCHMARKS.md whose header is
+`| model | phase | gpu | seq_len | tokens_per_s_per_gpu | source |` (measured tokens per
+second per GPU, phase `finetune` or `evaluate`); GPUs per job and time limits from the
+profile's resources of rules finetune, evaluate and passkey. The assumptions that turn
+one into the other are printed above the plan (ASSUMPTIONS). Data preparation, model
+downloads and the CPU rules are not counted. Needs no data, model or GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ropelaw import UserError, methods
+from ropelaw.config import _merge, load_yaml, method_spec, resolve, training_args
+
+COLUMNS = ["model", "phase", "gpu", "seq_len", "tokens_per_s_per_gpu"]
+# Dense bf16 tensor-core peaks (NVIDIA datasheets, SXM parts): rows measured on one GPU serve another.
+PEAK_BF16_TFLOPS = {"a100": 312.0, "h100": 989.4, "h200": 989.4}
+# BENCHMARKS.md: our Trainer path with ZeRO-3 on 2 GPUs ran at 55% of the forward+backward MFU.
+STEP_EFFICIENCY = 0.55
+ASSUMPTIONS = [
+    "time per token is linear in the sequence length between and beyond the measured lengths "
+    "(dense layers constant, attention linear); one measured length = constant",
+    "a GPU type without rows takes another type's rows x the ratio of dense bf16 peaks "
+    f"({', '.join(f'{k} {v:g}' for k, v in PEAK_BF16_TFLOPS.items())} TFLOP/s): pessimistic for A100",
+    f"a fine-tuning step runs at {STEP_EFFICIENCY:.0%} of the measured forward+backward rate, per GPU "
+    "(the Trainer path with ZeRO-3 on 2 GPUs in BENCHMARKS.md; more nodes may do worse)",
+    "evaluation reads data.eval.max_docs rows of the longest length; a length-dependent method "
+    "(dynamic NTK) does one forward per length; passkey: one forward per prompt",
+    "wall time = GPU-hours / GPUs of the job; queueing is not counted",
+]
+
+
+@dataclass(frozen=True)
+class Job:
+    """GPUs and time limit of one job of a rule, from the profile."""
+
+    gpus: int
+    gpu_type: str
+    runtime_min: float | None
+
+
+def read_throughput(path: Path) -> list[dict]:
+    """Rows of every table in `path` whose header starts with COLUMNS."""
+    if not path.is_file():
+        raise UserError(f"--benchmarks: {path} does not exist; it holds the measured throughput (`{' | '.join(COLUMNS)}`)")
+    rows, header = [], None
+    for line in path.read_text().splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") else None
+        if cells is None:
+            header = None
+        elif cells[: len(COLUMNS)] == COLUMNS:
+            header = cells
+        elif header and not set(line.replace("|", "").strip()) <= set("-: "):
+            row = dict(zip(header, cells))
+            rows.append({**row, "seq_len": int(row["seq_len"]), "tokens_per_s_per_gpu": float(row["tokens_per_s_per_gpu"])})
+    if not rows:
+        raise UserError(f"--benchmarks: {path} has no table with the header `| {' | '.join(COLUMNS)} |`")
+    return rows
+
+
+def seconds_per_token(rows: list[dict], model: str, phase: str, gpu: str, length: int) -> float | None:
+    """Seconds per token on one GPU of type `gpu` at sequence length `length`; None if never measured."""
+    mine = [r for r in rows if r["model"] == model and r["phase"] == phase]
+    if not mine:
+        return None
+    same = [r for r in mine if r["gpu"].lower() == gpu]
+    scale = 1.0
+    if not same:
+        other = sorted({r["gpu"].lower() for r in mine})[0]
+        if gpu not in PEAK_BF16_TFLOPS or other not in PEAK_BF16_TFLOPS:
+            raise UserError(f"no {phase} throughput of {model} on {gpu}, and no peak to scale {other}'s rows by")
+        same, scale = [r for r in mine if r["gpu"].lower() == other], PEAK_BF16_TFLOPS[other] / PEAK_BF16_TFLOPS[gpu]
+    points = sorted({r["seq_len"]: 1.0 / r["tokens_per_s_per_gpu"] for r in same}.items())
+    if len(points) == 1:
+        return points[0][1] * scale
+    # The two measured lengths around `length` (or the two nearest at an end): a line through them.
+    i = min(max(sum(x <= length for x, _ in points) - 1, 0), len(points) - 2)
+    (x0, y0), (x1, y1) = points[i], points[i + 1]
+    return max(y0 + (y1 - y0) * (length - x0) / (x1 - x0), min(y0, y1)) * scale
+
+
+def profile_jobs(profile_dir: Path) -> dict[str, Job]:
+    """Job shape of the GPU rules as the profile's default-resources and set-resources give it."""
+    path = profile_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"--profile: {path} does not exist; point --profile at a Snakemake profile directory")
+    profile = yaml.safe_load(path.read_text()) or {}
+    jobs = {}
+    for rule in ("finetune", "evaluate", "passkey"):
+        res = {**profile.get("default-resources", {}), **profile.get("set-resources", {}).get(rule, {})}
+        gres = re.fullmatch(r"gpu(?::([A-Za-z0-9_.]+))?:(\d+)", str(res.get("gres", "")))
+        if gres:
+            gpus, gpu_type = int(gres.group(2)) * int(res.get("nodes", 1)), gres.group(1) or ""
+        else:
+            gpus, gpu_type = int(res.get("gpu", 0) or 0), str(res.get("gpu_model", ""))
+        if gpus < 1:
+            raise UserError(f"--profile: {path} gives rule {rule} no GPU (set `gres` or `gpu` under set-resources)")
+        jobs[rule] = Job(gpus, gpu_type.lower() or "unknown", res.get("runtime"))
+    return jobs
+
+
+def plan(cfg: dict, cells: list, jobs: dict[str, Job], rows: list[dict]) -> list[dict]:
+    """One line per job that uses GPUs: fine-tuning of a trained cell, evaluation of every cell."""
+    lines = []
+    max_docs = cfg["data"]["eval"]["max_docs"]
+    if max_docs is None:
+        raise UserError("config key 'data.eval.max_docs' is null: the plan needs the number of evaluation rows")
+    lengths = cfg["evaluation"]["lengths"]
+    passkey = cfg["passkey"]
+    for cell in cells:
+        spec = method_spec(cfg, cell)
+        if cell.method in methods.TRAINED:
+            args = training_args(cfg, cell)
+            tokens = args["steps"] * args["global_batch_size"] * cell.tune_len
+            job = jobs["finetune"]
+            rate = seconds_per_token(rows, cell.model, "finetune", job.gpu_type, cell.tune_len)
+            lines.append(_line(cell, "finetune", tokens, None if rate is None else tokens * rate / STEP_EFFICIENCY, job))
+        forwards = [(L, max_docs) for L in lengths] if spec.length_dependent else [(max(lengths), max_docs)]
+        _add_eval(lines, cell, "evaluate", forwards, jobs["evaluate"], rows)
+        if passkey["enabled"]:
+            prompts = len(passkey["depths"]) * passkey["trials"]
+            _add_eval(lines, cell, "passkey", [(L, prompts) for L in passkey["lengths"] or lengths], jobs["passkey"], rows)
+    return lines
+
+
+def _add_eval(lines, cell, step, forwards, job: Job, rows) -> None:
+    tokens = sum(L * n for L, n in forwards)
+    rates = [(L, n, seconds_per_token(rows, cell.model, "evaluate", job.gpu_type, L)) for L, n in forwards]
+    sec = None if any(r is None for _, _, r in rates) else sum(L * n * r for L, n, r in rates)
+    lines.append(_line(cell, step, tokens, sec, job))
+
+
+def _line(cell, step: str, tokens: int, gpu_seconds: float | None, job: Job) -> dict:
+    line = {"cell": cell.path.removeprefix("results/"), "model": cell.model, "step": step, "tokens": tokens,
+            "gpus": job.gpus, "gpu_hours": None, "wall_hours": None, "resubmits": None}
+    if gpu_seconds is not None:
+        wall_h = gpu_seconds / 3600 / job.gpus
+        limit_h = job.runtime_min / 60 if job.runtime_min else None
+        line.update(gpu_hours=gpu_seconds / 3600, wall_hours=wall_h,
+                    resubmits=math.ceil(wall_h / limit_h) - 1 if limit_h else 0)
+    return line
+
+
+def render(lines: list[dict], jobs: dict[str, Job], benchmarks: Path, profile: Path) -> str:
+    out = [f"Cost plan: throughput from {benchmarks}, jobs from {profile}/config.yaml"]
+    for rule, job in jobs.items():
+        limit = f", time limit {job.runtime_min / 60:g} h" if job.runtime_min else ""
+        out.append(f"  {rule}: {job.gpus} x {job.gpu_type}{limit}")
+    out.append("Assumptions:")
+    out += [f"  - {a}" for a in ASSUMPTIONS]
+    out.append("")
+    out.append(f"{'cell':<44} {'step':<9} {'tokens':>15} {'GPUs':>5} {'GPU-h':>9} {'wall h':>8} {'resubmits':>9}")
+    for ln in lines:
+        cost = (f"{ln['gpu_hours']:>9,.1f} {ln['wall_hours']:>8,.2f} {ln['resubmits']:>9}"
+                if ln["gpu_hours"] is not None else f"{'not measured':>28}")
+        out.append(f"{ln['cell']:<44} {ln['step']:<9} {ln['tokens']:>15,} {ln['gpus']:>5} {cost}")
+    out.append("")
+    for step in ("finetune", "evaluate", "passkey", None):
+        mine = [ln for ln in lines if step in (None, ln["step"])]
+        costed = [ln for ln in mine if ln["gpu_hours"] is not None]
+        if mine:
+            out.append(
+                f"{'total ' + (step or ''):<17} {len(mine):>4} jobs {sum(ln['tokens'] for ln in mine):>17,} tokens "
+                f"{sum(ln['gpu_hours'] for ln in costed):>10,.1f} GPU-h {sum(ln['wall_hours'] for ln in costed):>9,.1f} h "
+                "one job at a time" + (f" ({len(mine) - len(costed)} jobs not measured)" if len(costed) < len(mine) else "")
+            )
+    missing = sorted({(ln["model"], ln["step"]) for ln in lines if ln["gpu_hours"] is None})
+    if missing:
+        out.append("Not measured (no rows in the benchmarks table, so left out of the GPU-hours): "
+                   + ", ".join(f"{model} {step}" for model, step in missing))
+    return "\n".join(out)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--configfile", required=True, nargs="+", help="config YAML file(s), later ones merged over earlier ones")
+    parser.add_argument("--profile", default="profiles/slurm", help="Snakemake profile directory (its config.yaml gives GPUs and time limits)")
+    parser.add_argument("--benchmarks", default="BENCHMARKS.md", help="markdown file with the measured-throughput table")
+
+
+def run(args) -> None:
+    raw: dict = {}
+    for path in args.configfile:
+        _merge(raw, load_yaml(path))
+    cfg, cells = resolve(raw, check_data=False)
+    jobs = profile_jobs(Path(args.profile))
+    rows = read_throughput(Path(args.benchmarks))
+    print(render(plan(cfg, cells, jobs, rows), jobs, Path(args.benchmarks), Path(args.profile)))

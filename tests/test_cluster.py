@@ -1,0 +1,210 @@
+"""Cluster readiness without a cluster: the launcher's commands, stop-on-SIGUSR1, the profile,
+config/paper.yaml's dry run with the SLURM profile, and the cost plan. tests/test_slurm.py runs
+the same pieces against a real SLURM cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from ropelaw import UserError
+from ropelaw.launch import launch_prefix, node_command, srun_command
+from ropelaw.plan import STEP_EFFICIENCY
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles/slurm/config.yaml"
+TABLE = """\
+Some text, then the table the plan reads (other columns may follow).
+
+| model | phase | gpu | seq_len | tokens_per_s_per_gpu | source |
+|---|---|---|---|---|---|
+| llama2-7b | finetune | h100 | 4096 | 3000 | test |
+| llama2-7b | finetune | h100 | 16384 | 2000 | test |
+| llama2-7b | evaluate | h100 | 4096 | 10000 | test |
+| llama2-7b | evaluate | h100 | 102400 | 4000 | test |
+| llama2-13b | finetune | a100 | 4096 | 600 | test |
+| llama2-13b | evaluate | a100 | 4096 | 2000 | test |
+"""
+
+
+def test_launch_prefix_follows_the_profile():
+    assert launch_prefix(0, None) == "ropelaw"
+    assert launch_prefix(8, None).startswith("torchrun --standalone --nproc-per-node 8 -m ropelaw.cli")
+    assert launch_prefix(8, "srun") == "ropelaw launch --launcher srun --"
+
+
+def test_srun_starts_one_task_per_node_with_all_its_cpus():
+    cmd = srun_command(["srun"], nodes=4, cpus_per_node=64, command=["finetune", "--base", "500"])
+    assert cmd[:7] == ["srun", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1", "--cpus-per-task=64",
+                       "--kill-on-bad-exit=1", sys.executable]
+    assert cmd[-5:] == ["--node", "--", "finetune", "--base", "500"]
+
+
+def test_each_node_runs_torchrun_with_one_worker_per_gpu():
+    env = {"SLURM_STEP_NUM_NODES": "4", "SLURM_NODEID": "2", "SLURM_GPUS_ON_NODE": "8", "SLURM_JOB_ID": "1234"}
+    cmd = node_command(env, "gpu001", ["finetune", "--base", "500"])
+    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    assert {"--nnodes=4", "--node-rank=2", "--nproc-per-node=8", "--master-addr=gpu001"} <= set(cmd)
+    assert cmd[-4:] == ["ropelaw.cli", "finetune", "--base", "500"]
+    cpu_only = node_command({"SLURM_STEP_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_ID": "1"}, "n1", ["finetune"])
+    assert cpu_only == [sys.executable, "-m", "ropelaw.cli", "finetune"]
+
+
+def test_launch_outside_slurm_is_a_user_error(monkeypatch):
+    from ropelaw import launch
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(UserError, match="inside a SLURM job"):
+        launch.run(SimpleNamespace(node=False, launcher="srun", command=["finetune"]))
+
+
+def test_sigusr1_saves_and_stops_at_the_end_of_the_step():
+    from ropelaw.finetune import StopOnSignal
+
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        stopper = StopOnSignal()
+        control = SimpleNamespace(should_save=False, should_training_stop=False, should_log=False)
+        state = SimpleNamespace(global_step=3, max_steps=10)
+        stopper.on_step_end(SimpleNamespace(device="cpu"), state, control)
+        assert not control.should_save and stopper.stopped_at is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        stopper.on_step_end(SimpleNamespace(device="cpu"), state, control)
+        assert control.should_save and control.should_training_stop and control.should_log
+        assert stopper.stopped_at == 3
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_checkpoints_of_another_run_are_not_resumed(tmp_path):
+    from ropelaw.finetune import _claim_checkpoints, newest_checkpoint
+
+    ckpt = tmp_path / "checkpoints"
+    _claim_checkpoints(ckpt, {"spec": {"lr": 1e-3}}, main=True)
+    (ckpt / "checkpoint-2").mkdir()
+    (ckpt / "checkpoint-2/trainer_state.json").write_text("{}")
+    _claim_checkpoints(ckpt, {"spec": {"lr": 1e-3}}, main=True)  # the same run: kept
+    assert newest_checkpoint(ckpt).name == "checkpoint-2"
+    _claim_checkpoints(ckpt, {"spec": {"lr": 5e-4}}, main=True)  # another run: removed
+    assert newest_checkpoint(ckpt) is None
+    assert json.loads((ckpt / "ropelaw_run.json").read_text()) == {"spec": {"lr": 5e-4}}
+
+
+def test_every_profile_entry_has_a_comment():
+    for number, line in enumerate(PROFILE.read_text().splitlines(), 1):
+        if re.match(r"\s*[A-Za-z_-]+:", line):
+            assert "#" in line, f"profiles/slurm/config.yaml:{number} has no comment: {line.strip()}"
+
+
+def test_profile_puts_gpu_rules_on_gpus_and_the_rest_on_cpus():
+    profile = yaml.safe_load(PROFILE.read_text())
+    assert profile["executor"] == "slurm" and profile["retries"] >= 1
+    rules = profile["set-resources"]
+    finetune = rules["finetune"]
+    assert finetune["mpi"] == "srun" and finetune["gres"].startswith("gpu:a100:") and finetune["nodes"] >= 1
+    assert "--signal=USR1@" in finetune["slurm_extra"] and "B:" not in finetune["slurm_extra"]
+    for rule in ("evaluate", "passkey", "pretrain"):
+        assert rules[rule]["gpu"] == 1 and rules[rule]["gpu_model"] == "a100" and rules[rule]["slurm_partition"] == "gpu"
+    for rule in ("pack", "prepare_eval", "train_tokenizer", "init_model", "fetch_hub", "convert_gguf"):
+        assert "gpu" not in rules[rule] and "gres" not in rules[rule]
+    localrules = re.search(r"localrules:\n((?:\s+\w+,\n)+)", (ROOT / "rules/common.smk").read_text()).group(1)
+    assert {"law", "figures", "fetch_embedded"} <= set(re.findall(r"\w+", localrules))
+
+
+@pytest.fixture
+def paper_workdir(tmp_path):
+    """A working directory where config/paper.yaml resolves: empty files stand in for the Pile."""
+    (tmp_path / "config").symlink_to(ROOT / "config")
+    for shard in ("resources/pile/train/00.jsonl.zst", "resources/pile/val.jsonl.zst"):
+        (tmp_path / shard).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / shard).touch()
+    return tmp_path
+
+
+def test_paper_grid_dry_runs_with_the_slurm_profile(paper_workdir):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "--quiet", "rules",
+         "--profile", str(ROOT / "profiles/slurm"), "--configfile", "config/paper.yaml"],
+        cwd=paper_workdir, capture_output=True, text=True,
+    )
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    # 2 models x (9 + 4 + 5 bases) fine-tunes; + untuned, base_logn and dynamic NTK cells evaluated.
+    assert counts["finetune"] == "36" and counts["evaluate"] == "42" and counts["fetch_hub"] == "2"
+    print(f"dry run of config/paper.yaml with profiles/slurm: {seconds:.1f} s")
+    assert seconds < 30
+
+
+def test_paper_grid_resolves_offline_from_its_given_geometry():
+    from ropelaw.config import load_yaml, resolve, training_args
+
+    cfg, cells = resolve(load_yaml(ROOT / "config/paper.yaml"), check_data=False)
+    methods = {c.method for c in cells}
+    assert methods == {"untuned", "base", "base_logn", "dynamic_ntk"}
+    tuned = [c for c in cells if c.method == "base"]
+    assert sorted({c.tune_len for c in tuned}) == [4096, 16384]
+    assert {c.base for c in tuned if c.model == "llama2-7b" and c.tune_len == 4096} >= {500, 652, 1304, 2608, 10000, 1000000}
+    args = {m: training_args(cfg, next(c for c in tuned if c.model == m)) for m in ("llama2-7b", "llama2-13b")}
+    assert args["llama2-7b"]["max_grad_norm"] == 2.5 and args["llama2-13b"]["max_grad_norm"] == 1.0
+    assert args["llama2-7b"]["lr"] == 2e-5 and args["llama2-7b"]["warmup_steps"] == 0 and args["llama2-7b"]["weight_decay"] == 0
+    assert args["llama2-7b"]["global_batch_size"] == 128 and args["llama2-7b"]["steps"] == 1000
+    assert max(cfg["evaluation"]["lengths"]) == 102400
+
+
+def test_plan_prints_every_cell_and_the_total(tmp_path):
+    table = tmp_path / "BENCHMARKS.md"
+    table.write_text(TABLE)
+    result = subprocess.run(
+        [sys.executable, "-m", "ropelaw.cli", "plan", "--configfile", str(ROOT / "config/paper.yaml"),
+         "--profile", str(ROOT / "profiles/slurm"), "--benchmarks", str(table)],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Assumptions:" in out and "finetune: 32 x a100" in out
+    assert len(re.findall(r"^llama2-\S+ +finetune ", out, re.M)) == 36
+    assert len(re.findall(r"^llama2-\S+ +evaluate ", out, re.M)) == 42
+    # 7B at 4K: 1000 x 128 x 4096 tokens at 3000 tok/s on an H100, 989.4/312 slower on an A100, a step at 55%.
+    row = re.search(r"^llama2-7b/base/base500_len4096 +finetune +([\d,]+) +32 +([\d,.]+)", out, re.M)
+    assert int(row.group(1).replace(",", "")) == 1000 * 128 * 4096
+    expected = 1000 * 128 * 4096 / 3000 * (989.4 / 312) / STEP_EFFICIENCY / 3600
+    assert float(row.group(2).replace(",", "")) == pytest.approx(expected, rel=1e-3)
+    assert re.search(r"^total +78 jobs", out, re.M) and "not measured" not in out
+
+
+def test_plan_of_the_shipped_benchmarks_lists_unmeasured_models():
+    result = subprocess.run(
+        [sys.executable, "-m", "ropelaw.cli", "plan", "--configfile", str(ROOT / "config/paper.yaml"),
+         "--profile", str(ROOT / "profiles/slurm"), "--benchmarks", str(ROOT / "BENCHMARKS.md")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^llama2-7b/base/base500_len16384 +finetune +[\d,]+ +32 +[\d,.]+ ", result.stdout, re.M)
+    assert re.search(r"^total +78 jobs", result.stdout, re.M)
+
+
+def test_plan_interpolates_in_length_and_names_missing_rows(tmp_path):
+    from ropelaw.plan import read_throughput, seconds_per_token
+
+    table = tmp_path / "b.md"
+    table.write_text(TABLE)
+    rows = read_throughput(table)
+    at = lambda length: seconds_per_token(rows, "llama2-7b", "finetune", "h100", length)  # noqa: E731
+    assert at(4096) == pytest.approx(1 / 3000) and at(16384) == pytest.approx(1 / 2000)
+    assert at(10240) == pytest.approx((1 / 3000 + 1 / 2000) / 2)
+    assert at(32768) > at(16384)  # extrapolated along the same line
+    assert seconds_per_token(rows, "llama2-13b", "finetune", "a100", 16384) == pytest.approx(1 / 600)
+    assert seconds_per_token(rows, "smollm2", "finetune", "a100", 4096) is None  # listed as not measured

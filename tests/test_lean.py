@@ -1,0 +1,58 @@
+"""The chunked-MLP forward gives the plain forward's numbers and leaves the model as it was.
+
+Tiny random LLaMA (with grouped-query attention) on CPU, float64 so that any
+difference is a bug, not rounding; run with `pytest -q tests/test_lean.py`.
+"""
+
+import torch
+import transformers
+
+from ropelaw.lean import chunked_mlp
+from ropelaw.perplexity import token_stats
+
+
+def tiny_gqa_llama():
+    config = transformers.LlamaConfig(
+        vocab_size=61, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+        num_attention_heads=6, num_key_value_heads=2, head_dim=8, max_position_embeddings=32,
+        tie_word_embeddings=True, attn_implementation="sdpa",
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).double().eval()
+
+
+def test_chunked_mlp_matches_plain_forward_and_restores_the_model():
+    model = tiny_gqa_llama()
+    ids_bl = torch.randint(0, 61, (2, 203), generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        plain_bld = model.get_decoder()(ids_bl).last_hidden_state
+        # 203 = 3 x 64 + 11: a ragged last chunk, and chunks far shorter than the sequence.
+        with chunked_mlp(model, 64):
+            chunked_bld = model.get_decoder()(ids_bl).last_hidden_state
+        after_bld = model.get_decoder()(ids_bl).last_hidden_state
+    torch.testing.assert_close(chunked_bld, plain_bld, rtol=1e-12, atol=1e-12)
+    assert torch.equal(after_bld, plain_bld)
+    assert all("forward" not in vars(layer.mlp) for layer in model.model.layers)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_chunked_mlp_runs_each_mlp_on_slices():
+    model = tiny_gqa_llama()
+    seen = []
+    hook = model.model.layers[0].mlp.gate_proj.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    with torch.no_grad(), chunked_mlp(model, 50):
+        model.get_decoder()(torch.zeros(1, 120, dtype=torch.long))
+    hook.remove()
+    assert seen == [50, 50, 20]
+
+
+def test_token_stats_with_small_chunks_equals_one_chunk():
+    model = tiny_gqa_llama()
+    ids_bl = torch.randint(0, 61, (1, 150), generator=torch.Generator().manual_seed(2))
+    nll_small, correct_small = token_stats(model, ids_bl, chunk_size=16)
+    nll_whole, correct_whole = token_stats(model, ids_bl, chunk_size=1000)
+    torch.testing.assert_close(nll_small, nll_whole, rtol=1e-12, atol=1e-12)
+    assert torch.equal(correct_small, correct_whole)

@@ -1,0 +1,219 @@
+"""Passkey retrieval: prompts put the key where they say, scoring is exact, and the pipeline runs.
+
+Scoring is checked with tiny fakes whose greedy answer is always (or never) the key; the rest
+runs a tiny random LlamaForCausalLM on CPU. Run with `pytest -q tests/test_passkey.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import transformers
+
+from ropelaw import UserError
+from ropelaw.cli import main
+from ropelaw.config import load_yaml, passkey_args, resolve
+from ropelaw.evaldata import load_eval_docs, prepare_eval
+from ropelaw.law import PASSKEY_COLUMNS, join_passkey, passkey_table
+from ropelaw.passkey import PasskeySpec, build_prompts, evaluate_passkey, greedy_answer, score
+from ropelaw.pile import write_shard
+from ropelaw.tokenizer import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the of and to in a is that it was pass key remember what there is the 1623 12 7 40".split()
+SPEC = PasskeySpec(
+    lengths=(96, 160, 256),
+    depths=(0.0, 0.5, 1.0),
+    trials=2,
+    seed=7,
+    key_digits=5,
+    prefix="A number is hidden below.\n",
+    needle="\nThe pass key is {key}. Remember it. {key} is the pass key.\n",
+    question="\nWhat is the pass key? The pass key is",
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A shard of six long documents, its tokenizer, and evaluation rows of 256 tokens."""
+    root = tmp_path_factory.mktemp("passkey")
+    rng = random.Random(0)
+    records = [
+        {"text": " ".join(rng.choice(WORDS) for _ in range(900)), "meta": {"pile_set_name": "Books3", "title": f"b{i}"}}
+        for i in range(6)
+    ]
+    write_shard(root / "00.jsonl.zst", records)
+    train_tokenizer([root / "00.jsonl.zst"], 400, root / "tokenizer")
+    prepare_eval([root / "00.jsonl.zst"], root / "tokenizer", 256, root / "eval", windows_per_doc=2)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tokenizer")
+    return SimpleNamespace(root=root, tokenizer=tokenizer, docs=load_eval_docs(root / "eval"))
+
+
+def tiny_llama(vocab_size: int, seed: int = 0):
+    config = transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_key_sits_where_the_generator_says(corpus):
+    tok, docs = corpus.tokenizer, corpus.docs
+    head = tok(SPEC.prefix)["input_ids"]
+    tail = tok(SPEC.question, add_special_tokens=False)["input_ids"]
+    for length in SPEC.lengths:
+        prompts = build_prompts(tok, docs, SPEC, length)
+        assert [(p.trial, p.depth) for p in prompts] == [(t, d) for t in range(2) for d in SPEC.depths]
+        for p in prompts:
+            ids = p.input_ids.tolist()
+            assert len(ids) == length and ids[: len(head)] == head and ids[-len(tail) :] == tail
+            assert re.fullmatch(r"[1-9]\d{4}", p.key)
+            assert re.sub(r"\D", "", tok.decode(ids[p.key_start : p.key_end])) == p.key
+            # The needle is spliced whole into a window of real evaluation text.
+            needle = tok(SPEC.needle.replace("{key}", p.key), add_special_tokens=False)["input_ids"]
+            at = p.key_start - next(i for i, t in enumerate(needle) if p.key[0] in tok.decode([t]))
+            assert ids[at : at + len(needle)] == needle
+            filler = ids[len(head) : at] + ids[at + len(needle) : -len(tail)]
+            assert filler == docs[p.doc, p.doc_offset : p.doc_offset + len(filler)].tolist()
+            assert at - len(head) == round(p.depth * len(filler))
+        # Depth 0: right after the prefix; depth 1: right before the question.
+        first, last = prompts[0], prompts[2]
+        assert tok.decode(first.input_ids[len(head) :].tolist()).startswith(SPEC.needle.split("{key}")[0])
+        assert tok.decode(last.input_ids[: length - len(tail)].tolist()).endswith(SPEC.needle.split("{key}")[-1])
+    # A fixed seed gives the same prompts every time; another seed gives others.
+    again = build_prompts(tok, docs, SPEC, 160)
+    assert all(np.array_equal(a.input_ids, b.input_ids) for a, b in zip(again, build_prompts(tok, docs, SPEC, 160)))
+    other = build_prompts(tok, docs, replace(SPEC, seed=8), 160)
+    assert [p.key for p in other] != [p.key for p in again]
+
+
+def test_scoring_is_exact_match_on_the_digits():
+    assert score(" 48213.", "48213") and score("48213", "48213") and score(" 48213 and 7", "48213")
+    assert not score(" 482130", "48213") and not score(" 4821", "48213") and not score(" 048213", "48213")
+    assert not score(" the key", "48213") and not score("", "48213") and not score(" 4 8213", "48213")
+
+
+class FakeModel(torch.nn.Module):
+    """Greedy answer: the key of the prompt it is shown (right=True), or the key with its last digit changed."""
+
+    def __init__(self, tokenizer, prompts, right: bool):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.vocab = len(tokenizer)
+        self.stop = tokenizer(".", add_special_tokens=False)["input_ids"]
+        self.answers = {}
+        for p in prompts:
+            key = p.key if right else p.key[:-1] + str((int(p.key[-1]) + 1) % 10)
+            self.answers[tuple(p.input_ids.tolist())] = tokenizer(" " + key, add_special_tokens=False)["input_ids"]
+
+    def forward(self, input_ids, past_key_values=None, use_cache=True, logits_to_keep=0):
+        assert use_cache and logits_to_keep == 1
+        if past_key_values is None:
+            past_key_values = ([self.answers[tuple(row)] + self.stop * 8 for row in input_ids.tolist()], 0)
+        answers, step = past_key_values
+        logits = torch.zeros(len(answers), 1, self.vocab)
+        logits[torch.arange(len(answers)), 0, [a[step] for a in answers]] = 1.0
+        return SimpleNamespace(logits=logits, past_key_values=(answers, step + 1))
+
+
+@pytest.mark.parametrize("right, accuracy", [(True, 1.0), (False, 0.0)])
+def test_always_right_scores_one_never_right_scores_zero(corpus, right, accuracy):
+    tok, docs = corpus.tokenizer, corpus.docs
+    prompts = [p for n in SPEC.lengths for p in build_prompts(tok, docs, SPEC, n)]
+    table, _ = evaluate_passkey(FakeModel(tok, prompts, right), tok, docs, SPEC, batch_size=4, progress=False)
+    assert len(table) == len(SPEC.lengths) * len(SPEC.depths) * SPEC.trials
+    assert table.correct.mean() == accuracy
+    assert (table.answer.str.strip().str[:5] == table.key).all() == right
+
+
+def test_cached_greedy_answer_matches_full_recomputation(corpus):
+    model = tiny_llama(len(corpus.tokenizer))
+    prompts = build_prompts(corpus.tokenizer, corpus.docs, SPEC, 160)
+    ids_bl = torch.as_tensor(np.stack([p.input_ids for p in prompts[:3]]))
+    cached = greedy_answer(model, ids_bl, 5)
+    ids = ids_bl
+    with torch.no_grad():
+        for _ in range(5):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(cached, ids[:, 160:])
+
+
+def test_cli_prompts_are_identical_across_cells(corpus, tmp_path):
+    tok = corpus.tokenizer
+    model_dir = tmp_path / "model"
+    tiny_llama(len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    spec = json.dumps({**asdict(SPEC), "lengths": [96, 256], "depths": [0.25, 0.75], "trials": 1})
+    sidecars, tables = [], []
+    for base, batch in ((10000, 1), (500, 3)):
+        cell = dict(model="t", method="base", base=base, tune_len=64, head_dim=16, train_len=64, orig_base=1e4, eval_set="e")
+        out = tmp_path / f"base{base}" / "passkey.csv"
+        assert main([
+            "passkey", "--model", str(model_dir), "--cell-json", json.dumps(cell), "--eval-data", str(corpus.root / "eval"),
+            "--tokenizer", str(corpus.root / "tokenizer"), "--spec", spec, "--precision", "fp32",
+            "--batch-size", str(batch), "--out", str(out),
+        ]) == 0
+        sidecars.append(json.loads(out.with_suffix(".json").read_text()))
+        tables.append(pd.read_csv(out, dtype={"key": str}))
+    assert sidecars[0]["prompts_sha256"] == sidecars[1]["prompts_sha256"]
+    assert sidecars[1]["inv_freq"][1] == pytest.approx(500 ** (-2 / 16))
+    cols = ["length", "depth", "trial", "key", "key_start", "key_end", "doc", "doc_offset"]
+    assert tables[0][cols].equals(tables[1][cols]) and len(tables[0]) == 4
+    assert list(tables[1].columns[:4]) == ["model", "method", "base", "tune_len"] and (tables[1].base == 500).all()
+
+
+def test_prompt_that_cannot_fit_is_a_user_error(corpus):
+    with pytest.raises(UserError, match="passkey.lengths: 40 tokens"):
+        build_prompts(corpus.tokenizer, corpus.docs, SPEC, 40)
+    with pytest.raises(UserError, match="passkey.lengths"):
+        build_prompts(corpus.tokenizer, corpus.docs, SPEC, 512)
+    with pytest.raises(UserError, match=r"passkey.needle must contain \{key\}"):
+        replace(SPEC, needle="no key here")
+
+
+def test_law_joins_retrieval_accuracy():
+    # Base 500 finds every key at 128 and none at 256; base 1e6 misses one of its 8 prompts, at 256.
+    rows = []
+    for base in (500, 10**6):
+        for length in (128, 256):
+            for depth in (0.0, 1.0):
+                for trial in range(2):
+                    correct = length == 128 or (base == 10**6 and (depth, trial) != (0.0, 0))
+                    rows.append(dict(model="m", method="base", base=base, tune_len=64, length=length,
+                                     depth=depth, trial=trial, correct=correct))
+    passkey = pd.DataFrame(rows)
+    table = passkey_table(passkey)
+    assert list(table.columns) == PASSKEY_COLUMNS and len(table) == 8 and (table.prompts == 2).all()
+    assert table.set_index(["base", "length", "depth"]).loc[(10**6, 256, 0.0), "accuracy"] == 0.5
+    cells = pd.DataFrame([dict(model="m", method="base", base=b, tune_len=64, measured_bound=256) for b in (500, 10**6)])
+    joined = join_passkey(cells, passkey).set_index("base")
+    assert joined.loc[500, "passkey_accuracy_len128"] == 1.0 and joined.loc[500, "passkey_accuracy_len256"] == 0.0
+    assert joined.loc[10**6, "passkey_accuracy"] == pytest.approx(7 / 8)
+    assert join_passkey(cells, pd.DataFrame()).equals(cells)
+
+
+def test_config_checks_passkey_lengths():
+    raw = load_yaml(ROOT / "tests" / "scenario" / "config.yaml")
+    raw["passkey"]["lengths"] = [128, 512]
+    with pytest.raises(UserError, match="passkey.lengths.*512 exceeds the longest of evaluation.lengths"):
+        resolve(raw)
+    raw["passkey"]["needle"] = "no key"
+    with pytest.raises(UserError, match="passkey.needle"):
+        resolve(raw)
+    raw["passkey"] = {"enabled": False, "lengths": [512]}
+    cfg, _ = resolve(raw)
+    assert passkey_args(cfg)["depths"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    del raw["passkey"]
+    cfg, _ = resolve(raw)
+    assert not cfg["passkey"]["enabled"] and passkey_args(cfg)["lengths"] == cfg["evaluation"]["lengths"]
