@@ -168,7 +168,7 @@ def evaluate_docs(model, docs_nl, lengths, *, one_pass=True, chunk_size=4096,
     default `default_bucket_edges(max(lengths))`. Sums are accumulated over documents before
     dividing. Columns: those of `prefix_and_bucket_sums` plus `n_docs`.
     """
-    docs_nl = torch.from_numpy(np.array(docs_nl, dtype=np.int64))  # a copy: eval rows are read-only memmaps
+    docs_nl = torch.from_numpy(np.asarray(docs_nl).astype(np.int64))  # a copy: eval rows are read-only memmaps
     lengths = sorted(int(n) for n in lengths)
     longest = lengths[-1]
     if docs_nl.ndim != 2 or docs_nl.shape[1] < longest:
