@@ -17,6 +17,17 @@ from ropelaw.launch import launch_prefix
 from ropelaw.methods import NAMES as METHODS, ON_TUNED
 from ropelaw.sources import locate_gguf
 
+
+# The rules call the `ropelaw` installed beside the Python that runs Snakemake
+# (so `.venv/bin/snakemake` works without activating the environment).
+envvars:
+    "PATH",
+
+
+os.environ["PATH"] = (
+    os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+)
+
 try:
     CFG, CELLS = resolve(config)
 except UserError as err:
