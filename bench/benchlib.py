@@ -34,6 +34,10 @@ SHAPES = {
     "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=32, head_dim=128, rope_theta=10000.0,
                       tie_word_embeddings=False, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    # LLaMA-2-13B (meta-llama/Llama-2-13b-hf config.json)
+    "llama2-13b": dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                       num_attention_heads=40, num_key_value_heads=40, head_dim=128, rope_theta=10000.0,
+                       tie_word_embeddings=False, max_position_embeddings=4096, rms_norm_eps=1e-5),
     # SmolLM2-135M (HuggingFaceTB/SmolLM2-135M config.json)
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, head_dim=64, rope_theta=100000.0,
@@ -151,3 +155,24 @@ def write_record(out: str | Path, record: dict) -> None:
 def out_path(name: str) -> Path:
     """Results go to $OUT (the device tool's folder) when set, else bench/results/."""
     return Path(os.environ.get("OUT") or Path(__file__).parent / "results") / name
+
+
+KERNEL_CLASSES = {  # substrings of CUDA kernel names, in the order they are tried
+    "attention": ("fmha", "flash", "attention", "cudnn_generated"),
+    "matmul": ("gemm", "nvjet", "xmma", "cutlass", "gemv"),
+}
+
+
+def kernel_breakdown(prof, top: int = 25) -> dict:
+    """GPU time of a torch.profiler run by kernel class (attention, matmul, other) and its top kernels."""
+    kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    total = {"attention": 0.0, "matmul": 0.0, "other": 0.0}
+    rows = []
+    for event in kernels:
+        us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+        name = event.key.lower()
+        kind = next((k for k, subs in KERNEL_CLASSES.items() if any(s in name for s in subs)), "other")
+        total[kind] += us / 1e6
+        rows.append({"kernel": event.key[:120], "class": kind, "seconds": us / 1e6, "calls": event.count})
+    rows.sort(key=lambda r: -r["seconds"])
+    return {"gpu_seconds_by_class": total, "top_kernels": rows[:top]}

@@ -2,6 +2,8 @@
 
     python bench/eval_long.py --shape llama2-7b --tokens 100000 [--sdpa cudnn] [--plain-mlp]
     python bench/eval_long.py --shape smollm2-135m --tokens 1048576
+    python bench/eval_long.py --shape llama2-7b --tokens 100000 --compile --repeat 2   # evaluation.compile
+    python bench/eval_long.py --shape llama2-7b --tokens 100000 --profile              # GPU time by kernel class
 
 A model of the given shape with random bf16 weights (speed and memory do not depend on the
 values; the perplexity of random weights means nothing) scores random token ids with
@@ -10,7 +12,9 @@ without KV cache, the MLPs in chunks of `--chunk` positions (ropelaw.lean), then
 log-softmax and argmax in chunks. `--plain-mlp` runs the MLPs whole, to show what the chunking
 saves. Memory is torch's peak allocated (weights included) over the timed call; the FLOP floor
 is the forward's matrix-product FLOPs (benchlib.forward_flops) over the measured bf16 matrix rate
-(--gemm-tflops, from bench/ceilings.py) and over the datasheet peak.
+(--gemm-tflops, from bench/ceilings.py) and over the datasheet peak. `--compile` compiles each
+decoder layer as `evaluation.compile: true` does (the first timed call pays the compile: use
+--repeat 2); `--profile` adds one profiled call and records GPU time by kernel class.
 """
 
 import argparse
@@ -21,8 +25,9 @@ import torch
 
 import ropelaw.perplexity
 import benchlib
-from benchlib import (environment, forward_flops, gib, llama_config, matmul_params, out_path, peak_flops,
-                      sdpa_context, write_record)
+from benchlib import (environment, forward_flops, gib, kernel_breakdown, llama_config, matmul_params, out_path,
+                      peak_flops, sdpa_context, write_record)
+from ropelaw.models import compile_layers
 
 
 def main() -> None:
@@ -33,6 +38,8 @@ def main() -> None:
     parser.add_argument("--sdpa", default="default", choices=["default", "flash", "cudnn", "efficient"])
     parser.add_argument("--plain-mlp", action="store_true", help="run each MLP over the whole sequence")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (evaluation.compile)")
+    parser.add_argument("--profile", action="store_true", help="profile one more call: GPU time by kernel class")
     parser.add_argument("--gemm-tflops", type=float, default=None, help="measured bf16 matrix rate")
     args = parser.parse_args()
 
@@ -43,32 +50,42 @@ def main() -> None:
     with torch.device(benchlib.DEVICE):
         model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
     if args.plain_mlp:
-        ropelaw.perplexity.chunked_mlp = lambda model, chunk: contextlib.nullcontext()
+        ropelaw.perplexity.chunked_mlp = lambda model, chunk, compiled=False: contextlib.nullcontext()
+    if args.compile:
+        compile_layers(model, "--compile")
     ids_bl = torch.randint(0, config.vocab_size, (1, args.tokens), generator=torch.Generator().manual_seed(1))
     weights_gib = gib(torch.cuda.memory_allocated())
 
     with sdpa_context(args.sdpa):
-        ropelaw.perplexity.token_stats(model, ids_bl[:, :8192], args.chunk)  # warm-up: kernels, handles
+        ropelaw.perplexity.token_stats(model, ids_bl[:, :8192], args.chunk, args.compile)  # warm-up: kernels, handles
         times, peaks = [], []
         for _ in range(args.repeat):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            nll_bt, _ = ropelaw.perplexity.token_stats(model, ids_bl, args.chunk)
+            nll_bt, _ = ropelaw.perplexity.token_stats(model, ids_bl, args.chunk, args.compile)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
             peaks.append(gib(torch.cuda.max_memory_allocated()))
+        profile = {}
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile as profiler
+
+            with profiler(activities=[ProfilerActivity.CUDA]) as prof:
+                ropelaw.perplexity.token_stats(model, ids_bl, args.chunk, args.compile)
+                torch.cuda.synchronize()
+            profile = kernel_breakdown(prof)
     flops = forward_flops(config, args.tokens)
     seconds = min(times)
     record = {
         "bench": "eval_long", **environment(), "shape": args.shape, "tokens": args.tokens, "chunk": args.chunk,
-        "sdpa": args.sdpa, "mlp": "whole" if args.plain_mlp else "chunked", "weights": "random",
+        "sdpa": args.sdpa, "mlp": "whole" if args.plain_mlp else "chunked", "compile": args.compile, "weights": "random",
         "seconds": seconds, "seconds_all": times, "peak_allocated_gib": max(peaks),
         "peak_reserved_gib": gib(torch.cuda.max_memory_reserved()), "weights_gib": weights_gib,
         "matmul_params": matmul_params(config), "forward_tflop": flops / 1e12,
         "achieved_tflops": flops / seconds / 1e12,
         "floor_s_datasheet": flops / peak_flops(), "x_floor_datasheet": seconds * peak_flops() / flops,
-        "ppl_random_weights": float(torch.exp(nll_bt.mean())),
+        "ppl_random_weights": float(torch.exp(nll_bt.mean())), **profile,
     }
     if args.gemm_tflops:
         record.update(floor_s_measured=flops / (args.gemm_tflops * 1e12),

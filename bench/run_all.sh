@@ -4,12 +4,14 @@
 #   bash bench/run_all.sh eval      # 1 GPU: ceilings, SDPA kernels, 7B at 100K/256K, SmolLM2 at 1M
 #   bash bench/run_all.sh train     # 1 GPU: 7B forward+backward at 4K/16K; ropelaw.finetune.train, plain and ZeRO-3
 #   bash bench/run_all.sh scaling   # ropelaw.finetune.train + ZeRO-3 under torchrun, 1 GPU then all visible
+#   bash bench/run_all.sh eval2     # 1 GPU: 7B at 100K eager vs evaluation.compile, profiled; 13B at 100K/256K
+#   bash bench/run_all.sh train2    # 1 GPU: 13B forward+backward at 4K/16K; ropelaw.finetune.train with finetune.compile
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable.
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -69,10 +71,35 @@ scaling)
     # The same global batch of 8 on 1 GPU of this machine, then on all of them.
     zero3=(bench/trainer_path.py run --dir "$work" --seq 4096 --global-batch 8 --steps 6 --deepspeed config/deepspeed/zero3.json)
     CUDA_VISIBLE_DEVICES=0 step 150 python3 -m torch.distributed.run --standalone --nproc-per-node 1 "${zero3[@]}"
+    # Powers of two in between (2 of 4, ...), then all of them.
+    for ((n = 2; n < gpus; n *= 2)); do
+        CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((n - 1))) step 200 python3 -m torch.distributed.run --standalone --nproc-per-node $n "${zero3[@]}"
+    done
     step 200 python3 -m torch.distributed.run --standalone --nproc-per-node "$gpus" "${zero3[@]}"
     ;;
+eval2)
+    step 60 python3 bench/ceilings.py
+    gemm=$(python3 -c "import json; print(json.loads(open('$OUT/ceilings.jsonl').readline())['gemm_bf16_tflops'])" 2>/dev/null || echo "")
+    floor=${gemm:+--gemm-tflops $gemm}
+    step 120 python3 bench/eval_long.py --shape llama2-7b --tokens 100000 --repeat 2 --profile $floor
+    step 240 python3 bench/eval_long.py --shape llama2-7b --tokens 100000 --repeat 4 --profile --compile $floor
+    step 300 python3 bench/eval_long.py --shape llama2-7b --tokens 524288 --repeat 1 --compile $floor
+    step 120 python3 bench/eval_long.py --shape llama2-13b --tokens 100000 $floor
+    step 150 python3 bench/eval_long.py --shape llama2-13b --tokens 262144 $floor
+    ;;
+train2)
+    step 120 python3 bench/train_step.py --shape llama2-13b --seq 4096 --ac
+    step 150 python3 bench/train_step.py --shape llama2-13b --seq 16384 --ac
+    one=(python3 -m torch.distributed.run --standalone --nproc-per-node 1 bench/trainer_path.py run --dir "$work" --global-batch 8)
+    step 60 python3 bench/trainer_path.py prepare --dir "$work" --layers 8 --seq 4096 --rows 64
+    step 120 "${one[@]}" --seq 4096 --steps 6
+    step 180 "${one[@]}" --seq 4096 --steps 6 --compile
+    step 200 "${one[@]}" --seq 4096 --steps 6 --compile --deepspeed config/deepspeed/zero3.json
+    step 150 python3 bench/trainer_path.py prepare --dir "$work" --layers 8 --seq 16384 --rows 64
+    step 200 "${one[@]}" --seq 16384 --steps 5 --ac --compile
+    ;;
 *)
-    echo "unknown part '$part': eval, train or scaling" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2 or train2" >&2
     exit 2
     ;;
 esac

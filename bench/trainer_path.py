@@ -1,7 +1,7 @@
 """Throughput of the workflow's own fine-tuning code (`ropelaw.finetune.train`) on 1..N GPUs.
 
     python bench/trainer_path.py prepare --dir /tmp/tp --layers 8 --seq 4096 --rows 64
-    python bench/trainer_path.py run --dir /tmp/tp --global-batch 8 --steps 6 [--ac] [--deepspeed config/deepspeed/zero3.json]
+    python bench/trainer_path.py run --dir /tmp/tp --global-batch 8 --steps 6 [--ac] [--deepspeed config/deepspeed/zero3.json] [--compile]
     torchrun --standalone --nproc-per-node 2 bench/trainer_path.py run --dir /tmp/tp ... --deepspeed ...
 
 `prepare` writes what the finetune rule reads: a LLaMA-2-7B-shaped model with fewer layers and
@@ -79,10 +79,10 @@ def run(args) -> None:
         steps=args.steps, global_batch_size=args.global_batch, micro_batch_size=1, lr=2e-5, lr_schedule="constant",
         warmup_steps=0, weight_decay=0.0, max_grad_norm=2.5, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         seed=1234, precision="bf16", gradient_checkpointing=args.ac, attn_implementation="sdpa",
-        deepspeed=args.deepspeed, checkpoint_every=10**6, length_multiple=64, logging_steps=1,
+        deepspeed=args.deepspeed, checkpoint_every=10**6, length_multiple=64, logging_steps=1, compile=args.compile,
     )
     timer = StepTimer()
-    tag = f"{'zero3' if args.deepspeed else 'plain'}_len{args.seq}_ac{int(args.ac)}_w{os.environ.get('WORLD_SIZE', '1')}"
+    tag = f"{'zero3' if args.deepspeed else 'plain'}_len{args.seq}_ac{int(args.ac)}_c{int(args.compile)}_w{os.environ.get('WORLD_SIZE', '1')}"
     torch.cuda.reset_peak_memory_stats()
     record = train(str(root / "model"), str(data), 10000.0, spec, str(root / f"ckpt_{tag}"),
                    str(root / f"out_{tag}"), callbacks=[timer])
@@ -95,7 +95,7 @@ def run(args) -> None:
     write_record(out_path("trainer_path.jsonl"), {
         "bench": "trainer_path", **environment(), "shape": "llama2-7b", "layers": config.num_hidden_layers,
         "seq": args.seq, "world_size": world, "global_batch": args.global_batch,
-        "accumulation": record["gradient_accumulation_steps"], "ac": args.ac,
+        "accumulation": record["gradient_accumulation_steps"], "ac": args.ac, "compile": args.compile,
         "ds_config": args.deepspeed, "what": "ropelaw.finetune.train: Trainer, AdamW, bf16, full optimizer steps",
         "step_s": float(np.median(steps)), "step_s_all": np.diff(timer.ends).tolist(),
         "tokens_per_s_per_gpu": tokens_per_s_gpu,
@@ -121,6 +121,7 @@ def main() -> None:
     r.add_argument("--steps", type=int, default=6)
     r.add_argument("--ac", action="store_true")
     r.add_argument("--deepspeed", default=None)
+    r.add_argument("--compile", action="store_true", help="finetune.compile: torch.compile each decoder layer")
     args = parser.parse_args()
     prepare(args) if args.command == "prepare" else run(args)
 

@@ -39,7 +39,7 @@ SPEC = {
     "steps": 3, "global_batch_size": 4, "micro_batch_size": 1, "lr": 1e-3, "lr_schedule": "constant",
     "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999,
     "adam_epsilon": 1e-8, "seed": 7, "precision": "fp32", "gradient_checkpointing": True,
-    "attn_implementation": "sdpa", "checkpoint_every": 100, "length_multiple": 8, "logging_steps": 1,
+    "attn_implementation": "sdpa", "checkpoint_every": 100, "length_multiple": 8, "logging_steps": 1, "compile": False,
 }
 
 
@@ -80,8 +80,8 @@ def cell(tmp_path_factory):
     return root
 
 
-def _finetune(cell: Path, name: str, launcher: list[str], deepspeed: str | None) -> dict:
-    spec = json.dumps({**SPEC, "deepspeed": deepspeed})
+def _finetune(cell: Path, name: str, launcher: list[str], deepspeed: str | None, spec: dict = SPEC) -> dict:
+    spec = json.dumps({**spec, "deepspeed": deepspeed})
     out = cell / name
     args = ["finetune", "--model", str(cell / "model"), "--data", str(cell / "data"), "--base", "50000",
             "--spec", spec, "--checkpoints", str(cell / f"{name}_ckpt"), "--out", str(out)]
@@ -114,6 +114,20 @@ def test_zero3_on_two_ranks_matches_the_plain_path(cell):
     for name, tensor in plain["weights"].items():
         torch.testing.assert_close(zero3["weights"][name], tensor, rtol=0, atol=1e-5, msg=name)
     assert plain["manifest"]["inv_freq_sha256"] == zero3["manifest"]["inv_freq_sha256"]
+
+
+def test_compiled_layers_train_like_eager_layers(cell):
+    """finetune.compile: the same steps, losses and weights as the eager run (fp32 on CPU)."""
+    eager = _finetune(cell, "eager", [sys.executable, "-m", "ropelaw.cli"], None)
+    spec = {**SPEC, "compile": True}
+    compiled = _finetune(cell, "compiled", [sys.executable, "-m", "ropelaw.cli"], None, spec)
+    assert compiled["manifest"]["spec"]["compile"] is True
+    eager_steps, compiled_steps = _steps(eager["manifest"]), _steps(compiled["manifest"])
+    assert [s for s, _, _ in compiled_steps] == [s for s, _, _ in eager_steps] == [1, 2, 3]
+    np.testing.assert_allclose([x[1:] for x in compiled_steps], [x[1:] for x in eager_steps], rtol=1e-5)
+    assert compiled["weights"].keys() == eager["weights"].keys()  # no `_orig_mod.` prefixes
+    for name, tensor in eager["weights"].items():
+        torch.testing.assert_close(compiled["weights"][name], tensor, rtol=0, atol=1e-5, msg=name)
 
 
 def test_editing_the_deepspeed_json_reruns_exactly_the_fine_tuned_cells(scenario, tmp_path):

@@ -51,10 +51,12 @@ def load_cell_model(model_dir, cell: dict, *, precision: str, attn_implementatio
     return model, inv_freq
 
 
-def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch_size, precision, attn_implementation, bucket_edges=None):
+def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch_size, precision, attn_implementation,
+                  bucket_edges=None, compile=False):
     import torch
 
     from ropelaw.evaldata import load_eval_docs
+    from ropelaw.models import compile_layers
     from ropelaw.perplexity import evaluate_docs, length_dependent_rope
 
     docs = load_eval_docs(eval_dir)
@@ -65,15 +67,25 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
         )
     model, inv_freq = load_cell_model(model_dir, cell, precision=precision, attn_implementation=attn_implementation)
     device = next(model.parameters()).device.type
+    if compile:
+        compile_layers(model, "evaluation.compile")
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     # Methods whose rotation depends on the total length (dynamic NTK) need one forward per length.
     one_pass = not length_dependent_rope(model)
     spec = cell_method(cell)
     assert one_pass != spec.length_dependent, "the model's rope type disagrees with its method"
     table = evaluate_docs(
-        model, docs, lengths, one_pass=one_pass, chunk_size=chunk_size, buckets=bucket_edges, batch_size=batch_size
+        model, docs, lengths, one_pass=one_pass, chunk_size=chunk_size, buckets=bucket_edges, batch_size=batch_size,
+        compiled=compile,
     )
     seconds = time.perf_counter() - started
+    # The peak over the whole evaluation, weights included (GiB; null on CPU).
+    peak = {"peak_allocated_gib": None, "peak_reserved_gib": None}
+    if device == "cuda":
+        peak = {"peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
     for key in reversed(CELL_KEYS):
         table.insert(0, key, cell[key])
     sidecar = provenance.manifest(
@@ -88,8 +100,10 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
         chunk_size=chunk_size,
         dtype=str(next(model.parameters()).dtype),
         attn_implementation=attn_implementation,
+        compiled=compile,
         device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
         seconds=seconds,
+        **peak,
         inv_freq=inv_freq.tolist(),
         inv_freq_sha256=rope.inv_freq_digest(inv_freq),
     )
@@ -121,6 +135,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lengths", required=True, type=int, nargs="+", help="context lengths")
     parser.add_argument("--chunk-size", type=int, default=4096, help="positions per lm_head chunk")
     parser.add_argument("--bucket-edges", type=int, nargs="*", default=None, help="position-bucket edges")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (evaluation.compile)")
 
 
 def run(args) -> None:
@@ -128,7 +143,7 @@ def run(args) -> None:
     table, sidecar = evaluate_cell(
         args.model, cell, args.eval_data, args.lengths,
         chunk_size=args.chunk_size, batch_size=args.batch_size, precision=args.precision,
-        attn_implementation=args.attn_implementation, bucket_edges=args.bucket_edges or None,
+        attn_implementation=args.attn_implementation, bucket_edges=args.bucket_edges or None, compile=args.compile,
     )
     out = Path(args.out)
     with provenance.atomic_path(out) as tmp:

@@ -57,6 +57,7 @@ class TrainSpec:
     checkpoint_every: int
     length_multiple: int
     logging_steps: int
+    compile: bool
 
     @classmethod
     def from_json(cls, text: str) -> "TrainSpec":
@@ -154,7 +155,7 @@ def train(
     from transformers import AutoTokenizer, Trainer, TrainingArguments
 
     from ropelaw.data import PackedDataset
-    from ropelaw.models import head_dim_of, load_causal_lm, resolve_dtype
+    from ropelaw.models import compile_layers, head_dim_of, load_causal_lm, resolve_dtype
 
     stopper = StopOnSignal()  # first: a signal during the (long) model load is kept, not fatal
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -200,6 +201,11 @@ def train(
     head_dim = head_dim_of(model.config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model.config.use_cache = False
+    if spec.compile:
+        compile_layers(model, "finetune.compile")
+        if spec.deepspeed:
+            print("warning: finetune.compile with DeepSpeed: ZeRO-3's parameter hooks split the compiled layers; "
+                  "on one H200 it was slower than ZeRO-3 alone (BENCHMARKS.md)", flush=True)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[_LastStep(), stopper, *callbacks])
     identity = {
         "base": base,
@@ -243,6 +249,8 @@ def train(
         inv_freq_before_training_sha256=rope.inv_freq_digest(inv_freq),
         final_loss=losses[-1] if losses else None,
         train_loss=result.training_loss,
+        # This rank's peak over the run (GiB; null on CPU): what a GPU of this job must hold.
+        peak_gpu_allocated_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         log_history=trainer.state.log_history,
     )
     # Under ZeRO-3 every rank holds a shard: gathering the weights is collective, so all ranks call it.

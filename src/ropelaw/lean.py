@@ -53,13 +53,21 @@ def _sliced(forward, chunk: int):
 
 
 @contextlib.contextmanager
-def chunked_mlp(model: torch.nn.Module, chunk: int) -> Iterator[None]:
-    """Within the block, every decoder layer's MLP runs on `chunk` positions at a time."""
+def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False) -> Iterator[None]:
+    """Within the block, every decoder layer's MLP runs on `chunk` positions at a time.
+
+    compiled=True (the layers were compiled, `ropelaw.models.compile_layers`): the loop over
+    slices stays out of the layer's graph (torch.compile would unroll it, one copy per slice)
+    and the MLP itself is compiled on one slice, so SiLU and the gate-up product are fused.
+    """
     if chunk < 1:
         raise UserError(f"MLP chunk must be >= 1 positions, got {chunk}")
     mlps = _mlps(model)
     for mlp in mlps:
-        mlp.forward = _sliced(mlp.forward, chunk)
+        if compiled:
+            mlp.forward = torch.compiler.disable(_sliced(torch.compile(mlp.forward), chunk))
+        else:
+            mlp.forward = _sliced(mlp.forward, chunk)
     try:
         yield
     finally:

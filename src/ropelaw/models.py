@@ -67,6 +67,22 @@ def load_causal_lm(
     return model, inv_freq
 
 
+def compile_layers(model, key: str) -> int:
+    """torch.compile every decoder layer in place; returns how many.
+
+    The layers share one compiled graph (torch compiles a layer's code once and
+    guards on its structure, not its weights), recompiled once for a second
+    sequence length and then shape-generic. Parameters, state dict and saved
+    checkpoints are unchanged. `key` is the config key that asked for it.
+    """
+    layers = getattr(model.get_decoder(), "layers", None)
+    if not layers:
+        raise UserError(f"config key '{key}': {type(model).__name__} has no decoder `layers` to compile; set it to false")
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def init_scratch(spec: dict, tokenizer_dir: str | Path, out: str | Path) -> None:
     """Write a randomly initialised LLaMA (weights, config, tokenizer) to `out`."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

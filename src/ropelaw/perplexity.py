@@ -81,12 +81,13 @@ def reset_dynamic_rope(model) -> None:
             module.max_seq_len_cached = module.original_max_seq_len
 
 
-def token_stats(model, input_ids_bl, chunk_size: int = 4096):
+def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = False):
     """Per-position NLL (float64) and argmax correctness (bool) of the next token.
 
     Returns `(nll_bt, correct_bt)`, both [B, L-1] on CPU; column j scores the
     prediction of token j+1. Logits are taken in the model's dtype, as the model's
     own forward gives them, then upcast to float32 for the log-softmax.
+    `compiled`: the decoder layers were compiled (`ropelaw.models.compile_layers`).
     """
     _check_plain_logits(model)
     device = next(model.parameters()).device
@@ -99,7 +100,7 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096):
     nll_bt = torch.empty(batch, length - 1, dtype=torch.float64)
     correct_bt = torch.empty(batch, length - 1, dtype=torch.bool)
     # The MLPs run in chunks of the same size: their [L, intermediate] activations dominate memory at 100K+.
-    with torch.inference_mode(), chunked_mlp(model, chunk_size):
+    with torch.inference_mode(), chunked_mlp(model, chunk_size, compiled):
         hidden_bld = backbone(input_ids=input_ids_bl, use_cache=False).last_hidden_state
     with torch.inference_mode():
         for start in range(0, length - 1, chunk_size):
@@ -158,7 +159,7 @@ def prefix_and_bucket_sums(nll_bt, correct_bt, lengths, buckets) -> pd.DataFrame
 
 
 def evaluate_docs(model, docs_nl, lengths, *, one_pass=True, chunk_size=4096,
-                  buckets=None, batch_size=1, progress=True) -> pd.DataFrame:
+                  buckets=None, batch_size=1, progress=True, compiled=False) -> pd.DataFrame:
     """Perplexity of `docs_nl` ([n_docs, L_max] token ids) at each of `lengths`.
 
     one_pass=True: one forward per batch at max(lengths), shorter lengths read from
@@ -166,7 +167,7 @@ def evaluate_docs(model, docs_nl, lengths, *, one_pass=True, chunk_size=4096,
     one_pass=False: one forward per length on the first L tokens of each doc; the
     bucket rows come from the max(lengths) pass. `buckets` are bucket edges, by
     default `default_bucket_edges(max(lengths))`. Sums are accumulated over documents before
-    dividing. Columns: those of `prefix_and_bucket_sums` plus `n_docs`.
+    dividing. `compiled`: as in `token_stats`. Columns: those of `prefix_and_bucket_sums` plus `n_docs`.
     """
     docs_nl = torch.from_numpy(np.asarray(docs_nl).astype(np.int64))  # a copy: eval rows are read-only memmaps
     lengths = sorted(int(n) for n in lengths)
@@ -185,11 +186,11 @@ def evaluate_docs(model, docs_nl, lengths, *, one_pass=True, chunk_size=4096,
     for first in tqdm(starts, desc="docs", disable=not progress):
         batch_nl = docs_nl[first : first + batch_size]
         if one_pass:
-            nll_bt, correct_bt = token_stats(model, batch_nl[:, :longest], chunk_size)
+            nll_bt, correct_bt = token_stats(model, batch_nl[:, :longest], chunk_size, compiled)
             parts.append(prefix_and_bucket_sums(nll_bt, correct_bt, lengths, buckets))
             continue
         for n in tqdm(lengths, desc="lengths", leave=False, disable=not progress):
-            nll_bt, correct_bt = token_stats(model, batch_nl[:, :n], chunk_size)
+            nll_bt, correct_bt = token_stats(model, batch_nl[:, :n], chunk_size, compiled)
             parts.append(prefix_and_bucket_sums(
                 nll_bt, correct_bt, [n], buckets if n == longest else []))
     sums = pd.concat(parts).groupby(["scope", "start", "end"], sort=False)[_SUM_COLUMNS].sum()
