@@ -34,18 +34,18 @@ def main() -> None:
         by = {r["backend"]: r for r in att if (r["shape"], r["pass"], r["length"]) == key}
         lines.append([*key, *(f"{by[b]['tflops']:.0f}" if "tflops" in by.get(b, {}) else "n/a" for b in backends)])
     print(table(["shape", "pass", "length", *(f"{b} TFLOP/s" for b in backends)], lines), "\n")
-    print(table(["shape", "tokens", "SDPA", "MLP", "seconds", "peak alloc GiB", "reserved GiB", "TFLOP/s",
+    print(table(["shape", "tokens", "SDPA", "MLP", "compiled", "seconds", "peak alloc GiB", "reserved GiB", "TFLOP/s",
                  "x floor (GEMM)", "x floor (datasheet)"],
-                [[r["shape"], r["tokens"], r["sdpa"], r["mlp"], f"{r['seconds']:.2f}", f"{r['peak_allocated_gib']:.2f}",
+                [[r["shape"], r["tokens"], r["sdpa"], r["mlp"], r.get("compile", False), f"{r['seconds']:.2f}", f"{r['peak_allocated_gib']:.2f}",
                   f"{r['peak_reserved_gib']:.2f}", f"{r['achieved_tflops']:.0f}", f"{r.get('x_floor_measured', 0):.2f}",
                   f"{r['x_floor_datasheet']:.2f}"] for r in rows(folder, "eval_long")]), "\n")
     print(table(["layers", "seq", "AC", "SDPA", "compiled", "step s", "tokens/s", "MFU", "MFU (torchtitan)", "peak GiB"],
                 [[r["layers"], r["seq"], r["ac"], r["sdpa"], r["compile_layers"], f"{r['step_s']:.3f}",
                   f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}", f"{r['mfu_torchtitan_convention']:.1%}",
                   f"{r['peak_allocated_gib']:.1f}"] for r in rows(folder, "train_step")]), "\n")
-    print(table(["GPUs", "layers", "seq", "AC", "DeepSpeed", "accum.", "step s", "tokens/s/GPU", "MFU", "peak GiB rank 0",
+    print(table(["GPUs", "layers", "seq", "AC", "compiled", "DeepSpeed", "accum.", "step s", "tokens/s/GPU", "MFU", "peak GiB rank 0",
                  "device"],
-                [[r["world_size"], r["layers"], r["seq"], r["ac"], r["ds_config"] or "-", r["accumulation"],
+                [[r["world_size"], r["layers"], r["seq"], r["ac"], r.get("compile", False), r["ds_config"] or "-", r["accumulation"],
                   f"{r['step_s']:.3f}", f"{r['tokens_per_s_per_gpu']:,.0f}", f"{r['mfu']:.1%}",
                   f"{r['peak_allocated_gib_rank0']:.1f}", f"{r['device']} x{r['device_count']}"]
                  for r in rows(folder, "trainer_path")]))
