@@ -7,6 +7,7 @@ import sys
 from ropelaw import UserError
 from ropelaw.config import (
     EMBEDDED_DIR,
+    eval_lengths,
     geometry,
     method_options,
     passkey_args,
@@ -46,6 +47,7 @@ wildcard_constraints:
 
 localrules:
     fetch_embedded,
+    eval_sets,
     law,
     figures,
 
@@ -81,10 +83,6 @@ def subset_args(split):
         if subsets is None
         else "--subsets " + " ".join(shlex.quote(s) for s in subsets)
     )
-
-
-def eval_length():
-    return max(CFG["evaluation"]["lengths"])
 
 
 def find_cell(wildcards):
@@ -175,7 +173,27 @@ def finetune_spec(wildcards):
 
 
 def passkey_spec(wildcards):
-    return json.dumps(passkey_args(CFG), sort_keys=True)
+    return json.dumps(passkey_args(CFG, find_cell(wildcards)), sort_keys=True)
+
+
+def eval_dataset(cell):
+    """Rows of the cell's longest evaluation length: cells with the same longest length share them."""
+    return f"results/{cell.model}/data/eval_len{max(eval_lengths(CFG, cell))}"
+
+
+def eval_data_dir(wildcards):
+    return eval_dataset(find_cell(wildcards))
+
+
+def model_eval_data(wildcards):
+    """Every evaluation set of a model (rule eval_sets)."""
+    return sorted(
+        {eval_dataset(cell) for cell in CELLS if cell.model == wildcards.model}
+    )
+
+
+def cell_eval_lengths(wildcards):
+    return " ".join(map(str, eval_lengths(CFG, find_cell(wildcards))))
 
 
 def deepspeed_config(wildcards):

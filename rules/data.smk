@@ -1,4 +1,5 @@
-# Data: the embedded corpus, tokenizers, packed training sequences, the long-document eval set.
+# Data: the embedded corpus, tokenizers, packed training sequences, the long-document eval sets
+# (one per longest evaluation length: rows of {length} tokens).
 
 
 rule fetch_embedded:
@@ -61,14 +62,13 @@ rule prepare_eval:
         shards=CFG["data"]["eval"]["shards"],
         tokenizer=tokenizer_dir,
     output:
-        directory("results/{model}/data/eval"),
+        directory("results/{model}/data/eval_len{length}"),
     log:
-        "logs/prepare_eval/{model}.log",
+        "logs/prepare_eval/{model}_len{length}.log",
     conda:
         "../envs/ropelaw.yaml"
     params:
         subsets=subset_args("eval"),
-        length=eval_length(),
         short_docs=CFG["data"]["eval"]["short_docs"],
         max_docs=(
             f"--max-docs {CFG['data']['eval']['max_docs']}"
@@ -79,6 +79,22 @@ rule prepare_eval:
         skip=CFG["data"]["eval"]["skip_tokens"],
     shell:
         "ropelaw prepare-eval --shards {input.shards} {params.subsets} --tokenizer {input.tokenizer} "
-        "--length {params.length} --short-docs {params.short_docs} {params.max_docs} "
+        "--length {wildcards.length} --short-docs {params.short_docs} {params.max_docs} "
         "--windows-per-doc {params.windows} --skip-tokens {params.skip} "
         "--out {output} > {log} 2>&1"
+
+
+# Every evaluation set of a model, listed once they exist. Training waits for this list (ancient:
+# never a rerun reason) so that a bad evaluation set fails before training, and its path does not
+# change when a cell's evaluation lengths do: extending them re-runs evaluations, never training.
+rule eval_sets:
+    input:
+        model_eval_data,
+    output:
+        "results/{model}/data/eval_sets.txt",
+    log:
+        "logs/eval_sets/{model}.log",
+    conda:
+        "../envs/ropelaw.yaml"
+    shell:
+        "ls -d {input} > {output} 2> {log}"

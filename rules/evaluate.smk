@@ -1,10 +1,10 @@
-# Evaluation: perplexity and accuracy of one cell at every configured context length.
+# Evaluation: perplexity and accuracy of one cell at each of its evaluation lengths.
 
 
 rule evaluate:
     input:
         model=cell_model_dir,
-        data="results/{model}/data/eval",
+        data=eval_data_dir,
     output:
         table="results/{model}/{method}/base{base}_len{length}/eval.csv",
         provenance="results/{model}/{method}/base{base}_len{length}/eval.json",
@@ -18,7 +18,7 @@ rule evaluate:
         gpu=0,
     params:
         cell=cell_json,
-        lengths=" ".join(map(str, CFG["evaluation"]["lengths"])),
+        lengths=cell_eval_lengths,
         chunk=CFG["evaluation"]["chunk_size"],
         batch=CFG["evaluation"]["batch_size"],
         precision=CFG["evaluation"]["precision"],
@@ -28,8 +28,9 @@ rule evaluate:
             if CFG["evaluation"]["bucket_edges"]
             else ""
         ),
+        compile="--compile" if CFG["evaluation"]["compile"] else "",
     shell:
         "ropelaw evaluate --model {input.model} --cell-json {params.cell:q} --eval-data {input.data} "
         "--lengths {params.lengths} --chunk-size {params.chunk} --batch-size {params.batch} "
         "--precision {params.precision} --attn-implementation {params.attn} {params.buckets} "
-        "--out {output.table} > {log} 2>&1"
+        "{params.compile} --out {output.table} > {log} 2>&1"

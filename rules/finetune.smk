@@ -5,8 +5,9 @@ rule finetune:
     input:
         model=untuned_model_input,
         data="results/{model}/data/train_len{length}",
-        # Ordering only (ancient: never a rerun reason): a bad evaluation set fails before training.
-        eval_data=ancient("results/{model}/data/eval"),
+        # Ordering only (ancient: never a rerun reason): the model's evaluation sets are built first,
+        # so a bad one fails before training (rule eval_sets, whose path no evaluation length changes).
+        eval_sets=ancient("results/{model}/data/eval_sets.txt"),
         deepspeed=deepspeed_config,
     output:
         model=directory("results/{model}/{method}/base{base}_len{length}/model"),

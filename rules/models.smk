@@ -21,8 +21,9 @@ rule pretrain:
     input:
         model="results/{model}/init",
         data=pretrain_data,
-        # Ordering only (ancient: never a rerun reason): a bad evaluation set fails before training.
-        eval_data=ancient("results/{model}/data/eval"),
+        # Ordering only (ancient: never a rerun reason): the model's evaluation sets are built first,
+        # so a bad one fails before training (rule eval_sets, whose path no evaluation length changes).
+        eval_sets=ancient("results/{model}/data/eval_sets.txt"),
         deepspeed=pretrain_deepspeed_config,
     output:
         directory("results/{model}/pretrained"),

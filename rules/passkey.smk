@@ -4,7 +4,7 @@
 rule passkey:
     input:
         model=cell_model_dir,
-        data="results/{model}/data/eval",
+        data=eval_data_dir,
         tokenizer=tokenizer_dir,
     output:
         table="results/{model}/{method}/base{base}_len{length}/passkey.csv",

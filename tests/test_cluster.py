@@ -144,12 +144,13 @@ def test_paper_grid_dry_runs_with_the_slurm_profile(paper_workdir):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
     # 2 models x (9 + 4 + 5 bases) fine-tunes; + untuned, base_logn and dynamic NTK cells evaluated.
     assert counts["finetune"] == "36" and counts["evaluate"] == "42" and counts["fetch_hub"] == "2"
+    assert counts["prepare_eval"] == "4" and counts["eval_sets"] == "2"  # per model: rows of 100K, and of 1M (E4)
     print(f"dry run of config/paper.yaml with profiles/slurm: {seconds:.1f} s")
     assert seconds < 30
 
 
 def test_paper_grid_resolves_offline_from_its_given_geometry():
-    from ropelaw.config import load_yaml, resolve, training_args
+    from ropelaw.config import eval_lengths, load_yaml, resolve, training_args
 
     cfg, cells = resolve(load_yaml(ROOT / "config/paper.yaml"), check_data=False)
     methods = {c.method for c in cells}
@@ -162,6 +163,14 @@ def test_paper_grid_resolves_offline_from_its_given_geometry():
     assert args["llama2-7b"]["lr"] == 2e-5 and args["llama2-7b"]["warmup_steps"] == 0 and args["llama2-7b"]["weight_decay"] == 0
     assert args["llama2-7b"]["global_batch_size"] == 128 and args["llama2-7b"]["steps"] == 1000
     assert max(cfg["evaluation"]["lengths"]) == 102400
+    # E4 (NOTES 6): base 500 with and without log-scaled attention, and base 1e6, tuned at 16K, to 1M.
+    longest = {(c.model, c.method, c.base, c.tune_len): max(eval_lengths(cfg, c)) for c in cells}
+    to_1m = {cell for cell, length in longest.items() if length == 2**20}
+    assert to_1m == {(m, method, base, 16384) for m in ("llama2-7b", "llama2-13b")
+                     for method, base in (("base", 500), ("base_logn", 500), ("base", 1000000))}
+    assert {length for cell, length in longest.items() if cell not in to_1m} == {102400}
+    e4 = next(c for c in cells if (c.method, c.base) == ("base", 500) and c.tune_len == 16384)
+    assert eval_lengths(cfg, e4) == cfg["evaluation"]["lengths"] + [131072, 262144, 524288, 1048576]
 
 
 def test_plan_prints_every_cell_and_the_total(tmp_path):
@@ -183,6 +192,11 @@ def test_plan_prints_every_cell_and_the_total(tmp_path):
     expected = 1000 * 128 * 4096 / 3000 * (989.4 / 312) / STEP_EFFICIENCY / 3600
     assert float(row.group(2).replace(",", "")) == pytest.approx(expected, rel=1e-3)
     assert re.search(r"^total +78 jobs", out, re.M) and "not measured" not in out
+    # Evaluation reads 16 rows of the cell's longest length: 1M for the E4 cells, 100K for the rest.
+    evaluated = {m[0]: int(m[1].replace(",", "")) for m in re.findall(r"^(llama2-\S+) +evaluate +([\d,]+) ", out, re.M)}
+    for cell in ("base/base500_len16384", "base_logn/base500_len16384", "base/base1000000_len16384"):
+        assert evaluated[f"llama2-7b/{cell}"] == evaluated[f"llama2-13b/{cell}"] == 16 * 1048576
+    assert evaluated["llama2-7b/base/base40000_len16384"] == evaluated["llama2-7b/base/base500_len4096"] == 16 * 102400
 
 
 def test_plan_of_the_shipped_benchmarks_lists_unmeasured_models():

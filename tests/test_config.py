@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ropelaw import UserError
-from ropelaw.config import load_yaml, resolve, training_args
+from ropelaw.config import eval_lengths, load_yaml, passkey_args, resolve, training_args
 
 ROOT = Path(__file__).resolve().parents[1]
 # config/paper.yaml needs the Pile on disk: tests/test_cluster.py resolves and dry-runs it with stand-in shards.
@@ -142,3 +142,54 @@ def test_overrides_stay_with_their_own_block(raw):
     cfg, cells = resolve(raw)
     lrs = {cell.base: training_args(cfg, cell)["lr"] for cell in cells if cell.method == "base"}
     assert lrs == {500: 1.0e-5, 1000000: 1.0e-3}
+
+
+def test_eval_lengths_are_the_union_of_the_cells_blocks(raw):
+    raw["grid"] += [
+        {"model": "mini", "tune_lengths": [64], "bases": [1000000], "eval_lengths": [64, 512, 1024]},
+        {"model": "mini", "tune_lengths": [128], "bases": [500], "eval_lengths": [128, 2048]},
+        {"model": "mini", "method": "dynamic_ntk", "eval_lengths": [32, 4096]},
+    ]
+    raw["passkey"]["lengths"] = None
+    cfg, cells = resolve(raw)
+    lengths = {(c.method, c.base, c.tune_len): eval_lengths(cfg, c) for c in cells}
+    assert lengths == {
+        ("untuned", 10000, 64): [32, 64, 128, 256],  # no block: evaluation.lengths
+        ("base", 10, 64): [32, 64, 128, 256],
+        ("base", 10000, 64): [32, 64, 128, 256],
+        ("base", 1000000, 64): [32, 64, 128, 256, 512, 1024],  # grid[0] and grid[1]
+        ("base", 500, 128): [128, 2048],  # its block's list alone
+        ("dynamic_ntk", 10000, 64): [32, 4096],
+    }
+    assert {tuple(passkey_args(cfg, c)["lengths"]) for c in cells} == {tuple(v) for v in lengths.values()}
+
+
+def test_eval_lengths_of_a_block_must_increase(raw):
+    raw["grid"].append({"model": "mini", "tune_lengths": [64], "bases": [500], "eval_lengths": [64, 1024, 512]})
+    message = _error(raw)
+    assert "grid[1].eval_lengths" in message and "strictly increasing" in message
+
+
+def test_eval_lengths_of_a_block_need_one_at_most_tune_len(raw):
+    raw["grid"].append({"model": "mini", "tune_lengths": [64], "bases": [500], "eval_lengths": [128, 1024]})
+    message = _error(raw)
+    assert "'grid[1].eval_lengths'" in message and "base500_len64" in message and "<= 64" in message
+    # The same lengths for a cell that grid[0] also produces: evaluation.lengths brings 32 and 64.
+    raw["grid"][1]["bases"] = [1000000]
+    cfg, cells = resolve(raw)
+    assert eval_lengths(cfg, cells[-1]) == [32, 64, 128, 256, 1024]
+
+
+def test_eval_lengths_below_two_are_a_schema_error(raw):
+    raw["grid"][0]["eval_lengths"] = [1, 64]
+    assert "grid[0].eval_lengths[0]" in _error(raw)
+
+
+def test_passkey_lengths_beyond_a_cells_eval_lengths(raw):
+    # passkey.lengths [128, 256]: a cell evaluated only up to 64 has no rows for them.
+    raw["grid"].append({"model": "mini", "tune_lengths": [64], "bases": [500], "eval_lengths": [32, 64]})
+    message = _error(raw)
+    assert "passkey.lengths" in message and "grid[1].eval_lengths" in message and "base500_len64" in message
+    raw["passkey"]["lengths"] = None  # each cell's own lengths
+    cfg, cells = resolve(raw)
+    assert passkey_args(cfg, cells[-1])["lengths"] == [32, 64]

@@ -212,8 +212,8 @@ def test_config_checks_passkey_lengths():
     with pytest.raises(UserError, match="passkey.needle"):
         resolve(raw)
     raw["passkey"] = {"enabled": False, "lengths": [512]}
-    cfg, _ = resolve(raw)
-    assert passkey_args(cfg)["depths"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    cfg, cells = resolve(raw)
+    assert passkey_args(cfg, cells[0])["depths"] == [0.0, 0.25, 0.5, 0.75, 1.0]
     del raw["passkey"]
-    cfg, _ = resolve(raw)
-    assert not cfg["passkey"]["enabled"] and passkey_args(cfg)["lengths"] == cfg["evaluation"]["lengths"]
+    cfg, cells = resolve(raw)
+    assert not cfg["passkey"]["enabled"] and passkey_args(cfg, cells[0])["lengths"] == cfg["evaluation"]["lengths"]

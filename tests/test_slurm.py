@@ -27,7 +27,7 @@ from ropelaw.config import Cell, resolve, training_args
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RULES = {"pretrain", "finetune", "evaluate", "passkey"}
-LOCAL_RULES = {"fetch_embedded", "law", "figures", "all"}
+LOCAL_RULES = {"fetch_embedded", "eval_sets", "law", "figures", "all"}
 CELL = "results/mini/base/base1000000_len64"
 
 

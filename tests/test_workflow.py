@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,54 @@ def snakemake(*args, cwd=ROOT, check=True):
 def test_dry_run_of_every_shipped_config(config):
     result = snakemake("-n", "--cores", "1", "--configfile", str(config.relative_to(ROOT)))
     assert "evaluate" in result.stdout and "law" in result.stdout
+
+
+def test_each_cell_reads_the_eval_set_of_its_longest_length(tmp_path):
+    import yaml
+
+    config = yaml.safe_load((ROOT / "tests/scenario/config.yaml").read_text())
+    # A second block takes the base-1e6 cell (also in grid[0]) to 1024 tokens.
+    config["grid"].append({"model": "mini", "tune_lengths": [64], "bases": [1000000],
+                           "eval_lengths": [64, 512, 1024]})
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "-p", "--cores", "1")
+    jobs = _dry_run_jobs(result.stdout)
+    prepared = {job["output"]: _flag(job["shell"], "--length") for job in jobs if job["rule"] == "prepare_eval"}
+    assert prepared == {"results/mini/data/eval_len256": "256", "results/mini/data/eval_len1024": "1024"}
+    short, long = "results/mini/data/eval_len256", "results/mini/data/eval_len1024"
+    evaluated = {
+        job["output"].split(", ")[0].removesuffix("/eval.csv"):
+            (_flag(job["shell"], "--eval-data"), _flag(job["shell"], "--lengths"))
+        for job in jobs if job["rule"] == "evaluate"
+    }
+    assert evaluated == {
+        "results/mini/untuned/base10000_len64": (short, "32 64 128 256"),
+        "results/mini/base/base10_len64": (short, "32 64 128 256"),
+        "results/mini/base/base10000_len64": (short, "32 64 128 256"),
+        "results/mini/base/base1000000_len64": (long, "32 64 128 256 512 1024"),
+    }
+    inputs = {(job["rule"], job["output"].split(", ")[0]): job["input"] for job in jobs}
+    assert long in inputs["passkey", "results/mini/base/base1000000_len64/passkey.csv"]
+    assert inputs["eval_sets", "results/mini/data/eval_sets.txt"] == [long, short]  # every eval set before training
+    for training in ("pretrain", "results/mini/pretrained"), ("finetune", "results/mini/base/base10_len64/model"):
+        assert "results/mini/data/eval_sets.txt" in inputs[training]
+
+
+def _dry_run_jobs(output: str) -> list[dict]:
+    """Rule, inputs, outputs and shell command of every job that `snakemake -n -p` lists."""
+    jobs = []
+    for block in re.split(r"^(?:local)?rule ", output, flags=re.M)[1:]:
+        fields = dict(re.findall(r"^    (input|output): (.*)$", block, re.M))
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        jobs.append({"rule": block.split(":", 1)[0], "input": fields.get("input", "").split(", "),
+                     "output": fields.get("output", ""), "shell": shell.group(1) if shell else ""})
+    return jobs
+
+
+def _flag(command: str, flag: str) -> str:
+    """The value of `flag` in a shell command: the words after it, up to the next flag."""
+    return re.search(rf"{flag} ([^-][^>]*?) (?:--|>)", command).group(1)
 
 
 def test_lint_is_clean():
@@ -97,6 +146,22 @@ def test_changing_one_override_reruns_only_its_cells(scenario, tmp_path):
     stats = result.stdout.split("Job stats:")[-1]
     assert _count(stats, "finetune") == 3
     assert _count(stats, "pretrain") == 0
+
+
+def test_longer_eval_lengths_rerun_only_the_cells_evaluation(scenario, tmp_path):
+    import yaml
+
+    config = yaml.safe_load((scenario / "config/config.yaml").read_text())
+    config["grid"].append({"model": "mini", "tune_lengths": [64], "bases": [1000000], "eval_lengths": [64, 512]})
+    changed = tmp_path / "longer.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(scenario), "-n", "--cores", "1",
+                       "--configfile", str(changed))
+    stats = result.stdout.split("Job stats:")[-1]
+    # A new evaluation set, the one cell's evaluate and passkey; training waits on eval_sets.txt, never reruns.
+    assert _count(stats, "prepare_eval") == 1 and _count(stats, "eval_sets") == 1
+    assert _count(stats, "evaluate") == 1 and _count(stats, "passkey") == 1
+    assert _count(stats, "finetune") == 0 and _count(stats, "pretrain") == 0
 
 
 def _count(stats: str, rule: str) -> int:

@@ -4,7 +4,9 @@
 keys rejected, defaults filled), then checks what a schema cannot (models named
 by the grid exist, bases > 1, lengths consistent, files present) and expands
 the grid into `Cell`s. Every problem is a `UserError` of one line naming the
-key and the fix, raised at DAG-build time before any heavy work.
+key and the fix, raised at DAG-build time before any heavy work. A cell is
+evaluated at `eval_lengths(cfg, cell)`: its grid blocks' `eval_lengths`, or
+`evaluation.lengths` for a block without them.
 
 Snakemake imports this module on every run, so it imports no torch.
 
@@ -193,7 +195,11 @@ def training_args(cfg: dict, cell: Cell) -> dict:
 
 def _block_has(cfg: dict, block: dict, cell: Cell) -> bool:
     """Whether a grid block produces `cell` (two blocks may share a model and a tuning length)."""
-    if (block["model"], block["method"]) != (cell.model, cell.method) or cell.tune_len not in block.get("tune_lengths", []):
+    if (block["model"], block["method"]) != (cell.model, cell.method):
+        return False
+    if cell.method in methods.TRAINING_FREE:
+        return True  # a training-free block has one cell: the untuned model's geometry
+    if cell.tune_len not in block.get("tune_lengths", []):
         return False
     geo = geometry(cfg, cell.model)
     return any(
@@ -202,11 +208,36 @@ def _block_has(cfg: dict, block: dict, cell: Cell) -> bool:
     )
 
 
-def passkey_args(cfg: dict) -> dict:
-    """The passkey block as `ropelaw passkey --spec` takes it: lengths resolved, `enabled` left out."""
+def _eval_length_sources(cfg: dict, cell: Cell) -> dict[str, list[int]]:
+    """The config keys that give a cell its evaluation lengths, with their lists.
+
+    Every grid block that produces the cell contributes its `eval_lengths`, or
+    `evaluation.lengths` when it has none; the untuned cell (no block) takes `evaluation.lengths`.
+    """
+    sources = {}
+    if cell.method != UNTUNED:
+        for i, block in enumerate(cfg["grid"]):
+            if _block_has(cfg, block, cell):
+                if "eval_lengths" in block:
+                    sources[f"grid[{i}].eval_lengths"] = block["eval_lengths"]
+                else:
+                    sources["evaluation.lengths"] = cfg["evaluation"]["lengths"]
+    return sources or {"evaluation.lengths": cfg["evaluation"]["lengths"]}
+
+
+def eval_lengths(cfg: dict, cell: Cell) -> list[int]:
+    """The context lengths a cell is evaluated at: the sorted union over the blocks that produce it."""
+    return sorted(set().union(*_eval_length_sources(cfg, cell).values()))
+
+
+def passkey_args(cfg: dict, cell: Cell) -> dict:
+    """A cell's passkey block as `ropelaw passkey --spec` takes it: lengths resolved, `enabled` left out.
+
+    `passkey.lengths: null` means the cell's own evaluation lengths (`eval_lengths`).
+    """
     args = {key: value for key, value in cfg["passkey"].items() if key != "enabled"}
     if args["lengths"] is None:
-        args["lengths"] = cfg["evaluation"]["lengths"]
+        args["lengths"] = eval_lengths(cfg, cell)
     return args
 
 
@@ -308,6 +339,12 @@ def _check_grid(cfg: dict, all_cells: list[Cell]) -> None:
     lengths = cfg["evaluation"]["lengths"]
     if lengths != sorted(set(lengths)):
         raise UserError("config key 'evaluation.lengths' must be strictly increasing, without repeats")
+    for i, block in enumerate(cfg["grid"]):
+        if "eval_lengths" in block and block["eval_lengths"] != sorted(set(block["eval_lengths"])):
+            raise UserError(
+                f"config key 'grid[{i}].eval_lengths' must be strictly increasing, without repeats "
+                f"(got {block['eval_lengths']}); sort it and drop the repeats"
+            )
     for cell in all_cells:
         method_spec(cfg, cell)  # bad method options fail here, at DAG-build time
         args = training_args(cfg, cell)
@@ -322,26 +359,33 @@ def _check_grid(cfg: dict, all_cells: list[Cell]) -> None:
                 f"finetune.global_batch_size = {args['global_batch_size']} is not a multiple of "
                 f"finetune.micro_batch_size = {args['micro_batch_size']} (cell {cell.path})"
             )
-        if not any(length <= cell.tune_len for length in lengths):
+        cell_lengths = eval_lengths(cfg, cell)
+        if not any(length <= cell.tune_len for length in cell_lengths):
+            keys = list(_eval_length_sources(cfg, cell))
             raise UserError(
-                f"config key 'evaluation.lengths' needs a length <= {cell.tune_len} (the tuning "
-                f"length of {cell.path}): the law compares perplexity with its value there"
+                f"config key{'s' * (len(keys) > 1)} {' and '.join(repr(k) for k in keys)}: {cell.path} is evaluated "
+                f"at {cell_lengths}, without a length <= {cell.tune_len} (its tuning length); add one: "
+                "the law compares perplexity with its value there"
             )
         if args["deepspeed"] and not Path(args["deepspeed"]).is_file():
             raise UserError(f"finetune.deepspeed: file {args['deepspeed']} does not exist")
 
 
-def _check_passkey(cfg: dict) -> None:
-    args = passkey_args(cfg)
-    lengths, longest = args["lengths"], max(cfg["evaluation"]["lengths"])
-    if lengths != sorted(set(lengths)):
-        raise UserError("config key 'passkey.lengths' must be strictly increasing, without repeats")
-    if lengths[-1] > longest:
-        raise UserError(
-            f"config key 'passkey.lengths': {lengths[-1]} exceeds the longest of evaluation.lengths ({longest}), "
-            "the length of the evaluation rows the filler comes from; lower it"
-        )
-    if len(set(args["depths"])) != len(args["depths"]):
+def _check_passkey(cfg: dict, all_cells: list[Cell]) -> None:
+    lengths = cfg["passkey"]["lengths"]
+    if lengths is not None:
+        if lengths != sorted(set(lengths)):
+            raise UserError("config key 'passkey.lengths' must be strictly increasing, without repeats")
+        for cell in all_cells:  # every cell's filler comes from its own evaluation rows
+            longest = max(eval_lengths(cfg, cell))
+            if lengths[-1] > longest:
+                keys = " and ".join(_eval_length_sources(cfg, cell))
+                raise UserError(
+                    f"config key 'passkey.lengths': {lengths[-1]} exceeds the longest of {keys} ({longest}), "
+                    f"the length of the evaluation rows of {cell.path} that the filler comes from; "
+                    "lower it, or leave passkey.lengths null (every cell's own evaluation lengths)"
+                )
+    if len(set(cfg["passkey"]["depths"])) != len(cfg["passkey"]["depths"]):
         raise UserError("config key 'passkey.depths' has repeats; list each depth once")
 
 
@@ -367,7 +411,7 @@ def resolve(raw: dict, check_data: bool = True) -> tuple[dict, list[Cell]]:
     all_cells = cells(cfg)
     _check_grid(cfg, all_cells)
     if cfg["passkey"]["enabled"]:
-        _check_passkey(cfg)
+        _check_passkey(cfg, all_cells)
     return cfg, all_cells
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from ropelaw import UserError, methods
-from ropelaw.config import _merge, load_yaml, method_spec, resolve, training_args
+from ropelaw.config import _merge, eval_lengths, load_yaml, method_spec, passkey_args, resolve, training_args
 
 COLUMNS = ["model", "phase", "gpu", "seq_len", "tokens_per_s_per_gpu"]
 # Dense bf16 tensor-core peaks (NVIDIA datasheets, SXM parts): rows measured on one GPU serve another.
@@ -34,8 +34,8 @@ ASSUMPTIONS = [
     f"({', '.join(f'{k} {v:g}' for k, v in PEAK_BF16_TFLOPS.items())} TFLOP/s): pessimistic for A100",
     f"a fine-tuning step runs at {STEP_EFFICIENCY:.0%} of the measured forward+backward rate, per GPU "
     "(the Trainer path with ZeRO-3 on 2 GPUs in BENCHMARKS.md; more nodes may do worse)",
-    "evaluation reads data.eval.max_docs rows of the longest length; a length-dependent method "
-    "(dynamic NTK) does one forward per length; passkey: one forward per prompt",
+    "evaluation reads data.eval.max_docs rows of the cell's longest length (its eval_lengths); a "
+    "length-dependent method (dynamic NTK) does one forward per length; passkey: one forward per prompt",
     "wall time = GPU-hours / GPUs of the job; queueing is not counted",
 ]
 
@@ -115,10 +115,10 @@ def plan(cfg: dict, cells: list, jobs: dict[str, Job], rows: list[dict]) -> list
     max_docs = cfg["data"]["eval"]["max_docs"]
     if max_docs is None:
         raise UserError("config key 'data.eval.max_docs' is null: the plan needs the number of evaluation rows")
-    lengths = cfg["evaluation"]["lengths"]
     passkey = cfg["passkey"]
     for cell in cells:
         spec = method_spec(cfg, cell)
+        lengths = eval_lengths(cfg, cell)
         if cell.method in methods.TRAINED:
             args = training_args(cfg, cell)
             tokens = args["steps"] * args["global_batch_size"] * cell.tune_len
@@ -129,7 +129,8 @@ def plan(cfg: dict, cells: list, jobs: dict[str, Job], rows: list[dict]) -> list
         _add_eval(lines, cell, "evaluate", forwards, jobs["evaluate"], rows)
         if passkey["enabled"]:
             prompts = len(passkey["depths"]) * passkey["trials"]
-            _add_eval(lines, cell, "passkey", [(L, prompts) for L in passkey["lengths"] or lengths], jobs["passkey"], rows)
+            forwards = [(L, prompts) for L in passkey_args(cfg, cell)["lengths"]]
+            _add_eval(lines, cell, "passkey", forwards, jobs["passkey"], rows)
     return lines
 
 
