@@ -20,12 +20,7 @@ mkdir -p "$OUT"
 log=$OUT/log.txt
 work=${BENCH_WORK:-/tmp/ropelaw-bench}
 
-step() {  # step SECONDS CMD...: run with a time limit, output to the log
-    local limit=$1
-    shift
-    echo "== $(date -u +%T) $*" | tee -a "$log"
-    timeout "$limit" "$@" >>"$log" 2>&1 || echo "!! exit $? after ${SECONDS}s: $*" | tee -a "$log"
-}
+source "$(dirname "$0")/step.sh"  # step SECONDS CMD...
 
 best_backend() {  # the fastest SDPA backend for a shape in attention.jsonl, else 'default'
     python3 - "$OUT/attention.jsonl" "$1" <<'EOF'

@@ -20,12 +20,7 @@ mkdir -p "$OUT" "$work"
 log=$OUT/log.txt
 lengths=(8192 32768 131072 262144 524288 1048576)
 
-step() {  # step SECONDS CMD...: run with a time limit, output to the log
-    local limit=$1
-    shift
-    echo "== $(date -u +%T) $*" | tee -a "$log"
-    timeout "$limit" "$@" >>"$log" 2>&1 || echo "!! exit $? after ${SECONDS}s: $*" | tee -a "$log"
-}
+source "$(dirname "$0")/step.sh"  # step SECONDS CMD...
 
 cell() {  # cell METHOD OPTIONS_JSON: the --cell-json of the untuned model's cell for METHOD
     echo "{\"model\":\"smollm2\",\"method\":\"$1\",\"base\":100000,\"tune_len\":8192,\"head_dim\":64,\"train_len\":8192,\"orig_base\":100000,\"eval_set\":\"embedded validation text joined to 1M tokens\",\"method_options\":$2}"

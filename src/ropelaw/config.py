@@ -335,16 +335,18 @@ def _check_files(cfg: dict, data: bool = True) -> None:
             raise UserError(f"config key 'models.{name}.architecture.hidden_size' must be divisible by num_heads")
 
 
-def _check_grid(cfg: dict, all_cells: list[Cell]) -> None:
-    lengths = cfg["evaluation"]["lengths"]
+def _require_increasing(key: str, lengths: list[int]) -> None:
     if lengths != sorted(set(lengths)):
-        raise UserError("config key 'evaluation.lengths' must be strictly increasing, without repeats")
+        raise UserError(
+            f"config key '{key}' must be strictly increasing, without repeats (got {lengths}); sort it and drop the repeats"
+        )
+
+
+def _check_grid(cfg: dict, all_cells: list[Cell]) -> None:
+    _require_increasing("evaluation.lengths", cfg["evaluation"]["lengths"])
     for i, block in enumerate(cfg["grid"]):
-        if "eval_lengths" in block and block["eval_lengths"] != sorted(set(block["eval_lengths"])):
-            raise UserError(
-                f"config key 'grid[{i}].eval_lengths' must be strictly increasing, without repeats "
-                f"(got {block['eval_lengths']}); sort it and drop the repeats"
-            )
+        if "eval_lengths" in block:
+            _require_increasing(f"grid[{i}].eval_lengths", block["eval_lengths"])
     for cell in all_cells:
         method_spec(cfg, cell)  # bad method options fail here, at DAG-build time
         args = training_args(cfg, cell)
@@ -374,8 +376,7 @@ def _check_grid(cfg: dict, all_cells: list[Cell]) -> None:
 def _check_passkey(cfg: dict, all_cells: list[Cell]) -> None:
     lengths = cfg["passkey"]["lengths"]
     if lengths is not None:
-        if lengths != sorted(set(lengths)):
-            raise UserError("config key 'passkey.lengths' must be strictly increasing, without repeats")
+        _require_increasing("passkey.lengths", lengths)
         for cell in all_cells:  # every cell's filler comes from its own evaluation rows
             longest = max(eval_lengths(cfg, cell))
             if lengths[-1] > longest:
