@@ -109,7 +109,7 @@ def test_dynamic_ntk_base_follows_the_length(model_dir, factor):
         model.model(torch.zeros(1, length, dtype=torch.long))
         scaled = B0 * max(1.0, factor * length / T - (factor - 1)) ** (D / (D - 2))
         assert_inv_freq(rope.inv_freq_in_effect(model), plain(scaled))
-        torch.testing.assert_close(methods.expected_inv_freq(spec, D, length), torch.tensor(plain(scaled), dtype=torch.float64))
+        torch.testing.assert_close(rope.expected_inv_freq(spec, D, length), torch.tensor(plain(scaled), dtype=torch.float64))
 
 
 def write_eval_dir(path: Path, docs: np.ndarray) -> Path:
@@ -201,7 +201,7 @@ def test_the_wrong_frequencies_are_refused(model_dir):
     model, _, _ = load(model_dir, "untuned")
     linear = methods.resolve("linear", B0, head_dim=D, train_len=T, options={"factor": 2.0})
     with pytest.raises(RuntimeError, match="does not match method linear"):
-        methods.check_model(model, linear, D)
+        rope.verify_inv_freq(model, linear, D)
 
 
 def test_defaults_are_the_schemas():
@@ -304,3 +304,160 @@ def test_editing_a_method_block_changes_only_its_cells(tmp_path):
     changed = lambda a, b: sorted(p.split("/")[2] for p in a if a[p] != b[p])  # noqa: E731
     assert changed(commands[0], commands[1]) == ["yarn"]
     assert changed(commands[1], commands[2]) == ["base_logn", "logn"]
+
+
+# --- split: pairs below k at one base, from k on at another (or not rotating) -----------------
+
+K = 3  # a rotary pair index of the tiny model's 8 pairs
+
+
+def split_by_hand(low_base, high_base):
+    """Pair n < K: low_base^(-2n/D); n >= K: high_base^(-2n/D), or 0 when high_base is None."""
+    return [low_base ** (-2 * n / D) if n < K else 0.0 if high_base is None else high_base ** (-2 * n / D)
+            for n in range(D // 2)]
+
+
+def split(base, **options):
+    return methods.resolve("crit", base, head_dim=D, train_len=T, tune_len=T, orig_base=B0,
+                           options={"kind": "split", "k": K, **options})
+
+
+@pytest.mark.parametrize("base, options, low, high", [
+    (1e6, {"low_base": 1e5}, 1e5, 1e6),                       # (i) low pairs at 1e5, high pairs at 1e6
+    (1e5, {"low_base": 1e6}, 1e6, 1e5),                       # (ii) the reverse
+    (1e6, {"low_base": 1e5, "high": "frozen"}, 1e5, None),    # (iii) high pairs do not rotate
+    (1e6, {}, B0, 1e6),                                       # low_base defaults to the model's own b0
+])
+def test_split_inv_freq_is_the_hand_computation(model_dir, base, options, low, high):
+    spec = split(base, **options)
+    hand = split_by_hand(low, high)
+    assert spec.name == "crit" and spec.kind == "split" and spec.trains and spec.base == base
+    assert list(spec.inv_freq) == pytest.approx(hand, rel=1e-15, abs=0)
+    torch.testing.assert_close(rope.expected_inv_freq(spec, D), torch.tensor(hand, dtype=torch.float64), rtol=1e-15, atol=0)
+    model, inv_freq = load_causal_lm(model_dir, spec, precision="fp32")
+    rotary = model.model.rotary_emb
+    for buffer in (rotary.inv_freq, rotary.original_inv_freq):  # both, so no reset brings the old ones back
+        assert torch.equal(buffer, torch.tensor(hand, dtype=torch.float64).float())
+    torch.testing.assert_close(inv_freq, torch.tensor(hand, dtype=torch.float64), rtol=1e-7, atol=0)
+
+
+def test_split_attention_logits_match_a_hand_rotation(model_dir):
+    """Attention of one head of the split model against numpy float64: q and k rotated by position x inv_freq."""
+    low, high, length, head = 1e5, 1e6, 24, 1
+    model, _ = load_causal_lm(model_dir, split(high, low_base=low), precision="fp32", attn_implementation="eager")
+    ids = torch.randint(0, VOCAB, (1, length), generator=torch.Generator().manual_seed(5))
+    captured = {}
+    attn = model.model.layers[0].self_attn
+    hook = attn.register_forward_hook(lambda m, args, kwargs, out: captured.update(x=kwargs["hidden_states"]),
+                                      with_kwargs=True)
+    with torch.no_grad():
+        probs_model = model(ids, output_attentions=True).attentions[0][0, head].double().numpy()
+    hook.remove()
+
+    x = captured["x"][0].double().numpy()
+    rows = slice(head * D, (head + 1) * D)
+    q = x @ attn.q_proj.weight.detach().double().numpy()[rows].T  # [length, D]
+    k = x @ attn.k_proj.weight.detach().double().numpy()[rows].T
+    angle = np.arange(length)[:, None] * np.array(split_by_hand(low, high))[None, :]  # [length, D/2]
+    cos, sin = np.cos(angle), np.sin(angle)
+    half = D // 2
+
+    def rotate(t):  # LLaMA pairs dim n with dim n + D/2
+        a, b = t[:, :half], t[:, half:]
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=1)
+
+    logits_hand = rotate(q) @ rotate(k).T / math.sqrt(D)
+    logits_hand[np.triu_indices(length, 1)] = -np.inf
+    probs_hand = np.exp(logits_hand - logits_hand.max(axis=1, keepdims=True))
+    probs_hand /= probs_hand.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs_model, probs_hand, rtol=1e-4, atol=1e-6)
+    # The same head with plain base 1e6 attends differently: the low pairs matter.
+    plain_model, _ = load_causal_lm(model_dir, high, precision="fp32", attn_implementation="eager")
+    with torch.no_grad():
+        probs_plain = plain_model(ids, output_attentions=True).attentions[0][0, head].double().numpy()
+    assert not np.allclose(probs_plain, probs_hand, atol=1e-4)
+
+
+@pytest.fixture
+def trainable_dir(model_dir, tmp_path):
+    """The tiny model with a tokenizer beside it, and packed rows of T tokens to train on."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    out = tmp_path / "model"
+    LlamaForCausalLM.from_pretrained(model_dir).save_pretrained(out)
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0")),
+        eos_token="t1", unk_token="t0",
+    ).save_pretrained(out)
+    data = tmp_path / "data"
+    data.mkdir()
+    np.random.default_rng(0).integers(0, VOCAB, size=(4, T)).astype("<u2").tofile(data / "tokens.bin")
+    (data / "manifest.json").write_text(json.dumps({"n_sequences": 4, "seq_len": T, "dtype": "<u2"}))
+    return out, data
+
+
+def test_split_fine_tunes_and_reloads_with_its_inv_freq(trainable_dir, tmp_path):
+    from ropelaw.cli import main
+
+    model_dir, data = trainable_dir
+    spec = split(1e6, low_base=1e5)
+    hand = torch.tensor(split_by_hand(1e5, 1e6), dtype=torch.float64)
+    train_spec = {
+        "steps": 1, "global_batch_size": 2, "micro_batch_size": 2, "lr": 1e-3, "lr_schedule": "constant",
+        "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999,
+        "adam_epsilon": 1e-8, "seed": 0, "precision": "fp32", "gradient_checkpointing": False,
+        "attn_implementation": "sdpa", "deepspeed": None, "checkpoint_every": 100, "length_multiple": 1,
+        "logging_steps": 1, "compile": False,
+    }
+    out = tmp_path / "tuned"
+    assert main(["finetune", "--model", str(model_dir), "--data", str(data), "--base", "1e6",
+                 "--spec", json.dumps(train_spec), "--method", json.dumps(spec.to_json()),
+                 "--checkpoints", str(tmp_path / "ckpt"), "--out", str(out)]) == 0
+    manifest = json.loads((out / "ropelaw_manifest.json").read_text())
+    assert torch.equal(torch.tensor(manifest["inv_freq"], dtype=torch.float64).float(), hand.float())
+    assert manifest["method"]["kind"] == "split" and manifest["method"]["name"] == "crit"
+    # A plain reload cannot know the split (transformers' config holds one base): the loader re-applies it.
+    plain = LlamaForCausalLM.from_pretrained(out)
+    assert not torch.equal(rope.inv_freq_in_effect(plain).float(), hand.float())
+    reloaded, inv_freq = load_causal_lm(out, spec, precision="fp32")
+    assert torch.equal(inv_freq.float(), hand.float())
+    assert torch.equal(reloaded.model.rotary_emb.original_inv_freq, hand.float())
+    name = "model.layers.0.self_attn.q_proj.weight"  # the step moved the weights
+    assert not torch.equal(reloaded.state_dict()[name], LlamaForCausalLM.from_pretrained(model_dir).state_dict()[name])
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"k": 0}, "methods.crit.k"),
+    ({"k": D // 2}, "methods.crit.k"),
+    ({"k": 2.5}, "methods.crit.k"),
+    ({"k": True}, "methods.crit.k"),
+    ({"k": None}, "methods.crit.k"),
+    ({"k": K, "low_base": 1}, "methods.crit.low_base"),
+    ({"k": K, "low_base": "original"}, "methods.crit.low_base"),
+    ({"k": K, "low_base": float("nan")}, "methods.crit.low_base"),
+    ({"k": K, "high": "off"}, "methods.crit.high"),
+    ({"k": K, "lowbase": 1e5}, "methods.crit.lowbase"),
+])
+def test_split_options_are_one_line_errors(options, key):
+    with pytest.raises(UserError) as info:
+        methods.resolve("crit", 1e6, head_dim=D, orig_base=B0, options={"kind": "split", **options})
+    message = str(info.value)
+    assert f"'{key}'" in message and "\n" not in message
+
+
+def test_variants_resolve_by_kind_and_say_whether_they_train():
+    assert methods.trains("split") and methods.trains("base") and not methods.trains("yarn")
+    yarn8 = methods.resolve("yarn8", B0, head_dim=D, train_len=T, options={"kind": "yarn", "factor": 8.0})
+    assert (yarn8.name, yarn8.kind, yarn8.rope_parameters["factor"], yarn8.trains) == ("yarn8", "yarn", 8.0, False)
+    with pytest.raises(UserError, match="'methods.yarn8.factor'"):
+        methods.resolve("yarn8", B0, head_dim=D, train_len=T, options={"kind": "yarn", "factor": 0.5})
+    with pytest.raises(UserError, match="needs 'kind'"):
+        methods.resolve("mystery", B0)
+    with pytest.raises(UserError, match="'methods.odd.kind'"):
+        methods.resolve("odd", B0, options={"kind": "rotate"})
+    spec = split(1e6, low_base=1e5)
+    assert methods.MethodSpec.from_json(json.dumps(spec.to_json())) == spec
+    with pytest.raises(UserError) as info:
+        methods.MethodSpec.from_json('{"name": "crit"')
+    assert "\n" not in str(info.value) and "--method" in str(info.value)

@@ -1,4 +1,5 @@
-"""RoPE after a base change: the inv_freq in effect, and attention logits against a hand computation."""
+"""RoPE after a base change: the inv_freq in effect, the one verifier (exact to one unit of base),
+and attention logits against a hand computation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ropelaw import rope
+from ropelaw import methods, rope
 from ropelaw.models import load_causal_lm
 
 
@@ -28,8 +29,12 @@ def saved_model(tmp_path):
     return tmp_path / "m"
 
 
+def base_spec(value: float) -> methods.MethodSpec:
+    return methods.resolve("base", value)
+
+
 def test_expected_inv_freq_is_the_paper_formula():
-    inv = rope.expected_inv_freq(128, 10000.0)
+    inv = rope.expected_inv_freq(base_spec(10000.0), 128)
     assert inv.dtype == torch.float64 and inv.shape == (64,)
     # theta_n = 10000^(-2n/128); pair 46 has period 2*pi/theta_46 ~ 4712 (NOTES.md 2.2).
     assert inv[0] == 1.0
@@ -47,15 +52,57 @@ def test_base_change_sets_inv_freq(saved_model, base):
 
 def test_check_refuses_the_wrong_base(saved_model):
     model, _ = load_causal_lm(saved_model, 500.0, precision="fp32")
-    with pytest.raises(RuntimeError, match="does not match base"):
-        rope.check_inv_freq(model, 16, 10000.0)
+    with pytest.raises(RuntimeError, match="does not match method base at base 10000"):
+        rope.verify_inv_freq(model, base_spec(10000.0), 16)
+
+
+@pytest.mark.parametrize("head_dim, b", [(16, 1e5), (16, 1e6), (64, 1e6), (64, 1e7), (128, 1e7)])
+def test_verifier_tells_b_from_b_plus_one(tmp_path, head_dim, b):
+    """Issue 11: an rtol of 1e-5 passed base b for b+1 above 1e5; the verifier must not."""
+    tiny_llama(head_dim=head_dim).save_pretrained(tmp_path / "m")
+    for loaded, asked in ((b, b + 1), (b + 1, b), (b, b - 1)):
+        model, _ = load_causal_lm(tmp_path / "m", loaded, precision="fp32")
+        with pytest.raises(RuntimeError, match="refusing to go on"):
+            rope.verify_inv_freq(model, base_spec(asked), head_dim)
+        rope.verify_inv_freq(model, base_spec(loaded), head_dim)  # and the right base passes
+
+
+def test_verifier_refuses_one_float32_ulp(saved_model):
+    """Bit-exact: one pair one float32 step away from transformers' arithmetic is refused."""
+    model, _ = load_causal_lm(saved_model, 1e6, precision="fp32")
+    rotary = model.model.rotary_emb
+    with torch.no_grad():
+        for buffer in (rotary.inv_freq, rotary.original_inv_freq):
+            buffer[5] = torch.nextafter(buffer[5], torch.tensor(1.0))
+    with pytest.raises(RuntimeError, match="not bit-identical"):
+        rope.verify_inv_freq(model, base_spec(1e6), 16)
+
+
+def test_verifier_float64_layer_tells_yarn_theta_from_theta_plus_one(saved_model):
+    """YaRN has no bit-exact form here; the float64 nearest-base test still tells 1e6 from 1e6 + 1."""
+    def yarn(theta):
+        return methods.resolve("yarn", theta, head_dim=16, train_len=32, options={"factor": 4.0})
+
+    model, _ = load_causal_lm(saved_model, yarn(1e6 + 1), precision="fp32")
+    with pytest.raises(RuntimeError, match=r"nearer to rope_theta 1e\+06 \+- 1"):
+        rope.verify_inv_freq(model, yarn(1e6), 16)
+    rope.verify_inv_freq(model, yarn(1e6 + 1), 16)
+
+
+def test_verifier_refuses_a_stale_original_inv_freq(saved_model):
+    """A dynamic-rope reset copies original_inv_freq back: it must hold the method's frequencies too."""
+    model, _ = load_causal_lm(saved_model, 1e6, precision="fp32")
+    with torch.no_grad():
+        model.model.rotary_emb.original_inv_freq.mul_(1.5)
+    with pytest.raises(RuntimeError, match="original_inv_freq differs"):
+        rope.verify_inv_freq(model, base_spec(1e6), 16)
 
 
 def test_saved_model_reloads_with_the_new_base(saved_model, tmp_path):
     model, _ = load_causal_lm(saved_model, 1e6, precision="fp32")
     model.save_pretrained(tmp_path / "tuned")
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "tuned")
-    torch.testing.assert_close(rope.inv_freq_in_effect(reloaded), rope.expected_inv_freq(16, 1e6), rtol=1e-6, atol=0)
+    torch.testing.assert_close(rope.inv_freq_in_effect(reloaded), rope.expected_inv_freq(base_spec(1e6), 16), rtol=1e-6, atol=0)
 
 
 def test_attention_logits_match_a_hand_rotation():

@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ropelaw import rope
+from ropelaw import methods, rope
 
 ROOT = Path(__file__).resolve().parents[1]
 UNTUNED = "results/smol/untuned/base100000_len8192"
@@ -125,7 +125,7 @@ def test_finetuned_cell_reloads_with_its_new_base(work):
     assert config["rope_parameters"]["rope_theta"] == 1e6
     # A plain reload, with no ropelaw code: the new base is in effect, and the weights moved.
     tuned = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    torch.testing.assert_close(rope.inv_freq_in_effect(tuned), rope.expected_inv_freq(64, 1e6), rtol=1e-6, atol=0)
+    torch.testing.assert_close(rope.inv_freq_in_effect(tuned), rope.expected_inv_freq(methods.resolve("base", 1e6), 64), rtol=1e-6, atol=0)
     untuned = AutoModelForCausalLM.from_pretrained(work / "results/smol/hf", dtype=torch.float32)
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(tuned.state_dict()[name], untuned.state_dict()[name])

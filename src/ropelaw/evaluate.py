@@ -28,7 +28,7 @@ def cell_method(cell: dict) -> methods.MethodSpec:
     """The cell's RoPE method, with its options from the config (`method_options` of the cell JSON)."""
     return methods.resolve(
         cell["method"], cell["base"], head_dim=cell["head_dim"], train_len=cell["train_len"],
-        tune_len=cell["tune_len"], options=cell.get("method_options"),
+        tune_len=cell["tune_len"], orig_base=cell["orig_base"], options=cell.get("method_options"),
     )
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ropelaw import UserError, provenance, rope
+from ropelaw import UserError, methods, provenance, rope
 
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint saved; run again to resume
@@ -148,9 +148,15 @@ def newest_checkpoint(directory: Path) -> Path | None:
 
 
 def train(
-    model_dir: str, data_dir: str, base: float, spec: TrainSpec, checkpoints: str, out: str, callbacks=()
+    model_dir: str, data_dir: str, base: float | methods.MethodSpec, spec: TrainSpec, checkpoints: str, out: str,
+    callbacks=(),
 ) -> dict:
-    """Train one cell; `callbacks` are extra TrainerCallbacks (bench/ times steps with one)."""
+    """Train one cell; `callbacks` are extra TrainerCallbacks (bench/ times steps with one).
+
+    `base` is a rotary base (the paper's method) or a trained method's `MethodSpec` (split).
+    """
+    method = base if isinstance(base, methods.MethodSpec) else methods.resolve("base", base)
+    base = method.base
     import torch
     from transformers import AutoTokenizer, Trainer, TrainingArguments
 
@@ -197,7 +203,7 @@ def train(
     # After TrainingArguments: under ZeRO-3 they make from_pretrained load each rank's shard only
     # (deepspeed.zero.Init), instead of the whole fp32 model on every rank.
     # Weights stay fp32 (master copy); bf16 autocast through the Trainer, or DeepSpeed's bf16 engine.
-    model, inv_freq = load_causal_lm(model_dir, base, precision="fp32", attn_implementation=spec.attn_implementation)
+    model, inv_freq = load_causal_lm(model_dir, method, precision="fp32", attn_implementation=spec.attn_implementation)
     head_dim = head_dim_of(model.config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model.config.use_cache = False
@@ -230,11 +236,12 @@ def train(
         raise SystemExit(STOPPED_EXIT_CODE)
 
     model = trainer.model
-    inv_freq_after = rope.check_inv_freq(model, head_dim, base)
+    inv_freq_after = rope.verify_inv_freq(model, method, head_dim)
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     record = provenance.manifest(
         kind="finetune",
         base=base,
+        method=method.to_json(),
         tune_len=seq_len,
         spec=asdict(spec),
         world_size=world_size,
@@ -269,6 +276,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", required=True, help="packed training data directory (ropelaw pack)")
     parser.add_argument("--base", required=True, type=float, help="rotary base to train with")
     parser.add_argument("--spec", required=True, help="resolved training hyper-parameters, as JSON")
+    parser.add_argument("--method", help="the trained method's MethodSpec JSON (split); default: base at --base")
     parser.add_argument("--checkpoints", required=True, help="directory for resumable checkpoints")
     parser.add_argument("--out", required=True, help="output model directory (written atomically)")
 
@@ -277,5 +285,8 @@ def run(args) -> None:
     if args.base <= 1:
         raise UserError(f"--base must be > 1 (got {args.base:g})")
     spec = TrainSpec.from_json(args.spec)
-    record = train(args.model, args.data, args.base, spec, args.checkpoints, args.out)
+    method = methods.MethodSpec.from_json(args.method) if args.method else methods.resolve("base", args.base)
+    if method.base != args.base or not method.trains:
+        raise UserError(f"--method: {method.name} at base {method.base:g} is not a trained method at --base {args.base:g}")
+    record = train(args.model, args.data, method, spec, args.checkpoints, args.out)
     print(json.dumps({"final_loss": record["final_loss"], "inv_freq_sha256": record["inv_freq_sha256"]}))

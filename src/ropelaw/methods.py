@@ -13,6 +13,7 @@ config's `methods:` block resolve to a `MethodSpec`:
 | `dynamic_ntk` | untuned                     | `dynamic`: theta = b0 * (s*L/T - (s-1))^(d/(d-2)) for L>T | plain     |
 | `yarn`        | untuned                     | `yarn`: per-dimension ramp, cos/sin times 0.1 ln s + 1    | plain     |
 | `logn`        | untuned                     | default, rope_theta = b0                                  | log-scaled|
+| kind `split`  | fine-tuned with its rotation| explicit inv_freq: pairs n < k at low_base, n >= k at beta | plain     |
 
 T is the model's pre-training length T_train, L the length of the current
 sequence, s a method's `factor`. Log-scaled attention multiplies the query at
@@ -22,26 +23,40 @@ tuning length (`t_ref: tune_len`, the default), T_train, or a number; it is an
 flash_attention_2), so no model code is patched. Training-free methods'
 cells are `results/{model}/{method}/base{b0}_len{T_train}/`.
 
-`expected_inv_freq` recomputes each method's inv_freq in float64 from its
-formula, so a model is refused unless the frequencies in effect are the ones
-the method asks for. Imports no torch at module level (Snakemake imports
-`ropelaw.config`, which imports this module, while it builds the DAG).
+A `methods:` entry whose name is not a built-in method is a variant: its `kind`
+is a built-in method or `split`, and its name is the `{method}` of its paths
+(`resolve(name, ..., options={"kind": ..., ...})`). `split` (options `k`,
+`low_base`, `high`) is trained like `base`: pair n < k rotates with
+low_base^(-2n/d) (`orig`: b0), pair n >= k with beta^(-2n/d), beta the cell's
+base, or not at all (`high: frozen`, inv_freq 0). transformers' config cannot
+say this, so the spec carries the vector (`MethodSpec.inv_freq`) and the loader
+writes it into the rotary buffers at every load (`rope.apply_inv_freq`).
+
+`ropelaw.rope.expected_inv_freq` recomputes each method's inv_freq in float64
+from its formula and `rope.verify_inv_freq` refuses a model whose frequencies
+are not the ones the method asks for. Imports no torch at module level
+(Snakemake imports `ropelaw.config`, which imports this module, while it builds the DAG).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from ropelaw import UserError
 
-TRAINED = ("base",)
+TRAINED = ("base", "split")  # kinds that fine-tune their own model
 ON_TUNED = ("base", "base_logn")  # evaluate the fine-tuned model of the `base` cell
 TRAINING_FREE = ("untuned", "linear", "ntk", "dynamic_ntk", "yarn", "logn")
 NAMES = ON_TUNED + TRAINING_FREE
 GRID_METHODS = tuple(name for name in NAMES if name != "untuned")  # untuned cells come from evaluation.include_untuned
 LOGN = ("logn", "base_logn")
 LOGN_KERNELS = ("sdpa", "flash_attention_2")
+KINDS = NAMES + ("split",)  # what a `methods:` variant's `kind` may be
+SPLIT_OPTIONS = {"k": None, "low_base": "orig", "high": "rotate"}  # k has no default
+SPLIT_HIGH = ("rotate", "frozen")
 
 DEFAULT_OPTIONS = {
     "linear": {"factor": 4.0},
@@ -65,14 +80,22 @@ class MethodSpec:
     """Set on the config when the rope type reads it as T_train (dynamic NTK); None leaves it."""
     logn_t_ref: int | None = None
     """T_ref of log-scaled attention, or None for plain attention."""
+    kind: str = ""
+    """The built-in method or `split` this is (the name itself for a built-in method)."""
+    inv_freq: tuple[float, ...] | None = None
+    """Explicit float64 inv_freq written into the rotary buffers at load (split), or None."""
+
+    def __post_init__(self):
+        if not self.kind:
+            object.__setattr__(self, "kind", self.name)
 
     @property
     def trains(self) -> bool:
-        return self.name in TRAINED
+        return trains(self.kind)
 
     @property
     def uses_tuned_model(self) -> bool:
-        return self.name in ON_TUNED
+        return self.kind in ON_TUNED
 
     @property
     def length_dependent(self) -> bool:
@@ -81,9 +104,32 @@ class MethodSpec:
 
     def to_json(self) -> dict:
         return {
-            "name": self.name, "base": self.base, "rope_parameters": self.rope_parameters,
+            "name": self.name, "kind": self.kind, "base": self.base, "rope_parameters": self.rope_parameters,
             "max_position_embeddings": self.max_position_embeddings, "logn_t_ref": self.logn_t_ref,
+            "inv_freq": None if self.inv_freq is None else list(self.inv_freq),
         }
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "--method") -> "MethodSpec":
+        """Read `to_json()` back (as a JSON string); anything else is a one-line `UserError`."""
+        try:
+            data = json.loads(text)
+            spec = cls(
+                name=data["name"], kind=data["kind"], base=float(data["base"]),
+                rope_parameters=dict(data["rope_parameters"]),
+                max_position_embeddings=data["max_position_embeddings"], logn_t_ref=data["logn_t_ref"],
+                inv_freq=None if data["inv_freq"] is None else tuple(float(f) for f in data["inv_freq"]),
+            )
+        except (ValueError, TypeError, KeyError) as err:
+            raise UserError(f"{where}: not a method spec ({type(err).__name__}: {err}); pass MethodSpec.to_json()") from None
+        if spec.kind not in KINDS:
+            raise UserError(f"{where}: unknown method kind {spec.kind!r}; choose one of {', '.join(KINDS)}")
+        return spec
+
+
+def trains(kind: str) -> bool:
+    """Whether cells of this kind fine-tune their own model (base, split)."""
+    return kind in TRAINED
 
 
 def options_key(method: str) -> str | None:
@@ -93,56 +139,109 @@ def options_key(method: str) -> str | None:
     return method if method in DEFAULT_OPTIONS else None
 
 
-def _factor(method: str, options: dict) -> float:
+def _factor(key: str, options: dict) -> float:
     factor = float(options["factor"])
     if not factor >= 1:
-        raise UserError(f"config key 'methods.{method}.factor' must be >= 1 (got {factor:g})")
+        raise UserError(f"config key 'methods.{key}.factor' must be >= 1 (got {factor:g})")
     return factor
 
 
-def _t_ref(options: dict, train_len: int, tune_len: int) -> int:
+def _t_ref(key: str, options: dict, train_len: int, tune_len: int) -> int:
     t_ref = options["t_ref"]
     value = {"tune_len": tune_len, "train_len": train_len}.get(t_ref, t_ref)
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
         raise UserError(
-            f"config key 'methods.logn.t_ref' must be tune_len, train_len or an integer >= 2 (got {t_ref!r})"
+            f"config key 'methods.{key}.t_ref' must be tune_len, train_len or an integer >= 2 (got {t_ref!r})"
         )
     return value
 
 
+def split_inv_freq(head_dim: int, k: int, low_base: float, high_base: float | None) -> tuple[float, ...]:
+    """Pairs n < k: low_base^(-2n/d); pairs n >= k: high_base^(-2n/d), or 0 (no rotation) when None."""
+    return tuple(
+        low_base ** (-2 * n / head_dim) if n < k else 0.0 if high_base is None else high_base ** (-2 * n / head_dim)
+        for n in range(head_dim // 2)
+    )
+
+
+def _split(name: str, base: float, options: dict, head_dim: int | None, orig_base: float | None) -> MethodSpec:
+    """The split kind: check its options (errors name `methods.<name>.<option>`), compute its inv_freq."""
+    unknown = sorted(set(options) - set(SPLIT_OPTIONS) - {"kind"})
+    if unknown:
+        raise UserError(f"config key 'methods.{name}.{unknown[0]}' is not an option of kind split; "
+                        f"use {', '.join(SPLIT_OPTIONS)}")
+    if head_dim is None or orig_base is None:
+        raise ValueError("resolving a split method needs head_dim and orig_base")
+    k, low_base, high = options["k"], options["low_base"], options["high"]
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k < head_dim // 2:
+        raise UserError(f"config key 'methods.{name}.k' must be a rotary pair index, an integer with "
+                        f"1 <= k < head_dim/2 = {head_dim // 2} (got {k!r})")
+    if low_base == "orig":
+        low_base = orig_base
+    elif isinstance(low_base, bool) or not isinstance(low_base, numbers.Real) or not 1 < low_base < math.inf:
+        raise UserError(f"config key 'methods.{name}.low_base' must be a number > 1 or 'orig' "
+                        f"(the model's original base) (got {low_base!r})")
+    if high not in SPLIT_HIGH:
+        raise UserError(f"config key 'methods.{name}.high' must be rotate or frozen (got {high!r})")
+    inv_freq = split_inv_freq(head_dim, int(k), float(low_base), base if high == "rotate" else None)
+    return MethodSpec(name, base, {"rope_type": "default", "rope_theta": base}, kind="split", inv_freq=inv_freq)
+
+
+def _kind_and_options(method: str, options: dict | None) -> tuple[str, dict]:
+    """(kind, options with defaults filled in) of a built-in method, a kind, or a `methods:` variant."""
+    options = dict(options or {})
+    given = options.pop("kind", None)
+    if method in NAMES and given not in (None, method):
+        raise UserError(f"config key 'methods.{method}.kind': {method} is a built-in method; "
+                        "give the variant another name")
+    kind = method if method in KINDS and given is None else given
+    if kind is None:
+        raise UserError(f"unknown method {method!r}: a `methods:` entry that is not one of {', '.join(NAMES)} "
+                        f"needs 'kind' (one of {', '.join(KINDS)})")
+    if kind not in KINDS:
+        raise UserError(f"config key 'methods.{method}.kind' must be one of {', '.join(KINDS)} (got {kind!r})")
+    if kind == "split":
+        return kind, dict(SPLIT_OPTIONS, **options)
+    key = options_key(kind)
+    return kind, dict(DEFAULT_OPTIONS[key], **options) if key else options
+
+
 def resolve(method: str, base: float, *, head_dim: int | None = None, train_len: int | None = None,
-            tune_len: int | None = None, options: dict | None = None) -> MethodSpec:
+            tune_len: int | None = None, orig_base: float | None = None, options: dict | None = None) -> MethodSpec:
     """The `MethodSpec` of `method` at rotary base `base` (b0 for training-free methods).
 
-    `options` is the method's block of the config (defaults filled in when None);
-    `head_dim`, `train_len` and `tune_len` are needed by the methods that use them.
+    `method` is a built-in method, a kind (`split`), or the name of a `methods:` variant
+    whose `options` hold its `kind`. `options` is the method's block of the config
+    (defaults filled in); `head_dim`, `train_len`, `tune_len` and `orig_base` (b0) are
+    needed by the methods that use them (split: head_dim and orig_base).
     """
-    if method not in NAMES:
-        raise UserError(f"unknown method {method!r}; choose one of {', '.join(NAMES)}")
-    key = options_key(method)
-    options = dict(DEFAULT_OPTIONS[key], **(options or {})) if key else {}
+    kind, options = _kind_and_options(method, options)
+    key = method if method not in NAMES else options_key(kind)  # the config block named in errors
     base = float(base)
     default = {"rope_type": "default", "rope_theta": base}
-    if method in ("base", "untuned"):
-        return MethodSpec(method, base, default)
-    if method in LOGN:
-        return MethodSpec(method, base, default, logn_t_ref=_t_ref(options, train_len, tune_len or train_len))
-    factor = _factor(method, options)
-    if method == "linear":
-        return MethodSpec(method, base, {"rope_type": "linear", "rope_theta": base, "factor": factor})
-    if method == "ntk":
+    if kind == "split":
+        return _split(method, base, options, head_dim, orig_base)
+    if kind in ("base", "untuned"):
+        return MethodSpec(method, base, default, kind=kind)
+    if kind in LOGN:
+        t_ref = _t_ref(key, options, train_len, tune_len or train_len)
+        return MethodSpec(method, base, default, logn_t_ref=t_ref, kind=kind)
+    factor = _factor(key, options)
+    if kind == "linear":
+        return MethodSpec(method, base, {"rope_type": "linear", "rope_theta": base, "factor": factor}, kind=kind)
+    if kind == "ntk":
         theta = base * factor ** (head_dim / (head_dim - 2))
-        return MethodSpec(method, base, {"rope_type": "default", "rope_theta": theta})
-    if method == "dynamic_ntk":
+        return MethodSpec(method, base, {"rope_type": "default", "rope_theta": theta}, kind=kind)
+    if kind == "dynamic_ntk":
         return MethodSpec(method, base, {"rope_type": "dynamic", "rope_theta": base, "factor": factor},
-                          max_position_embeddings=train_len)
+                          max_position_embeddings=train_len, kind=kind)
     beta_fast, beta_slow = float(options["beta_fast"]), float(options["beta_slow"])
     if not beta_fast > beta_slow > 0:
-        raise UserError(f"config keys 'methods.yarn.beta_fast' > 'beta_slow' > 0 (got {beta_fast:g}, {beta_slow:g})")
+        raise UserError(f"config keys 'methods.{key}.beta_fast' > 'beta_slow' > 0 (got {beta_fast:g}, {beta_slow:g})")
     return MethodSpec(method, base, {
         "rope_type": "yarn", "rope_theta": base, "factor": factor, "beta_fast": beta_fast,
         "beta_slow": beta_slow, "original_max_position_embeddings": train_len,
-    })
+    }, kind=kind)
 
 
 def apply_to_config(spec: MethodSpec, config) -> None:
@@ -197,68 +296,3 @@ def _logn_wrapper(kernel):
         return kernel(module, query * scale_b1l1.to(query.dtype), key, value, attention_mask, **kwargs)
 
     return logn_attention
-
-
-def expected_inv_freq(spec: MethodSpec, head_dim: int, seq_len: int | None = None):
-    """The method's inv_freq (float64), computed here from its formula, not by transformers.
-
-    `seq_len` matters only for dynamic NTK: the frequencies after a forward of that length.
-    YaRN follows its reference implementation: the ramp runs over the dimension index
-    between the correction dims of beta_fast and beta_slow rotations, rounded outward.
-    """
-    import torch
-
-    params = spec.rope_parameters
-    theta = params["rope_theta"]
-    n = torch.arange(head_dim // 2, dtype=torch.float64)
-    exponent = 2 * n / head_dim
-    if params["rope_type"] == "default":
-        return theta ** (-exponent)
-    if params["rope_type"] == "linear":
-        return theta ** (-exponent) / params["factor"]
-    if params["rope_type"] == "dynamic":
-        train_len, factor = spec.max_position_embeddings, params["factor"]
-        if seq_len is not None and seq_len > train_len:
-            theta = theta * (factor * seq_len / train_len - (factor - 1)) ** (head_dim / (head_dim - 2))
-        return theta ** (-exponent)
-    if params["rope_type"] == "yarn":
-        factor, train_len = params["factor"], params["original_max_position_embeddings"]
-
-        def correction_dim(rotations: float) -> float:
-            return head_dim * math.log(train_len / (rotations * 2 * math.pi)) / (2 * math.log(theta))
-
-        low = max(math.floor(correction_dim(params["beta_fast"])), 0)
-        high = min(math.ceil(correction_dim(params["beta_slow"])), head_dim - 1)
-        if low == high:
-            high += 0.001
-        ramp = ((n - low) / (high - low)).clamp(0, 1)  # 0: keep the frequency, 1: interpolate it
-        return theta ** (-exponent) * (1 - ramp) + theta ** (-exponent) / factor * ramp
-    raise ValueError(f"no formula for rope_type {params['rope_type']!r}")
-
-
-def expected_attention_scaling(spec: MethodSpec) -> float:
-    """The factor transformers applies to cos and sin: 0.1 ln s + 1 for YaRN, 1 otherwise."""
-    if spec.rope_parameters["rope_type"] == "yarn":
-        return 0.1 * math.log(spec.rope_parameters["factor"]) + 1.0
-    return 1.0
-
-
-def check_model(model, spec: MethodSpec, head_dim: int, rtol: float = 1e-5):
-    """Raise unless the model's rotary embedding is the method's; return the inv_freq in effect."""
-    import torch
-
-    from ropelaw import rope
-
-    actual = rope.inv_freq_in_effect(model)
-    expected = expected_inv_freq(spec, head_dim)
-    if actual.shape != expected.shape or not torch.allclose(actual, expected, rtol=rtol, atol=0.0):
-        raise RuntimeError(
-            f"inv_freq in effect does not match method {spec.name} at base {spec.base:g} "
-            f"({spec.rope_parameters}); refusing to go on"
-        )
-    scaling = {float(m.attention_scaling) for m in rope.rotary_modules(model)}
-    if not all(math.isclose(s, expected_attention_scaling(spec), rel_tol=1e-6) for s in scaling):
-        raise RuntimeError(f"rotary attention scaling {scaling} is not the one of method {spec.name}")
-    if getattr(model.config, "logn_t_ref", None) != spec.logn_t_ref:
-        raise RuntimeError(f"log-scaled attention T_ref is {model.config.logn_t_ref}, expected {spec.logn_t_ref}")
-    return actual

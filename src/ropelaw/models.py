@@ -9,7 +9,7 @@ place (a hub or GGUF model is first made a local directory: `ropelaw.sources`).
 Loading applies a RoPE method (`ropelaw.methods`): it sets `rope_parameters` in
 the config *before* the model is built, so the rotary module is constructed with
 the frequencies we ask for, picks the attention function (log-scaled or not),
-and `methods.check_model` confirms the inv_freq in effect.
+and `rope.verify_inv_freq` confirms the inv_freq in effect.
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ def load_causal_lm(
     attn_implementation: str = "sdpa",
     device: str | torch.device | None = None,
 ):
-    """Load a causal LM with a RoPE method in effect; returns (model, inv_freq).
+    """Load a causal LM with a RoPE method in effect; returns (model, inv_freq in effect, float64).
 
     `method` is a resolved `methods.MethodSpec`, or a number: the paper's method,
-    a plain rotary base.
+    a plain rotary base. The one loader of fine-tuning, evaluation and passkey: a
+    method with explicit frequencies (split) is written into the rotary buffers
+    here at every load (the saved config cannot hold it), then `rope.verify_inv_freq`
+    checks what is in effect.
     """
     spec = method if isinstance(method, methods.MethodSpec) else methods.resolve("base", method)
     model_dir = Path(model_dir)
@@ -61,9 +64,11 @@ def load_causal_lm(
         model_dir, config=config, dtype=resolve_dtype(precision),
         attn_implementation=methods.attention_implementation(spec, attn_implementation),
     )
+    if spec.inv_freq is not None:
+        rope.apply_inv_freq(model, spec)
     if device is not None:
         model.to(device)
-    inv_freq = methods.check_model(model, spec, head_dim_of(config))
+    inv_freq = rope.verify_inv_freq(model, spec, head_dim_of(config))
     return model, inv_freq
 
 
@@ -103,7 +108,7 @@ def init_scratch(spec: dict, tokenizer_dir: str | Path, out: str | Path) -> None
     )
     torch.manual_seed(spec["pretrain"]["seed"])
     model = LlamaForCausalLM(config)
-    inv_freq = rope.check_inv_freq(model, arch["head_dim"], spec["rope_base"])
+    inv_freq = rope.verify_inv_freq(model, methods.resolve("base", spec["rope_base"]), arch["head_dim"])
     with provenance.atomic_path(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

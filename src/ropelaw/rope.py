@@ -1,27 +1,120 @@
-"""RoPE as pure functions, and the check that a model runs with the base we asked for.
+"""RoPE frequencies: what a method implies, what a model holds, and the one check between them.
 
-`expected_inv_freq(head_dim, base)` is the paper's theta_n = base^(-2n/d),
-computed independently of transformers in float64. `check_inv_freq` compares
-it with the `inv_freq` buffer of a loaded model and refuses to go on if they
-differ: a fine-tune with the wrong base would silently test the wrong thing.
+`expected_inv_freq(spec, head_dim)` is a method's inv_freq computed here in
+float64 from its formula (the paper's theta_n = beta^(-2n/d) for the `base`
+method), independently of transformers. `verify_inv_freq(model, spec, head_dim)`
+is the only check that a model runs with the frequencies its method asks for;
+every load (`models.load_causal_lm`), the scratch init and the end of a
+fine-tune call it, and it refuses to go on otherwise.
+
+It is exact enough to tell base b from b+1 for every b up to 2^24 (float32
+cannot represent b+1 apart from b above that): transformers computes inv_freq
+in float32, so the buffers must equal, bit for bit, our recomputation of its
+float32 arithmetic (`float32_inv_freq`; for split, the float64 formula rounded
+once), must agree with the float64 formula to float32 precision, and must be
+closer to the float64 frequencies of rope_theta than to those of rope_theta +- 1.
+An rtol of 1e-5 (the former check) cannot tell 1e6 from 1e6 + 1.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from ropelaw.methods import MethodSpec
 
-def expected_inv_freq(head_dim: int, base: float) -> torch.Tensor:
-    """theta_n = base^(-2n/d) for n = 0 .. d/2 - 1, float64."""
-    return torch.tensor([base ** (-2.0 * n / head_dim) for n in range(head_dim // 2)], dtype=torch.float64)
+RTOL = 2e-6  # float32 pow of a float32-rounded exponent: measured <= 4.5e-7 for head dims 16..128, bases <= 1e7
+UNIT_STEP_LIMIT = 2**24  # above it float32 holds no base b+1 apart from b
+BUFFERS = ("inv_freq", "original_inv_freq")
+
+
+def expected_inv_freq(spec: MethodSpec, head_dim: int, seq_len: int | None = None) -> torch.Tensor:
+    """The method's inv_freq (float64), computed here from its formula, not by transformers.
+
+    `seq_len` matters only for dynamic NTK: the frequencies after a forward of that length.
+    YaRN follows its reference implementation: the ramp runs over the dimension index
+    between the correction dims of beta_fast and beta_slow rotations, rounded outward.
+    """
+    if spec.inv_freq is not None:
+        return torch.tensor(spec.inv_freq, dtype=torch.float64)
+    params = spec.rope_parameters
+    theta = params["rope_theta"]
+    n = torch.arange(head_dim // 2, dtype=torch.float64)
+    exponent = 2 * n / head_dim
+    if params["rope_type"] == "default":
+        return theta ** (-exponent)
+    if params["rope_type"] == "linear":
+        return theta ** (-exponent) / params["factor"]
+    if params["rope_type"] == "dynamic":
+        train_len, factor = spec.max_position_embeddings, params["factor"]
+        if seq_len is not None and seq_len > train_len:
+            theta = theta * (factor * seq_len / train_len - (factor - 1)) ** (head_dim / (head_dim - 2))
+        return theta ** (-exponent)
+    if params["rope_type"] == "yarn":
+        factor, train_len = params["factor"], params["original_max_position_embeddings"]
+
+        def correction_dim(rotations: float) -> float:
+            return head_dim * math.log(train_len / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+        low = max(math.floor(correction_dim(params["beta_fast"])), 0)
+        high = min(math.ceil(correction_dim(params["beta_slow"])), head_dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((n - low) / (high - low)).clamp(0, 1)  # 0: keep the frequency, 1: interpolate it
+        return theta ** (-exponent) * (1 - ramp) + theta ** (-exponent) / factor * ramp
+    raise ValueError(f"no formula for rope_type {params['rope_type']!r}")
+
+
+def float32_inv_freq(spec: MethodSpec, head_dim: int) -> torch.Tensor | None:
+    """The float32 buffer a freshly loaded model must hold bit for bit, or None (YaRN: no exact form).
+
+    default, dynamic (before any long forward) and linear repeat transformers' float32
+    arithmetic, `1 / (theta ** (arange(0, d, 2).float() / d))` (then `/ factor`); split is
+    the float64 formula rounded to float32, which is what `apply_inv_freq` writes.
+    """
+    if spec.inv_freq is not None:
+        return torch.tensor(spec.inv_freq, dtype=torch.float64).float()
+    params = spec.rope_parameters
+    if params["rope_type"] not in ("default", "dynamic", "linear"):
+        return None
+    inv_freq = 1.0 / (params["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if params["rope_type"] == "linear":
+        inv_freq /= params["factor"]
+    return inv_freq
+
+
+def expected_attention_scaling(spec: MethodSpec) -> float:
+    """The factor transformers applies to cos and sin: 0.1 ln s + 1 for YaRN, 1 otherwise."""
+    if spec.rope_parameters["rope_type"] == "yarn":
+        return 0.1 * math.log(spec.rope_parameters["factor"]) + 1.0
+    return 1.0
 
 
 def rotary_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Every rotary-embedding module of a model (those holding an `inv_freq` buffer)."""
     return [m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+
+
+def apply_inv_freq(model: torch.nn.Module, spec: MethodSpec) -> None:
+    """Write the spec's explicit inv_freq (split) into every rotary module's `inv_freq` and
+    `original_inv_freq`, as float32 rounded once from float64, on the buffers' devices."""
+    values = torch.tensor(spec.inv_freq, dtype=torch.float64).float()
+    modules = rotary_modules(model)
+    if not modules:
+        raise RuntimeError(f"{type(model).__name__} has no rotary embedding with an inv_freq buffer")
+    with torch.no_grad():
+        for module in modules:
+            for name in BUFFERS:
+                buffer = getattr(module, name, None)
+                if buffer is not None:
+                    if buffer.shape != values.shape:
+                        raise RuntimeError(f"{name} has shape {tuple(buffer.shape)}, the method gives {tuple(values.shape)}")
+                    buffer.copy_(values.to(dtype=buffer.dtype, device=buffer.device))
 
 
 def inv_freq_in_effect(model: torch.nn.Module) -> torch.Tensor:
@@ -36,26 +129,67 @@ def inv_freq_in_effect(model: torch.nn.Module) -> torch.Tensor:
     return first
 
 
+def _buffers_agree(model: torch.nn.Module) -> torch.Tensor:
+    """inv_freq in effect, after checking that every module's `original_inv_freq` equals it."""
+    actual = inv_freq_in_effect(model)
+    for module in rotary_modules(model):
+        original = getattr(module, "original_inv_freq", None)
+        if original is not None and not torch.equal(original.detach().double().cpu(), actual):
+            raise RuntimeError("a rotary module's original_inv_freq differs from its inv_freq; refusing to go on")
+    return actual
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest |actual/expected - 1|; where expected is 0 (a frozen pair) actual must be 0 too."""
+    zero = expected == 0
+    if bool((actual[zero] != 0).any()):
+        return math.inf
+    return (actual[~zero] / expected[~zero] - 1).abs().max().item() if bool((~zero).any()) else 0.0
+
+
+def _nearer_than_neighbours(actual: torch.Tensor, spec: MethodSpec, head_dim: int) -> bool:
+    """Whether actual is nearer (in log) to the frequencies of rope_theta than to rope_theta +- 1."""
+    theta = spec.rope_parameters["rope_theta"]
+
+    def distance(value: float) -> float:
+        other = replace(spec, rope_parameters=dict(spec.rope_parameters, rope_theta=value))
+        return (actual.log() - expected_inv_freq(other, head_dim).log()).square().sum().item()
+
+    return distance(theta) < min(distance(theta - 1), distance(theta + 1))
+
+
+def verify_inv_freq(model: torch.nn.Module, spec: MethodSpec, head_dim: int) -> torch.Tensor:
+    """Raise unless the model's rotary embedding is the method's; return the inv_freq in effect (float64).
+
+    Checks every rotary module (inv_freq and original_inv_freq), the attention scaling
+    of cos/sin and the log-scaled attention T_ref (see the module docstring for the frequencies).
+    """
+    actual = _buffers_agree(model)
+    what = f"method {spec.name} at base {spec.base:g} ({spec.rope_parameters}, head_dim {head_dim})"
+    expected = expected_inv_freq(spec, head_dim)
+    if actual.shape != expected.shape:
+        raise RuntimeError(f"inv_freq in effect has {actual.numel()} pairs, {what} has {expected.numel()}")
+    worst = _relative_error(actual, expected)
+    if not worst <= RTOL:
+        raise RuntimeError(f"inv_freq in effect does not match {what}: max relative error {worst:.3g}; refusing to go on")
+    exact = float32_inv_freq(spec, head_dim)
+    if exact is not None and not torch.equal(actual.float(), exact):
+        raise RuntimeError(f"inv_freq in effect is not bit-identical to the float32 frequencies of {what}; "
+                           "refusing to go on")
+    theta = spec.rope_parameters["rope_theta"]
+    if spec.inv_freq is None and theta + 1 <= UNIT_STEP_LIMIT and not _nearer_than_neighbours(actual, spec, head_dim):
+        raise RuntimeError(f"inv_freq in effect is nearer to rope_theta {theta:g} +- 1 than to {what}; refusing to go on")
+    scaling = {float(m.attention_scaling) for m in rotary_modules(model)}
+    if not all(math.isclose(s, expected_attention_scaling(spec), rel_tol=1e-6) for s in scaling):
+        raise RuntimeError(f"rotary attention scaling {scaling} is not the one of method {spec.name}")
+    if getattr(model.config, "logn_t_ref", None) != spec.logn_t_ref:
+        raise RuntimeError(f"log-scaled attention T_ref is {model.config.logn_t_ref}, expected {spec.logn_t_ref}")
+    return actual
+
+
 def inv_freq_digest(inv_freq: torch.Tensor) -> str:
     """sha256 of the float32 bytes of inv_freq: a short fingerprint for manifests."""
     return hashlib.sha256(inv_freq.to(torch.float32).contiguous().numpy().tobytes()).hexdigest()
-
-
-def check_inv_freq(model: torch.nn.Module, head_dim: int, base: float, rtol: float = 1e-5) -> torch.Tensor:
-    """Raise unless the model's inv_freq equals base^(-2n/d); return the inv_freq in effect.
-
-    transformers computes inv_freq in float32, so agreement is to float32
-    precision (a few 1e-7 relative), far tighter than any two distinct bases.
-    """
-    actual = inv_freq_in_effect(model)
-    expected = expected_inv_freq(head_dim, base)
-    if actual.shape != expected.shape or not torch.allclose(actual, expected, rtol=rtol, atol=0.0):
-        worst = (actual - expected).abs().div(expected).max().item() if actual.shape == expected.shape else math.inf
-        raise RuntimeError(
-            f"inv_freq in effect does not match base {base:g} (head_dim {head_dim}): "
-            f"max relative error {worst:.3g}; refusing to go on"
-        )
-    return actual
 
 
 def rope_parameters(base: float, rope_type: str = "default", **extra) -> dict:

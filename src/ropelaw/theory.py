@@ -7,6 +7,14 @@ Snakemake imports this module while it builds the DAG (`resolve_base`).
 From the shell: `ropelaw predict --help` (src/ropelaw/theory_cli.py).
 
 T' < T is allowed although Theorem 3 assumes T' >= T; it gives beta0 < b0.
+
+The regime of a base is decided against the exact (unrounded) beta0: beta > beta0
+is the larger-base law (Eq. 16b), beta <= beta0 the smaller-base one (Eq. 16c), so a
+cell exactly at beta0 belongs to 16c (T_extra = T' there, where the two laws meet).
+Result paths hold integer bases: `beta0` in a config resolves to floor(beta0), the
+largest integer base not above beta0, so a `beta0` cell is always on the 16c side
+(SmolLM2 at T' = 16K: beta0 = 304,201.7, path base304201 "smaller"; a configured
+304202 is "larger"). beta1..beta3 and `original` round to the nearest integer.
 """
 
 from __future__ import annotations
@@ -107,13 +115,20 @@ def periods(head_dim: int, base: float) -> list[float]:
 
 
 def regime(base: float, train_len: float, tune_len: float, orig_base: float) -> str:
-    """"larger" (bound T_extra) if beta > beta0, else "smaller" (bound >= T')."""
+    """"larger" (bound T_extra) if beta > beta0, else "smaller" (bound >= T').
+
+    beta0 is the exact float, never rounded: beta = beta0 is "smaller" (Eq. 16c).
+    """
     _check_base("base", base)
     return "larger" if base > critical_base(train_len, tune_len, orig_base) else "smaller"
 
 
 def resolve_base(spec: float | str, head_dim: int, train_len: float, tune_len: float, orig_base: float) -> int:
-    """A config base (a number, or beta0..beta3/original) as the integer used in result paths."""
+    """A config base (a number, or beta0..beta3/original) as the integer used in result paths.
+
+    `beta0` gives floor(beta0), so its cell sits at or just below the exact beta0 and
+    `regime` puts it in the smaller-base law (16c); the others round to nearest.
+    """
     if isinstance(spec, str) and spec not in SYMBOLIC_BASES:
         try:
             spec = float(spec)
@@ -124,7 +139,7 @@ def resolve_base(spec: float | str, head_dim: int, train_len: float, tune_len: f
     if spec == "original":
         value = orig_base
     elif spec == "beta0":
-        value = critical_base(train_len, tune_len, orig_base)
+        value = math.floor(critical_base(train_len, tune_len, orig_base))
     elif isinstance(spec, str):
         value = thresholds(tune_len)[int(spec[-1]) - 1]
     elif isinstance(spec, bool) or not isinstance(spec, (int, float)):
