@@ -112,6 +112,24 @@ def test_dynamic_ntk_base_follows_the_length(model_dir, factor):
         torch.testing.assert_close(rope.expected_inv_freq(spec, D, length), torch.tensor(plain(scaled), dtype=torch.float64))
 
 
+def test_dynamic_ntk_resets_before_a_shorter_pass_above_t_train(model_dir):
+    """After a pass at 4T the rotary module holds the base scaled for 4T; a pass at 2T (still above
+    T_train, where transformers does not reset by itself) must use the base of 2T, as a fresh model does.
+    Guards perplexity.reset_dynamic_rope (issue 11: every earlier test started below T_train)."""
+    from ropelaw.perplexity import token_stats
+
+    docs = torch.as_tensor(np.random.default_rng(1).integers(0, VOCAB, size=(1, 4 * T)))
+    model, _, spec = load(model_dir, "dynamic_ntk", factor=2.0)
+    token_stats(model, docs)  # the longest pass first: 4T
+    assert_inv_freq(rope.inv_freq_in_effect(model), rope.expected_inv_freq(spec, D, 4 * T).tolist())
+    nll_after_long, _ = token_stats(model, docs[:, : 2 * T])
+    assert_inv_freq(rope.inv_freq_in_effect(model), rope.expected_inv_freq(spec, D, 2 * T).tolist())
+    fresh, _, _ = load(model_dir, "dynamic_ntk", factor=2.0)
+    nll_fresh, _ = token_stats(fresh, docs[:, : 2 * T])
+    torch.testing.assert_close(nll_after_long, nll_fresh, rtol=1e-6, atol=1e-6)
+    assert naive_perplexity(model, docs, 2 * T)[0] == pytest.approx(naive_perplexity(fresh, docs, 2 * T)[0], rel=1e-6)
+
+
 def write_eval_dir(path: Path, docs: np.ndarray) -> Path:
     path.mkdir()
     docs.astype(np.uint16).tofile(path / "docs.bin")

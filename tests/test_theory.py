@@ -1,4 +1,4 @@
-"""The theory pinned to the paper's numbers (shared/paper/NOTES.md §2.2-2.6); run with pytest."""
+"""The theory pinned to the paper's numbers (shared/paper/NOTES.md §2.2-2.6; tests/data/README.md); run with pytest."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ from ropelaw import UserError, theory
 from ropelaw.cli import main
 
 LLAMA2 = dict(head_dim=128, train_len=4096, orig_base=10000)
-PREDICTIONS_CSV = Path(__file__).parents[2] / "shared/paper/theory_predictions.csv"
+PREDICTIONS_CSV = Path(__file__).parent / "data" / "theory_predictions.csv"  # source: tests/data/README.md
 
 
 def test_critical_dim_llama2():
@@ -32,8 +32,6 @@ def test_t_extra_base_1e6():
 
 
 def _csv_rows():
-    if not PREDICTIONS_CSV.exists():
-        pytest.skip(f"{PREDICTIONS_CSV} not found (the shared paper folder sits beside the repo)")
     with PREDICTIONS_CSV.open() as f:
         return list(csv.DictReader(f))
 
@@ -53,6 +51,8 @@ def test_predictions_csv():
         else:
             assert result["regime"] == "smaller" and result["t_extra"] is None
             assert theory.critical_dim_prime(base, 128, tune_len) == int(row["critical_dim"])
+        below = [base < beta for beta in theory.thresholds(tune_len)]
+        assert below == [row[f"below_beta{i}"] == "True" for i in (1, 2, 3)], row
 
 
 def test_smollm2_t_extra():
@@ -80,9 +80,26 @@ def test_min_base_paper_form(target, paper_base):
     assert theory.min_base_for_length(target, **LLAMA2) < 0.8 * paper_base
 
 
+def test_regime_is_decided_by_the_exact_beta0():
+    """SmolLM2 tuned at 16K: beta0 = 304,201.695..., never rounded before the comparison (issue 11)."""
+    smollm2 = dict(train_len=8192, tune_len=16384, orig_base=1e5)
+    beta0 = theory.critical_base(**smollm2)
+    assert beta0 == pytest.approx(304201.6954, abs=1e-3)
+    assert theory.regime(304202, **smollm2) == "larger"  # above the exact beta0, although round(beta0) = 304202
+    assert theory.regime(304201, **smollm2) == "smaller"
+    assert theory.regime(beta0, **smollm2) == "smaller"  # a cell at beta0 is the 16c branch (beta <= beta0)
+    assert theory.regime(math.nextafter(beta0, math.inf), **smollm2) == "larger"
+    # `beta0` in a config is the integer path base floor(beta0): its cell is on the 16c side.
+    path_base = theory.resolve_base("beta0", head_dim=64, **smollm2)
+    assert path_base == 304201 and theory.regime(path_base, **smollm2) == "smaller"
+    rows = theory.predict(64, 8192, 1e5, 16384, bases=[path_base, 304202])["bases"]
+    assert [row["regime"] for row in rows] == ["smaller", "larger"] and rows[0]["t_extra"] is None
+
+
 def test_resolve_base():
     args = dict(head_dim=128, train_len=4096, tune_len=16384, orig_base=10000)
     assert theory.resolve_base("beta0", **args) == 71738
+    assert theory.resolve_base("beta0", 128, 4096, 4096, 10000) == 10000  # T_tune = T_train: exactly b0
     assert [theory.resolve_base(f"beta{i}", **args) for i in (1, 2, 3)] == [10430, 5215, 2608]
     assert theory.resolve_base("original", **args) == 10000
     assert theory.resolve_base(1e6, **args) == 1000000
