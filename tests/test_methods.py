@@ -351,7 +351,8 @@ def test_split_inv_freq_is_the_hand_computation(model_dir, base, options, low, h
     hand = split_by_hand(low, high)
     assert spec.name == "crit" and spec.kind == "split" and spec.trains and spec.base == base
     assert list(spec.inv_freq) == pytest.approx(hand, rel=1e-15, abs=0)
-    torch.testing.assert_close(rope.expected_inv_freq(spec, D), torch.tensor(hand, dtype=torch.float64), rtol=1e-15, atol=0)
+    hand64 = torch.tensor(hand, dtype=torch.float64)
+    torch.testing.assert_close(rope.expected_inv_freq(spec, D), hand64, rtol=1e-15, atol=0)
     model, inv_freq = load_causal_lm(model_dir, spec, precision="fp32")
     rotary = model.model.rotary_emb
     for buffer in (rotary.inv_freq, rotary.original_inv_freq):  # both, so no reset brings the old ones back

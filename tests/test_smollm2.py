@@ -125,7 +125,8 @@ def test_finetuned_cell_reloads_with_its_new_base(work):
     assert config["rope_parameters"]["rope_theta"] == 1e6
     # A plain reload, with no ropelaw code: the new base is in effect, and the weights moved.
     tuned = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    torch.testing.assert_close(rope.inv_freq_in_effect(tuned), rope.expected_inv_freq(methods.resolve("base", 1e6), 64), rtol=1e-6, atol=0)
+    expected = rope.expected_inv_freq(methods.resolve("base", 1e6), 64)
+    torch.testing.assert_close(rope.inv_freq_in_effect(tuned), expected, rtol=1e-6, atol=0)
     untuned = AutoModelForCausalLM.from_pretrained(work / "results/smol/hf", dtype=torch.float32)
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(tuned.state_dict()[name], untuned.state_dict()[name])

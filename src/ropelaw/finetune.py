@@ -287,6 +287,8 @@ def run(args) -> None:
     spec = TrainSpec.from_json(args.spec)
     method = methods.MethodSpec.from_json(args.method) if args.method else methods.resolve("base", args.base)
     if method.base != args.base or not method.trains:
-        raise UserError(f"--method: {method.name} at base {method.base:g} is not a trained method at --base {args.base:g}")
+        raise UserError(
+            f"--method: {method.name} at base {method.base:g} is not a trained method at --base {args.base:g}"
+        )
     record = train(args.model, args.data, method, spec, args.checkpoints, args.out)
     print(json.dumps({"final_loss": record["final_loss"], "inv_freq_sha256": record["inv_freq_sha256"]}))

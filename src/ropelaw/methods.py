@@ -121,7 +121,9 @@ class MethodSpec:
                 inv_freq=None if data["inv_freq"] is None else tuple(float(f) for f in data["inv_freq"]),
             )
         except (ValueError, TypeError, KeyError) as err:
-            raise UserError(f"{where}: not a method spec ({type(err).__name__}: {err}); pass MethodSpec.to_json()") from None
+            raise UserError(
+                f"{where}: not a method spec ({type(err).__name__}: {err}); pass MethodSpec.to_json()"
+            ) from None
         if spec.kind not in KINDS:
             raise UserError(f"{where}: unknown method kind {spec.kind!r}; choose one of {', '.join(KINDS)}")
         return spec

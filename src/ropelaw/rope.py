@@ -113,7 +113,9 @@ def apply_inv_freq(model: torch.nn.Module, spec: MethodSpec) -> None:
                 buffer = getattr(module, name, None)
                 if buffer is not None:
                     if buffer.shape != values.shape:
-                        raise RuntimeError(f"{name} has shape {tuple(buffer.shape)}, the method gives {tuple(values.shape)}")
+                        raise RuntimeError(
+                            f"{name} has shape {tuple(buffer.shape)}, the method gives {tuple(values.shape)}"
+                        )
                     buffer.copy_(values.to(dtype=buffer.dtype, device=buffer.device))
 
 
@@ -171,14 +173,18 @@ def verify_inv_freq(model: torch.nn.Module, spec: MethodSpec, head_dim: int) -> 
         raise RuntimeError(f"inv_freq in effect has {actual.numel()} pairs, {what} has {expected.numel()}")
     worst = _relative_error(actual, expected)
     if not worst <= RTOL:
-        raise RuntimeError(f"inv_freq in effect does not match {what}: max relative error {worst:.3g}; refusing to go on")
+        raise RuntimeError(
+            f"inv_freq in effect does not match {what}: max relative error {worst:.3g}; refusing to go on"
+        )
     exact = float32_inv_freq(spec, head_dim)
     if exact is not None and not torch.equal(actual.float(), exact):
         raise RuntimeError(f"inv_freq in effect is not bit-identical to the float32 frequencies of {what}; "
                            "refusing to go on")
     theta = spec.rope_parameters["rope_theta"]
     if spec.inv_freq is None and theta + 1 <= UNIT_STEP_LIMIT and not _nearer_than_neighbours(actual, spec, head_dim):
-        raise RuntimeError(f"inv_freq in effect is nearer to rope_theta {theta:g} +- 1 than to {what}; refusing to go on")
+        raise RuntimeError(
+            f"inv_freq in effect is nearer to rope_theta {theta:g} +- 1 than to {what}; refusing to go on"
+        )
     scaling = {float(m.attention_scaling) for m in rotary_modules(model)}
     if not all(math.isclose(s, expected_attention_scaling(spec), rel_tol=1e-6) for s in scaling):
         raise RuntimeError(f"rotary attention scaling {scaling} is not the one of method {spec.name}")
