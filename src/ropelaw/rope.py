@@ -7,12 +7,15 @@ is the only check that a model runs with the frequencies its method asks for;
 every load (`models.load_causal_lm`), the scratch init and the end of a
 fine-tune call it, and it refuses to go on otherwise.
 
-It is exact enough to tell base b from b+1 for every b up to 2^24 (float32
-cannot represent b+1 apart from b above that): transformers computes inv_freq
-in float32, so the buffers must equal, bit for bit, our recomputation of its
-float32 arithmetic (`float32_inv_freq`; for split, the float64 formula rounded
-once), must agree with the float64 formula to float32 precision, and must be
-closer to the float64 frequencies of rope_theta than to those of rope_theta +- 1.
+It tells base b from b+1 (tested for b up to 1e7 and head dims 16 to 128): transformers
+computes inv_freq in float32, so the buffers must equal, bit for bit, our recomputation
+of its float32 arithmetic (`float32_inv_freq`; for split, the float64 formula rounded
+once) as the CPU or the GPU computes it (their pow differs in the last bit, and a module
+built under DeepSpeed's zero.Init computes on the GPU); they must agree with the float64
+formula to float32 precision (RTOL); and, where float32 rounding is too small to blur
+it, they must be nearer (in log) to the float64 frequencies of rope_theta than to those
+of rope_theta +- 1 (`_nearer_than_neighbours`). Above 2^24 float32 holds no b+1 apart
+from b, so no check on float32 buffers can tell them apart.
 An rtol of 1e-5 (the former check) cannot tell 1e6 from 1e6 + 1.
 """
 
@@ -29,23 +32,26 @@ if TYPE_CHECKING:
     from ropelaw.methods import MethodSpec
 
 RTOL = 2e-6  # float32 pow of a float32-rounded exponent: measured <= 4.5e-7 for head dims 16..128, bases <= 1e7
-UNIT_STEP_LIMIT = 2**24  # above it float32 holds no base b+1 apart from b
+FLOAT32_STEP = 2.0**-23  # one float32 ulp, relative: the scale of transformers' rounding per pair
 BUFFERS = ("inv_freq", "original_inv_freq")
 
 
-def expected_inv_freq(spec: MethodSpec, head_dim: int, seq_len: int | None = None) -> torch.Tensor:
+def expected_inv_freq(spec: MethodSpec, head_dim: int, seq_len: int | None = None, *,
+                      float32_exponents: bool = False) -> torch.Tensor:
     """The method's inv_freq (float64), computed here from its formula, not by transformers.
 
     `seq_len` matters only for dynamic NTK: the frequencies after a forward of that length.
     YaRN follows its reference implementation: the ramp runs over the dimension index
     between the correction dims of beta_fast and beta_slow rotations, rounded outward.
+    `float32_exponents`: use the exponents 2n/d as transformers holds them (float32, not
+    exact when d is not a power of two), so that only its pow rounding differs.
     """
     if spec.inv_freq is not None:
         return torch.tensor(spec.inv_freq, dtype=torch.float64)
     params = spec.rope_parameters
     theta = params["rope_theta"]
     n = torch.arange(head_dim // 2, dtype=torch.float64)
-    exponent = 2 * n / head_dim
+    exponent = (2 * n.float() / head_dim).double() if float32_exponents else 2 * n / head_dim
     if params["rope_type"] == "default":
         return theta ** (-exponent)
     if params["rope_type"] == "linear":
@@ -70,8 +76,9 @@ def expected_inv_freq(spec: MethodSpec, head_dim: int, seq_len: int | None = Non
     raise ValueError(f"no formula for rope_type {params['rope_type']!r}")
 
 
-def float32_inv_freq(spec: MethodSpec, head_dim: int) -> torch.Tensor | None:
-    """The float32 buffer a freshly loaded model must hold bit for bit, or None (YaRN: no exact form).
+def float32_inv_freq(spec: MethodSpec, head_dim: int, device: str | torch.device = "cpu") -> torch.Tensor | None:
+    """The float32 buffer (on the CPU) a freshly loaded model must hold bit for bit, computed on
+    `device`; None for YaRN (no exact form here).
 
     default, dynamic (before any long forward) and linear repeat transformers' float32
     arithmetic, `1 / (theta ** (arange(0, d, 2).float() / d))` (then `/ factor`); split is
@@ -82,10 +89,20 @@ def float32_inv_freq(spec: MethodSpec, head_dim: int) -> torch.Tensor | None:
     params = spec.rope_parameters
     if params["rope_type"] not in ("default", "dynamic", "linear"):
         return None
-    inv_freq = 1.0 / (params["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    inv_freq = 1.0 / (params["rope_theta"] ** exponent)
     if params["rope_type"] == "linear":
         inv_freq /= params["factor"]
-    return inv_freq
+    return inv_freq.cpu()
+
+
+def _float32_candidates(model: torch.nn.Module, spec: MethodSpec, head_dim: int) -> list[torch.Tensor]:
+    """`float32_inv_freq` as the CPU and as each GPU the model is on (or could have been built on) computes it."""
+    devices = {torch.device("cpu")} | {m.inv_freq.device for m in rotary_modules(model)}
+    if torch.cuda.is_available():
+        devices.add(torch.device("cuda", torch.cuda.current_device()))
+    candidates = [float32_inv_freq(spec, head_dim, device) for device in sorted(devices, key=str)]
+    return [c for c in candidates if c is not None]
 
 
 def expected_attention_scaling(spec: MethodSpec) -> float:
@@ -150,14 +167,30 @@ def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def _nearer_than_neighbours(actual: torch.Tensor, spec: MethodSpec, head_dim: int) -> bool:
-    """Whether actual is nearer (in log) to the frequencies of rope_theta than to rope_theta +- 1."""
+    """Whether actual is nearer to the float64 frequencies of rope_theta than to rope_theta +- 1.
+
+    Distances are in log frequency, pair by pair in units of the float32 rounding that
+    transformers' arithmetic may leave there: 4 steps for pow and the reciprocal (CUDA's
+    powf is within 4), plus ln(theta) times the exponent's own rounding where 2n/d is not
+    exact in float32 (CPU and GPU round that division differently). Decided only where
+    theta and theta +- 1 lie more than 8 such units apart (theta up to about 1.2e6 at
+    d = 128, 4e5 at d = 16); above, the bit-exact comparison alone tells them apart.
+    True where undecidable.
+    """
     theta = spec.rope_parameters["rope_theta"]
+    x = 2 * torch.arange(head_dim // 2, dtype=torch.float64) / head_dim
+    inexact = ((2 * torch.arange(head_dim // 2).float() / head_dim).double() != x).double()
+    unit = FLOAT32_STEP * (4 + inexact * x * math.log(theta))
 
-    def distance(value: float) -> float:
+    def log_freq(value: float) -> torch.Tensor:
         other = replace(spec, rope_parameters=dict(spec.rope_parameters, rope_theta=value))
-        return (actual.log() - expected_inv_freq(other, head_dim).log()).square().sum().item()
+        return expected_inv_freq(other, head_dim, float32_exponents=True).log()
 
-    return distance(theta) < min(distance(theta - 1), distance(theta + 1))
+    own, lower, upper = log_freq(theta), log_freq(theta - 1), log_freq(theta + 1)
+    if min(((own - lower) / unit).norm(), ((own - upper) / unit).norm()).item() <= 8:
+        return True
+    distance = [((actual.log() - ref) / unit).square().sum().item() for ref in (own, lower, upper)]
+    return distance[0] < min(distance[1:])
 
 
 def verify_inv_freq(model: torch.nn.Module, spec: MethodSpec, head_dim: int) -> torch.Tensor:
@@ -176,12 +209,12 @@ def verify_inv_freq(model: torch.nn.Module, spec: MethodSpec, head_dim: int) -> 
         raise RuntimeError(
             f"inv_freq in effect does not match {what}: max relative error {worst:.3g}; refusing to go on"
         )
-    exact = float32_inv_freq(spec, head_dim)
-    if exact is not None and not torch.equal(actual.float(), exact):
+    exact = _float32_candidates(model, spec, head_dim)
+    if exact and not any(torch.equal(actual.float(), candidate) for candidate in exact):
         raise RuntimeError(f"inv_freq in effect is not bit-identical to the float32 frequencies of {what}; "
                            "refusing to go on")
     theta = spec.rope_parameters["rope_theta"]
-    if spec.inv_freq is None and theta + 1 <= UNIT_STEP_LIMIT and not _nearer_than_neighbours(actual, spec, head_dim):
+    if spec.inv_freq is None and not _nearer_than_neighbours(actual, spec, head_dim):
         raise RuntimeError(
             f"inv_freq in effect is nearer to rope_theta {theta:g} +- 1 than to {what}; refusing to go on"
         )
