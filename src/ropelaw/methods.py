@@ -13,7 +13,7 @@ config's `methods:` block resolve to a `MethodSpec`:
 | `dynamic_ntk` | untuned                     | `dynamic`: theta = b0 * (s*L/T - (s-1))^(d/(d-2)) for L>T | plain     |
 | `yarn`        | untuned                     | `yarn`: per-dimension ramp, cos/sin times 0.1 ln s + 1    | plain     |
 | `logn`        | untuned                     | default, rope_theta = b0                                  | log-scaled|
-| kind `split`  | fine-tuned with its rotation| explicit inv_freq: pairs n < k at low_base, n >= k at beta | plain     |
+| kind `split`  | fine-tuned with its rotation| explicit inv_freq: n < k at low_base, n >= k at beta      | plain     |
 
 T is the model's pre-training length T_train, L the length of the current
 sequence, s a method's `factor`. Log-scaled attention multiplies the query at
@@ -73,7 +73,7 @@ class MethodSpec:
 
     name: str
     base: float
-    """The cell's rotary base (the path's `base{...}`): beta for base/base_logn, b0 otherwise."""
+    """The cell's rotary base (the path's `base{...}`): beta for base/base_logn/split, b0 otherwise."""
     rope_parameters: dict = field(default_factory=dict)
     """transformers v5 `rope_parameters`, set on the config before the model is built."""
     max_position_embeddings: int | None = None
