@@ -345,6 +345,7 @@ def split(base, **options):
     (1e5, {"low_base": 1e6}, 1e6, 1e5),                       # (ii) the reverse
     (1e6, {"low_base": 1e5, "high": "frozen"}, 1e5, None),    # (iii) high pairs do not rotate
     (1e6, {}, B0, 1e6),                                       # low_base defaults to the model's own b0
+    (1e6, {"low_base": "1e5"}, 1e5, 1e6),                     # as YAML reads 1e5
 ])
 def test_split_inv_freq_is_the_hand_computation(model_dir, base, options, low, high):
     spec = split(base, **options)

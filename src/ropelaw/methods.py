@@ -180,7 +180,12 @@ def _split(name: str, base: float, options: dict, head_dim: int | None, orig_bas
                         f"1 <= k < head_dim/2 = {head_dim // 2} (got {k!r})")
     if low_base == "orig":
         low_base = orig_base
-    elif isinstance(low_base, bool) or not isinstance(low_base, numbers.Real) or not 1 < low_base < math.inf:
+    elif isinstance(low_base, str):  # YAML reads 1e5 (no dot) as a string, as bases may be written
+        try:
+            low_base = float(low_base)
+        except ValueError:
+            pass
+    if isinstance(low_base, bool) or not isinstance(low_base, numbers.Real) or not 1 < low_base < math.inf:
         raise UserError(f"config key 'methods.{name}.low_base' must be a number > 1 or 'orig' "
                         f"(the model's original base) (got {low_base!r})")
     if high not in SPLIT_HIGH:
