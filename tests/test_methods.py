@@ -477,6 +477,10 @@ def test_variants_resolve_by_kind_and_say_whether_they_train():
     with pytest.raises(UserError, match="'methods.odd.kind'"):
         methods.resolve("odd", B0, options={"kind": "rotate"})
     spec = split(1e6, low_base=1e5)
+    by_kind = methods.resolve("split", 1e6, head_dim=D, orig_base=B0, options={"k": K, "low_base": 1e5}, name="crit")
+    assert by_kind == spec
+    with pytest.raises(UserError, match="'methods.crit.k'"):
+        methods.resolve("split", 1e6, head_dim=D, orig_base=B0, options={"k": D}, name="crit")
     assert methods.MethodSpec.from_json(json.dumps(spec.to_json())) == spec
     with pytest.raises(UserError) as info:
         methods.MethodSpec.from_json('{"name": "crit"')

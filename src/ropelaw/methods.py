@@ -214,14 +214,20 @@ def _kind_and_options(method: str, options: dict | None) -> tuple[str, dict]:
 
 
 def resolve(method: str, base: float, *, head_dim: int | None = None, train_len: int | None = None,
-            tune_len: int | None = None, orig_base: float | None = None, options: dict | None = None) -> MethodSpec:
+            tune_len: int | None = None, orig_base: float | None = None, options: dict | None = None,
+            name: str | None = None) -> MethodSpec:
     """The `MethodSpec` of `method` at rotary base `base` (b0 for training-free methods).
 
     `method` is a built-in method, a kind (`split`), or the name of a `methods:` variant
     whose `options` hold its `kind`. `options` is the method's block of the config
     (defaults filled in); `head_dim`, `train_len`, `tune_len` and `orig_base` (b0) are
-    needed by the methods that use them (split: head_dim and orig_base).
+    needed by the methods that use them (split: head_dim and orig_base). `name`: the
+    variant's name when `method` is its kind (errors name `methods.<name>.<option>`, and
+    it is the spec's name); `resolve("split", ..., name="crit")` equals
+    `resolve("crit", ..., options={"kind": "split", ...})`.
     """
+    if name is not None and name != method:
+        method, options = name, {**(options or {}), "kind": method}
     kind, options = _kind_and_options(method, options)
     key = method if method not in NAMES else options_key(kind)  # the config block named in errors
     base = float(base)
