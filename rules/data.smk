@@ -12,10 +12,10 @@ rule fetch_embedded:
     conda:
         "../envs/ropelaw.yaml"
     params:
-        out=folder_of_manifest,
+        out=EMBEDDED_DIR,
         cache="resources/cache",
     shell:
-        "ropelaw fetch-embedded --cache {params.cache} --out {params.out} > {log} 2>&1"
+        "ropelaw fetch-embedded --cache {params.cache:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule train_tokenizer:
@@ -28,11 +28,11 @@ rule train_tokenizer:
     conda:
         "../envs/ropelaw.yaml"
     params:
-        subsets=subset_args("train"),
+        subsets=ruleargs.subset_args(CFG, "train"),
         vocab=vocab_size,
     shell:
-        "ropelaw train-tokenizer --shards {input.shards} {params.subsets} "
-        "--vocab-size {params.vocab} --out {output} > {log} 2>&1"
+        "ropelaw train-tokenizer --shards {input.shards:q} {params.subsets} "
+        "--vocab-size {params.vocab} --out {output:q} > {log:q} 2>&1"
 
 
 rule pack:
@@ -40,21 +40,17 @@ rule pack:
         shards=CFG["data"]["train"]["shards"],
         tokenizer=tokenizer_dir,
     output:
-        directory("results/{model}/data/train_len{length}"),
+        directory(TRAIN_ROWS),
     log:
         "logs/pack/{model}_len{length}.log",
     conda:
         "../envs/ropelaw.yaml"
     params:
-        subsets=subset_args("train"),
-        limit=(
-            f"--max-sequences {CFG['data']['train']['max_sequences']}"
-            if CFG["data"]["train"]["max_sequences"]
-            else ""
-        ),
+        subsets=ruleargs.subset_args(CFG, "train"),
+        limit=ruleargs.flag("--max-sequences", CFG["data"]["train"]["max_sequences"]),
     shell:
-        "ropelaw pack --shards {input.shards} {params.subsets} --tokenizer {input.tokenizer} "
-        "--seq-len {wildcards.length} {params.limit} --out {output} > {log} 2>&1"
+        "ropelaw pack --shards {input.shards:q} {params.subsets} --tokenizer {input.tokenizer:q} "
+        "--seq-len {wildcards.length} {params.limit} --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_eval:
@@ -62,26 +58,22 @@ rule prepare_eval:
         shards=CFG["data"]["eval"]["shards"],
         tokenizer=tokenizer_dir,
     output:
-        directory("results/{model}/data/eval_len{length}"),
+        directory(EVAL_ROWS),
     log:
         "logs/prepare_eval/{model}_len{length}.log",
     conda:
         "../envs/ropelaw.yaml"
     params:
-        subsets=subset_args("eval"),
+        subsets=ruleargs.subset_args(CFG, "eval"),
         short_docs=CFG["data"]["eval"]["short_docs"],
-        max_docs=(
-            f"--max-docs {CFG['data']['eval']['max_docs']}"
-            if CFG["data"]["eval"]["max_docs"]
-            else ""
-        ),
+        max_docs=ruleargs.flag("--max-docs", CFG["data"]["eval"]["max_docs"]),
         windows=CFG["data"]["eval"]["windows_per_doc"],
         skip=CFG["data"]["eval"]["skip_tokens"],
     shell:
-        "ropelaw prepare-eval --shards {input.shards} {params.subsets} --tokenizer {input.tokenizer} "
-        "--length {wildcards.length} --short-docs {params.short_docs} {params.max_docs} "
+        "ropelaw prepare-eval --shards {input.shards:q} {params.subsets} --tokenizer {input.tokenizer:q} "
+        "--length {wildcards.length} --short-docs {params.short_docs:q} {params.max_docs} "
         "--windows-per-doc {params.windows} --skip-tokens {params.skip} "
-        "--out {output} > {log} 2>&1"
+        "--out {output:q} > {log:q} 2>&1"
 
 
 # Every evaluation set of a model, listed once they exist. Training waits for this list (ancient:
@@ -97,4 +89,4 @@ rule eval_sets:
     conda:
         "../envs/ropelaw.yaml"
     shell:
-        "ls -d {input} > {output} 2> {log}"
+        "ls -d {input:q} > {output:q} 2> {log:q}"

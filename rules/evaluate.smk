@@ -6,12 +6,12 @@ rule evaluate:
         model=cell_model_dir,
         data=eval_data_dir,
     output:
-        table="results/{model}/{method}/base{base}_len{length}/eval.csv",
-        provenance="results/{model}/{method}/base{base}_len{length}/eval.json",
+        table=CELL_DIR + "/eval.csv",
+        provenance=CELL_DIR + "/eval.json",
     log:
-        "logs/evaluate/{model}/{method}/base{base}_len{length}.log",
+        "logs/evaluate/{model}/{method}/{leaf}.log",
     benchmark:
-        "benchmarks/evaluate/{model}/{method}/base{base}_len{length}.tsv"
+        "benchmarks/evaluate/{model}/{method}/{leaf}.tsv"
     conda:
         "../envs/ropelaw.yaml"
     resources:
@@ -23,14 +23,10 @@ rule evaluate:
         batch=CFG["evaluation"]["batch_size"],
         precision=CFG["evaluation"]["precision"],
         attn=CFG["evaluation"]["attn_implementation"],
-        buckets=(
-            "--bucket-edges " + " ".join(map(str, CFG["evaluation"]["bucket_edges"]))
-            if CFG["evaluation"]["bucket_edges"]
-            else ""
-        ),
-        compile="--compile" if CFG["evaluation"]["compile"] else "",
+        buckets=ruleargs.flag("--bucket-edges", CFG["evaluation"]["bucket_edges"]),
+        compile=ruleargs.flag("--compile", CFG["evaluation"]["compile"]),
     shell:
-        "ropelaw evaluate --model {input.model} --cell-json {params.cell:q} --eval-data {input.data} "
+        "ropelaw evaluate --model {input.model:q} --cell-json {params.cell:q} --eval-data {input.data:q} "
         "--lengths {params.lengths} --chunk-size {params.chunk} --batch-size {params.batch} "
-        "--precision {params.precision} --attn-implementation {params.attn} {params.buckets} "
-        "{params.compile} --out {output.table} > {log} 2>&1"
+        "--precision {params.precision:q} --attn-implementation {params.attn:q} {params.buckets} "
+        "{params.compile} --out {output.table:q} > {log:q} 2>&1"

@@ -14,7 +14,7 @@ rule init_model:
     params:
         spec=model_spec_json,
     shell:
-        "ropelaw init-model --spec {params.spec:q} --tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
+        "ropelaw init-model --spec {params.spec:q} --tokenizer {input.tokenizer:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule pretrain:
@@ -41,8 +41,8 @@ rule pretrain:
         launch=launcher,
         checkpoints="results/{model}/pretrain_checkpoints",
     shell:
-        "{params.launch} finetune --model {input.model} --data {input.data} --base {params.base} "
-        "--spec {params.spec:q} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
+        "{params.launch} finetune --model {input.model:q} --data {input.data:q} --base {params.base} "
+        "--spec {params.spec:q} --checkpoints {params.checkpoints:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule convert_gguf:
@@ -55,7 +55,7 @@ rule convert_gguf:
     conda:
         "../envs/ropelaw.yaml"
     shell:
-        "ropelaw convert-gguf --gguf {input.gguf} --out {output} > {log} 2>&1"
+        "ropelaw convert-gguf --gguf {input.gguf:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule fetch_hub:
@@ -68,4 +68,4 @@ rule fetch_hub:
     params:
         source=hub_args,
     shell:
-        "ropelaw fetch-hub {params.source} --out {output} > {log} 2>&1"
+        "ropelaw fetch-hub {params.source} --out {output:q} > {log:q} 2>&1"

@@ -7,12 +7,12 @@ rule passkey:
         data=eval_data_dir,
         tokenizer=tokenizer_dir,
     output:
-        table="results/{model}/{method}/base{base}_len{length}/passkey.csv",
-        provenance="results/{model}/{method}/base{base}_len{length}/passkey.json",
+        table=CELL_DIR + "/passkey.csv",
+        provenance=CELL_DIR + "/passkey.json",
     log:
-        "logs/passkey/{model}/{method}/base{base}_len{length}.log",
+        "logs/passkey/{model}/{method}/{leaf}.log",
     benchmark:
-        "benchmarks/passkey/{model}/{method}/base{base}_len{length}.tsv"
+        "benchmarks/passkey/{model}/{method}/{leaf}.tsv"
     conda:
         "../envs/ropelaw.yaml"
     resources:
@@ -24,7 +24,7 @@ rule passkey:
         precision=CFG["evaluation"]["precision"],
         attn=CFG["evaluation"]["attn_implementation"],
     shell:
-        "ropelaw passkey --model {input.model} --cell-json {params.cell:q} --eval-data {input.data} "
-        "--tokenizer {input.tokenizer} --spec {params.spec:q} --batch-size {params.batch} "
-        "--precision {params.precision} --attn-implementation {params.attn} "
-        "--out {output.table} > {log} 2>&1"
+        "ropelaw passkey --model {input.model:q} --cell-json {params.cell:q} --eval-data {input.data:q} "
+        "--tokenizer {input.tokenizer:q} --spec {params.spec:q} --batch-size {params.batch} "
+        "--precision {params.precision:q} --attn-implementation {params.attn:q} "
+        "--out {output.table:q} > {log:q} 2>&1"

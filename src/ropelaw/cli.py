@@ -19,6 +19,7 @@ from ropelaw import UserError, __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("ropelaw.theory_cli", "predict d_extra, beta0, beta1-3 and T_extra from the theory"),
     "check-config": ("ropelaw.config", "validate a workflow config and print it resolved"),
+    "cell": ("ropelaw.cells", "print the cell (JSON) behind a result path of a config"),
     "plan": ("ropelaw.plan", "every cell's tokens, GPU-hours and wall time on a profile's GPUs, before anything runs"),
     "config-doc": ("ropelaw.config_doc", "print config/README.md, generated from the schema"),
     "fetch-embedded": ("ropelaw.embedded", "build Pile-format shards from the embedded corpora"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from ropelaw.config import _resolve_ref, load_schema
+from ropelaw.config import load_schema, resolve_ref
 
 HEADER = """# Configuration keys
 
@@ -33,10 +33,10 @@ def _type(node: dict) -> str:
 
 
 def _rows(schema: dict, node: dict, prefix: str) -> list[str]:
-    node = _resolve_ref(schema, node)
+    node = resolve_ref(schema, node)
     rows = []
     for name, raw in node.get("properties", {}).items():
-        sub = _resolve_ref(schema, raw)
+        sub = resolve_ref(schema, raw)
         key = f"{prefix}{name}"
         is_training = raw.get("$ref") == "#/$defs/training"
         default = f"`{json.dumps(sub['default'])}`" if "default" in sub else ("required" if name in node.get("required", []) else "")
@@ -50,7 +50,7 @@ def _rows(schema: dict, node: dict, prefix: str) -> list[str]:
         if isinstance(extra, dict):
             rows += _rows(schema, extra, key + ".<name>.")
         items = sub.get("items")
-        if isinstance(items, dict) and "properties" in _resolve_ref(schema, items):
+        if isinstance(items, dict) and "properties" in resolve_ref(schema, items):
             rows += _rows(schema, items, key + "[].")
     return rows
 

@@ -15,21 +15,18 @@ row, plus a JSON sidecar with provenance (inv_freq in effect, checksums).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from ropelaw import UserError, methods, provenance, rope
+from ropelaw.cells import TABLE_COLUMNS, Cell
 
-CELL_KEYS = ("model", "method", "base", "tune_len", "head_dim", "train_len", "orig_base", "eval_set")
+CELL_KEYS = TABLE_COLUMNS
 
 
-def cell_method(cell: dict) -> methods.MethodSpec:
-    """The cell's RoPE method, with its options from the config (`method_options` of the cell JSON)."""
-    return methods.resolve(
-        cell["method"], cell["base"], head_dim=cell["head_dim"], train_len=cell["train_len"],
-        tune_len=cell["tune_len"], orig_base=cell["orig_base"], options=cell.get("method_options"),
-    )
+def cell_method(cell: Cell) -> methods.MethodSpec:
+    """The cell's RoPE method, resolved through its kind with its options from the config."""
+    return cell.method_spec()
 
 
 def load_cell_model(model_dir, cell: dict, *, precision: str, attn_implementation: str):
@@ -42,9 +39,9 @@ def load_cell_model(model_dir, cell: dict, *, precision: str, attn_implementatio
     model, inv_freq = load_causal_lm(
         model_dir, cell_method(cell), precision=precision, attn_implementation=attn_implementation, device=device
     )
-    if head_dim_of(model.config) != cell["head_dim"]:
+    if head_dim_of(model.config) != cell.head_dim:
         raise UserError(
-            f"config key 'models.{cell['model']}.head_dim' is {cell['head_dim']}, but {model_dir} has "
+            f"config key 'models.{cell.model}.head_dim' is {cell.head_dim}, but {model_dir} has "
             f"head_dim {head_dim_of(model.config)}; fix it (or set it to null to read it from the model)"
         )
     model.eval()
@@ -86,11 +83,11 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
     if device == "cuda":
         peak = {"peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
                 "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
-    for key in reversed(CELL_KEYS):
-        table.insert(0, key, cell[key])
+    for key, value in reversed(cell.columns().items()):
+        table.insert(0, key, value)
     sidecar = provenance.manifest(
         kind="evaluate",
-        cell=cell,
+        cell=cell.to_dict(),
         model_dir=str(model_dir),
         model_manifest_sha256=provenance.sha256_if_exists(Path(model_dir) / "ropelaw_manifest.json"),
         eval_manifest_sha256=provenance.sha256_file(Path(eval_dir) / "manifest.json"),
@@ -114,19 +111,16 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
 def add_cell_arguments(parser) -> None:
     """The arguments every per-cell evaluation takes (perplexity here, passkey retrieval)."""
     parser.add_argument("--model", required=True, help="model directory")
-    parser.add_argument("--cell-json", required=True, help=f"the cell as JSON: {', '.join(CELL_KEYS)}")
+    parser.add_argument("--cell-json", required=True, help="the cell as JSON (`ropelaw cell --configfile X PATH` prints it)")
     parser.add_argument("--batch-size", type=int, default=1, help="documents (or prompts) per forward")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
     parser.add_argument("--out", required=True, help="output CSV (a .json sidecar is written beside it)")
 
 
-def parse_cell(text: str) -> dict:
-    cell = json.loads(text)
-    missing = [k for k in CELL_KEYS if k not in cell]
-    if missing:
-        raise UserError(f"--cell-json lacks {missing}")
-    return cell
+def parse_cell(text: str) -> Cell:
+    """The cell of `--cell-json` (what `ropelaw cell` prints); bad JSON or fields are one `UserError`."""
+    return Cell.from_json(text, "--cell-json")
 
 
 def add_arguments(parser) -> None:

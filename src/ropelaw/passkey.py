@@ -215,7 +215,7 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     from ropelaw.data import load_tokenizer
     from ropelaw.evaldata import load_eval_docs
-    from ropelaw.evaluate import CELL_KEYS, cell_method, load_cell_model, parse_cell
+    from ropelaw.evaluate import cell_method, load_cell_model, parse_cell
 
     cell = parse_cell(args.cell_json)
     if args.batch_size < 1:
@@ -227,12 +227,12 @@ def run(args) -> None:
     started = time.perf_counter()
     table, prompts_sha256 = evaluate_passkey(model, tokenizer, docs, spec, batch_size=args.batch_size)
     seconds = time.perf_counter() - started
-    for key in reversed(CELL_KEYS):
-        table.insert(0, key, cell[key])
+    for key, value in reversed(cell.columns().items()):
+        table.insert(0, key, value)
     summary = accuracy_by_length(table)
     sidecar = provenance.manifest(
         kind="passkey",
-        cell=cell,
+        cell=cell.to_dict(),
         spec=asdict(spec),
         method=cell_method(cell).to_json(),
         model_dir=str(args.model),

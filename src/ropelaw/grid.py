@@ -1,0 +1,214 @@
+"""The grid: a validated config's `grid:` blocks expanded into `Cell`s.
+
+Each block gives every (base, tuning length, seed) of its lists one cell of its
+method; a cell produced by several blocks is one cell (evaluated at the union of
+their lengths, `ropelaw.lengths`). A method is a built-in (`ropelaw.methods`) or a
+variant named in `methods:` with a `kind`. Geometry (d, T_train, β₀) comes from the
+config or the model's own files. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from ropelaw import UserError, lengths, methods, sources, theory
+from ropelaw.cells import TRAIN_ROWS, UNTUNED, Cell
+
+EMBEDDED_DIR = "resources/embedded"  # shards below it are built by the workflow (rule fetch_embedded)
+Key = tuple[str, str, int, int, "int | None"]  # model, method, base, tune_len, seed
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the theory needs to know of a model."""
+
+    head_dim: int
+    train_len: int
+    orig_base: float
+
+
+@cache
+def _read_geometry(model: str, source: str, path: str | None, package: str | None,
+                   hub_id: str | None, revision: str | None) -> tuple[int, int, float]:
+    """(head_dim, T_train, b0) as the model's own files give them (cached: GGUF and hub reads)."""
+    spec, key = {"path": path, "package": package, "id": hub_id, "revision": revision}, f"models.{model}"
+    if source == "gguf":
+        return sources.gguf_geometry(sources.locate_gguf(spec, key))
+    if source == "hub":
+        return theory.model_geometry(sources.hub_config(spec, key))
+    return theory.model_geometry(Path(path) / "config.json")
+
+
+def geometry(cfg: dict, model: str) -> Geometry:
+    """head_dim, T_train and original base of a config model (config values override the model's)."""
+    spec = cfg["models"][model]
+    if spec["source"] == "scratch":
+        for key in ("train_len", "rope_base"):
+            if spec[key] is None:
+                raise UserError(f"config key 'models.{model}.{key}' is required for a scratch model")
+        return Geometry(spec["architecture"]["head_dim"], spec["train_len"], float(spec["rope_base"]))
+    if all(spec[key] is not None for key in ("head_dim", "train_len", "rope_base")):
+        return Geometry(spec["head_dim"], spec["train_len"], float(spec["rope_base"]))
+    head_dim, train_len, orig_base = _read_geometry(
+        model, spec["source"], spec["path"], spec["package"], spec["id"], spec["revision"]
+    )
+    return Geometry(head_dim, spec["train_len"] or train_len, float(spec["rope_base"] or orig_base))
+
+
+def untuned_dir(cfg: dict, model: str) -> str:
+    """The model before any base change: pretrained by us, the user's directory, or a hub/GGUF import."""
+    spec = cfg["models"][model]
+    if spec["source"] == "hf_dir":
+        return spec["path"]
+    return f"results/{model}/" + {"scratch": "pretrained", "gguf": "hf", "hub": "hub"}[spec["source"]]
+
+
+def tokenizer_dir(cfg: dict, model: str) -> str:
+    """The tokenizer a model's data is made with: trained here for a scratch model, else the model's own."""
+    return f"results/{model}/tokenizer" if cfg["models"][model]["source"] == "scratch" else untuned_dir(cfg, model)
+
+
+def pretrain_rows_dir(cfg: dict, model: str) -> str:
+    return TRAIN_ROWS.format(model=model, length=cfg["models"][model]["train_len"])
+
+
+# --- methods and their variants -----------------------------------------------------------------
+def variants(cfg: dict) -> dict[str, dict]:
+    """The `methods:` entries that are not built-in methods' option blocks: name -> entry (with `kind`)."""
+    return {name: entry for name, entry in cfg["methods"].items() if "kind" in entry}
+
+
+def method_names(cfg: dict) -> list[str]:
+    """Every name the `{method}` level of a result path may take: built-ins, then the config's variants."""
+    return list(methods.NAMES) + list(variants(cfg))
+
+
+def kind_of(cfg: dict, method: str) -> str:
+    entry = variants(cfg).get(method)
+    return entry["kind"] if entry else method
+
+
+def method_options(cfg: dict, method: str) -> dict:
+    """The options a method reads, defaults filled: a variant's entry, or the built-in block ({} for none)."""
+    kind = kind_of(cfg, method)
+    key = methods.options_key(kind)
+    defaults = dict(methods.DEFAULT_OPTIONS.get(key, {})) if key else {}
+    if method in variants(cfg):
+        return {**defaults, **{k: v for k, v in cfg["methods"][method].items() if k != "kind"}}
+    return dict(cfg["methods"][key]) if key else {}
+
+
+def check_variants(cfg: dict) -> None:
+    for name, entry in variants(cfg).items():
+        if name in methods.NAMES:
+            raise UserError(f"config key 'methods.{name}': {name} is a built-in method; give the variant another name")
+        if entry["kind"] not in methods.NAMES or entry["kind"] == UNTUNED:
+            kinds = [k for k in methods.NAMES if k != UNTUNED]
+            raise UserError(f"config key 'methods.{name}.kind': {entry['kind']!r} is not a method; choose one of {', '.join(kinds)}")
+        key = methods.options_key(entry["kind"])
+        allowed = set(methods.DEFAULT_OPTIONS.get(key, {})) if key else set()
+        stray = sorted(set(entry) - allowed - {"kind"})
+        if stray:
+            raise UserError(f"config key 'methods.{name}.{stray[0]}' is not an option of kind {entry['kind']}; "
+                            f"its options: {', '.join(sorted(allowed)) or 'none'}")
+
+
+# --- the grid -------------------------------------------------------------------------------------
+def _block_method(cfg: dict, i: int, block: dict) -> str:
+    names = [m for m in method_names(cfg) if m != UNTUNED]
+    if block["method"] not in names:
+        close = difflib.get_close_matches(block["method"], names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"config key 'grid[{i}].method': {block['method']!r} is neither a method nor a "
+                        f"variant of 'methods'{hint}; choose one of {', '.join(names)}")
+    return block["method"]
+
+
+def _block_keys(cfg: dict, i: int, block: dict) -> list[Key]:
+    """The cells (by identity) that grid block i produces."""
+    model, method = block["model"], _block_method(cfg, i, block)
+    geo, kind = geometry(cfg, model), kind_of(cfg, method)
+    if kind in methods.TRAINING_FREE:  # seeds are ignored: nothing is trained
+        given = [k for k in ("tune_lengths", "bases") if block.get(k)] + (["finetune"] if block["finetune"] else [])
+        if given:
+            raise UserError(
+                f"config key 'grid[{i}]': method {method} is training-free (it evaluates the untuned "
+                f"model at base{round(geo.orig_base)}_len{geo.train_len}); remove {', '.join(given)}"
+            )
+        return [(model, method, round(geo.orig_base), geo.train_len, None)]
+    for key in ("tune_lengths", "bases"):
+        if not block.get(key):
+            raise UserError(f"config key 'grid[{i}].{key}' is required for method {method}")
+    if kind not in methods.TRAINED and block["finetune"]:
+        raise UserError(
+            f"config key 'grid[{i}].finetune': method {method} trains nothing (it evaluates the "
+            "`base` cell's model with log-scaled attention); put the overrides on the base block"
+        )
+    if "seeds" in block and "seed" in block["finetune"]:
+        raise UserError(f"config key 'grid[{i}].finetune.seed': the block also lists 'seeds'; keep one of them")
+    keys = []
+    for tune_len in block["tune_lengths"]:
+        for j, spec in enumerate(block["bases"]):
+            try:
+                base = theory.resolve_base(spec, geo.head_dim, geo.train_len, tune_len, geo.orig_base)
+            except UserError as err:
+                raise UserError(f"config key 'grid[{i}].bases[{j}]': {err}") from None
+            keys += [(model, method, base, tune_len, seed) for seed in block.get("seeds", [None])]
+    return keys
+
+
+def memberships(cfg: dict) -> dict[Key, list[int]]:
+    """Every cell's identity with the grid blocks that produce it, untuned cells first, in config order."""
+    out: dict[Key, list[int]] = {}
+    if cfg["evaluation"]["include_untuned"]:
+        for model in dict.fromkeys(block["model"] for block in cfg["grid"]):
+            geo = geometry(cfg, model)
+            out[model, UNTUNED, round(geo.orig_base), geo.train_len, None] = []
+    for i, block in enumerate(cfg["grid"]):
+        for key in _block_keys(cfg, i, block):
+            blocks = out.setdefault(key, [])
+            if i not in blocks:
+                blocks.append(i)
+    return out
+
+
+def training(cfg: dict, key: Key, blocks: list[int]) -> dict:
+    """A trained cell's fine-tuning spec: global, then model, then its blocks' overrides (which must agree)."""
+    model, method, base, tune_len, seed = key
+    overrides = {i: cfg["grid"][i]["finetune"] for i in blocks}
+    first = blocks[0]
+    for i in blocks[1:]:
+        if overrides[i] != overrides[first]:
+            raise UserError(
+                f"config keys 'grid[{first}].finetune' and 'grid[{i}].finetune' differ, and both blocks produce "
+                f"results/{model}/{method}/base{base}_len{tune_len}; give the cell one set of overrides"
+            )
+    args = {**cfg["finetune"], **cfg["models"][model]["finetune"], **overrides[first]}
+    return args if seed is None else {**args, "seed": seed}
+
+
+def build(cfg: dict) -> list[Cell]:
+    """Every cell of a validated config."""
+    check_variants(cfg)
+    member = memberships(cfg)
+    out = []
+    for key, blocks in member.items():
+        model, method, base, tune_len, seed = key
+        geo, kind = geometry(cfg, model), kind_of(cfg, method)
+        out.append(Cell(
+            model, method, base, tune_len, seed, kind=kind, head_dim=geo.head_dim, train_len=geo.train_len,
+            orig_base=geo.orig_base, eval_set=cfg["data"]["eval"]["name"], method_options=method_options(cfg, method),
+            eval_lengths=tuple(lengths.eval_lengths(cfg, blocks)), untuned_dir=untuned_dir(cfg, model),
+            training=training(cfg, key, blocks) if kind in methods.TRAINED else None,
+        ))
+        lengths.check_cell(cfg, out[-1], blocks)
+    for cell in out:
+        if cell.kind in methods.ON_TUNED and not cell.trains and (cell.model, "base", cell.base, cell.tune_len, cell.seed) not in member:
+            raise UserError(
+                f"cell {cell.path} evaluates the fine-tuned model {cell.model_dir}; add base {cell.base} at tune "
+                f"length {cell.tune_len}{'' if cell.seed is None else f' with seed {cell.seed}'} to a `method: base` block of 'grid'"
+            )
+    return out
