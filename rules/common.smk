@@ -5,7 +5,7 @@ import sys
 from operator import attrgetter
 
 from ropelaw import UserError, grid, ruleargs
-from ropelaw.cells import CELL_DIR, EVAL_ROWS, LEAF_PATTERN, TRAIN_ROWS, Cell
+from ropelaw.cells import EVAL_ROWS, LEAF_PATTERN, TRAIN_ROWS, Cell, cell_file
 from ropelaw.cells import figure_names, index, lookup
 from ropelaw.config import EMBEDDED_DIR, resolve
 from ropelaw.launch import launch_prefix

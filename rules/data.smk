@@ -12,7 +12,7 @@ rule fetch_embedded:
     conda:
         "../envs/ropelaw.yaml"
     params:
-        out=EMBEDDED_DIR,
+        out=ruleargs.folder_of_manifest,
         cache="resources/cache",
     shell:
         "ropelaw fetch-embedded --cache {params.cache:q} --out {params.out:q} > {log:q} 2>&1"

@@ -6,8 +6,8 @@ rule evaluate:
         model=cell_model_dir,
         data=eval_data_dir,
     output:
-        table=CELL_DIR + "/eval.csv",
-        provenance=CELL_DIR + "/eval.json",
+        table=cell_file("eval.csv"),
+        provenance=cell_file("eval.json"),
     log:
         "logs/evaluate/{model}/{method}/{leaf}.log",
     benchmark:

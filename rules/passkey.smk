@@ -7,8 +7,8 @@ rule passkey:
         data=eval_data_dir,
         tokenizer=tokenizer_dir,
     output:
-        table=CELL_DIR + "/passkey.csv",
-        provenance=CELL_DIR + "/passkey.json",
+        table=cell_file("passkey.csv"),
+        provenance=cell_file("passkey.json"),
     log:
         "logs/passkey/{model}/{method}/{leaf}.log",
     benchmark:

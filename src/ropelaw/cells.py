@@ -33,6 +33,11 @@ TRAIN_ROWS = "results/{model}/data/train_len{length}"
 EVAL_ROWS = "results/{model}/data/eval_len{length}"
 
 
+def cell_file(name: str) -> str:
+    """The output pattern of a file in a cell's folder (the rules' `output:`), e.g. cell_file("eval.csv")."""
+    return f"{CELL_DIR}/{name}"
+
+
 def leaf(base: int, tune_len: int, seed: int | None = None) -> str:
     """The last level of a cell's result path: `base{β}_len{T}`, with `_seed{s}` for an explicit seed."""
     return f"base{base}_len{tune_len}" + ("" if seed is None else f"_seed{seed}")
@@ -119,7 +124,7 @@ class Cell:
     def model_dir(self) -> str:
         """The model it evaluates: its own fine-tuned model, the `base` cell's, or the untuned model."""
         if self.trains:
-            return f"{self.path}/model"
+            return self.output("model")
         if self.kind in methods.ON_TUNED:
             return CELL_DIR.format(model=self.model, method="base", leaf=self.leaf) + "/model"
         return self.untuned_dir
@@ -127,7 +132,7 @@ class Cell:
     @property
     def checkpoints_dir(self) -> str:
         """Resumable checkpoints of its fine-tune, outside the rule's outputs."""
-        return f"{self.path}/checkpoints"
+        return self.output("checkpoints")
 
     @property
     def eval_rows_dir(self) -> str:
@@ -141,7 +146,7 @@ class Cell:
 
     def output(self, name: str) -> str:
         """One of its result files: eval.csv, eval.json, passkey.csv, passkey.json."""
-        return f"{self.path}/{name}"
+        return cell_file(name).format(model=self.model, method=self.method, leaf=self.leaf)
 
     @property
     def heatmap_figure(self) -> str:

@@ -8,6 +8,7 @@ config holds is ever executed. Imports no torch.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 
 
@@ -45,3 +46,8 @@ def hub_args(cfg: dict, model: str) -> str:
 def json_of(spec: dict) -> str:
     """A spec as the one-line JSON a `--spec` takes (sorted keys: the same config, the same text)."""
     return json.dumps(spec, sort_keys=True)
+
+
+def folder_of_manifest(wildcards, output) -> str:
+    """A params function: the folder of the rule's `manifest` output."""
+    return os.path.dirname(output.manifest)
