@@ -1,0 +1,157 @@
+"""Bad configs and cell JSON: each refused with a non-zero exit and ONE line naming the key or file and the fix.
+
+Every case runs the real command (`ropelaw check-config`, `ropelaw evaluate|passkey`, or a
+Snakemake dry run) in a temporary directory and checks its exit status and stderr.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = yaml.safe_load((ROOT / "tests" / "scenario" / "config.yaml").read_text())
+
+
+def _shard(path: Path, words: int = 400) -> str:
+    from ropelaw.pile import write_shard
+
+    text = " ".join(["word"] * words)
+    write_shard(path, [{"text": text, "meta": {"pile_set_name": "Test"}} for _ in range(3)])
+    return str(path)
+
+
+def _set(config: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[int(last) if last.isdigit() else last] = value
+
+
+def _with(*edits):
+    """A config edit: set each (dotted key, value); a value "SHARD" is a real shard in tmp_path."""
+    def edit(config, tmp_path):
+        for key, value in edits:
+            _set(config, key, value)
+        return config
+    return edit
+
+
+def _real_eval_data(words=400, **eval_block):
+    def edit(config, tmp_path):
+        config["data"]["eval"] = {"shards": [_shard(tmp_path / "val.jsonl.zst", words)], **eval_block}
+        return config
+    return edit
+
+
+def _deepspeed_dir(config, tmp_path):
+    (tmp_path / "ds").mkdir()
+    config["finetune"]["deepspeed"] = str(tmp_path / "ds")
+    return config
+
+
+def _two_blocks(config, tmp_path):
+    config["grid"] = [
+        {"model": "mini", "tune_lengths": [64], "bases": [500], "finetune": {"lr": 1e-4}},
+        {"model": "mini", "tune_lengths": [64], "bases": [500, 1000], "finetune": {"lr": 2e-4}},
+    ]
+    return config
+
+
+# (case id, edit of the scenario config, words the one line must hold)
+CASES = [
+    ("lr-nan", _with(("finetune.lr", float("nan"))), ["finetune.lr", "finite"]),
+    ("lr-inf", _with(("finetune.lr", float("inf"))), ["finetune.lr", "finite"]),
+    ("rope-base-nan", _with(("models.mini.rope_base", float("nan"))), ["models.mini.rope_base", "finite"]),
+    ("ppl-factor-inf", _with(("law", {"ppl_factor": float("inf")})), ["law.ppl_factor", "finite"]),
+    ("grid-finetune-nan", _with(("grid.0.finetune", {"max_grad_norm": float("nan")})), ["grid[0].finetune.max_grad_norm"]),
+    ("method-factor-nan", _with(("methods", {"linear": {"factor": float("nan")}})), ["methods.linear.factor"]),
+    ("bucket-edges-unsorted", _with(("evaluation.bucket_edges", [8, 4, 16])), ["evaluation.bucket_edges", "increasing"]),
+    ("eval-lengths-unsorted", _with(("evaluation.lengths", [64, 32, 128])), ["evaluation.lengths", "increasing"]),
+    ("passkey-lengths-unsorted", _with(("passkey.lengths", [256, 128])), ["passkey.lengths", "increasing"]),
+    ("deepspeed-directory", _deepspeed_dir, ["finetune.deepspeed", "directory"]),
+    ("deepspeed-missing", _with(("finetune.deepspeed", "no/such.json")), ["finetune.deepspeed", "does not exist"]),
+    ("two-blocks-one-cell", _two_blocks, ["grid[0].finetune", "grid[1].finetune", "base500_len64"]),
+    ("empty-eval-subset", _real_eval_data(subsets=["Books3"]), ["data.eval.subsets", "Test"]),
+    ("eval-length-beyond-docs", _real_eval_data(words=20), ["data.eval", "256", "short_docs"]),
+    ("eval-length-beyond-all-docs", _real_eval_data(words=10, short_docs="concatenate"), ["data.eval", "256", "together"]),
+    ("eval-shard-missing", _with(("data.eval.shards", ["no/such.jsonl.zst"])), ["data.eval.shards[0]", "does not exist"]),
+    ("unknown-key", _with(("finetune.lr_schedul", "cosine")), ["lr_schedul", "did you mean 'lr_schedule'"]),
+    ("unknown-grid-method", _with(("grid.0.method", "bace")), ["grid[0].method", "did you mean 'base'"]),
+    ("variant-unknown-kind", _with(("methods", {"v": {"kind": "rope"}}), ("grid.0.method", "v")), ["methods.v.kind"]),
+    ("variant-stray-option", _with(("methods", {"v": {"kind": "ntk", "base": 3}})), ["methods.v.base", "factor"]),
+    ("variant-named-builtin", _with(("methods", {"base": {"kind": "ntk"}})), ["methods.base", "built-in"]),
+    ("variant-without-kind", _with(("methods", {"v": {"factor": 2}})), ["methods.v", "kind"]),
+    ("seeds-repeated", _with(("grid.0.seeds", [1, 1])), ["grid[0].seeds"]),
+    ("seeds-and-seed", _with(("grid.0.seeds", [1]), ("grid.0.finetune", {"seed": 2})), ["grid[0].finetune.seed", "seeds"]),
+    ("tune-len-multiple", _with(("grid.0.tune_lengths", [100])), ["length_multiple", "100"]),
+    ("base-below-one", _with(("grid.0.bases", [1])), ["grid[0].bases[0]"]),
+    ("grid-unknown-model", _with(("grid.0.model", "mnii")), ["grid[0].model", "did you mean 'mini'"]),
+    ("batch-not-divisible", _with(("finetune.micro_batch_size", 3)), ["global_batch_size", "micro_batch_size"]),
+]
+
+
+@pytest.mark.parametrize("edit, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_check_config_refuses_in_one_line(tmp_path, edit, words):
+    config = edit(copy.deepcopy(SCENARIO), tmp_path)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    _assert_one_line_error(["check-config", "--configfile", str(path)], tmp_path, words)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("data: [unclosed\nmodels: {}\n", ["config.yaml", "YAML syntax error", "line"]),
+    ("- data\n- models\n", ["config.yaml", "list", "mapping"]),
+    ("data:\n\tshards: x\n", ["config.yaml", "YAML syntax error"]),
+], ids=["yaml-syntax", "yaml-list", "yaml-tab"])
+def test_unreadable_config_files(tmp_path, text, words):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    _assert_one_line_error(["check-config", "--configfile", str(path)], tmp_path, words)
+
+
+def test_missing_config_file(tmp_path):
+    _assert_one_line_error(["check-config", "--configfile", str(tmp_path / "nope.yaml")], tmp_path, ["nope.yaml", "does not exist"])
+
+
+CELL_JSON_CASES = [
+    ("{not json", ["--cell-json", "not valid JSON"]),
+    ("[1, 2]", ["--cell-json", "JSON object"]),
+    ('{"model": "mini"}', ["--cell-json", "missing fields", "method"]),
+]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "passkey"])
+@pytest.mark.parametrize("text, words", CELL_JSON_CASES, ids=["not-json", "not-object", "missing-fields"])
+def test_bad_cell_json(tmp_path, command, text, words):
+    args = [command, "--model", str(tmp_path), "--cell-json", text, "--eval-data", str(tmp_path), "--out", str(tmp_path / "x.csv")]
+    args += ["--lengths", "32"] if command == "evaluate" else ["--tokenizer", str(tmp_path), "--spec", "{}"]
+    _assert_one_line_error(args, tmp_path, words)
+
+
+def test_snakemake_dry_run_refuses_nan_in_one_line(tmp_path):
+    config = copy.deepcopy(SCENARIO)
+    config["finetune"]["lr"] = float("nan")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "1"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "finetune.lr" in line]
+    assert len(lines) == 1 and "finite" in lines[0], result.stderr
+
+
+def _assert_one_line_error(args: list[str], cwd: Path, words: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "ropelaw.cli", *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
