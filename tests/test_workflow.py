@@ -62,6 +62,29 @@ def test_each_cell_reads_the_eval_set_of_its_longest_length(tmp_path):
         assert "results/mini/data/eval_sets.txt" in inputs[training]
 
 
+def test_seeds_and_variants_are_jobs_of_their_own(tmp_path):
+    import yaml
+
+    config = yaml.safe_load((ROOT / "tests/scenario/config.yaml").read_text())
+    config["methods"] = {"again": {"kind": "base"}, "ntk8": {"kind": "ntk", "factor": 8}}
+    config["grid"] += [{"model": "mini", "tune_lengths": [64], "bases": [500], "seeds": [1, 2]},
+                       {"model": "mini", "method": "again", "tune_lengths": [64], "bases": [500]},
+                       {"model": "mini", "method": "ntk8"}]
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
+    jobs = _dry_run_jobs(snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "-p", "--cores", "1").stdout)
+    seeds = {job["output"]: json.loads(re.search(r"--spec '([^']*)'", job["shell"]).group(1))["seed"]
+             for job in jobs if job["rule"] == "finetune"}
+    assert seeds == {
+        "results/mini/base/base10_len64/model": 1234, "results/mini/base/base10000_len64/model": 1234,
+        "results/mini/base/base1000000_len64/model": 1234, "results/mini/base/base500_len64_seed1/model": 1,
+        "results/mini/base/base500_len64_seed2/model": 2, "results/mini/again/base500_len64/model": 1234,
+    }
+    models = {job["output"].split(", ")[0]: _flag(job["shell"], "--model") for job in jobs if job["rule"] == "evaluate"}
+    assert models["results/mini/ntk8/base10000_len64/eval.csv"] == "results/mini/pretrained"
+    assert models["results/mini/base/base500_len64_seed2/eval.csv"] == "results/mini/base/base500_len64_seed2/model"
+
+
 def _dry_run_jobs(output: str) -> list[dict]:
     """Rule, inputs, outputs and shell command of every job that `snakemake -n -p` lists."""
     jobs = []
