@@ -193,3 +193,45 @@ def test_passkey_lengths_beyond_a_cells_eval_lengths(raw):
     raw["passkey"]["lengths"] = None  # each cell's own lengths
     cfg, cells = resolve(raw)
     assert passkey_args(cfg, cells[-1])["lengths"] == [32, 64]
+
+
+@pytest.mark.parametrize("cls, node", [
+    ("TrainingSpec", ("$defs", "training")),
+    ("FactorOptions", ("properties", "methods", "properties", "linear")),
+    ("FactorOptions", ("properties", "methods", "properties", "ntk")),
+    ("DynamicNtkOptions", ("properties", "methods", "properties", "dynamic_ntk")),
+    ("YarnOptions", ("properties", "methods", "properties", "yarn")),
+    ("LognOptions", ("properties", "methods", "properties", "logn")),
+    ("TrainData", ("properties", "data", "properties", "train")),
+    ("EvalData", ("properties", "data", "properties", "eval")),
+], ids=lambda v: v if isinstance(v, str) else v[-1])
+def test_typed_specs_match_the_schema(cls, node):
+    """Each typed block has exactly its schema block's keys, defaults and required keys."""
+    from dataclasses import MISSING, fields
+
+    from ropelaw import specs
+    from ropelaw.config import load_schema
+
+    block = load_schema()
+    for part in node:
+        block = block[part]
+    spec = {f.name: f for f in fields(getattr(specs, cls))}
+    assert set(spec) == set(block["properties"])
+    for name, prop in block["properties"].items():
+        default = spec[name].default
+        if "default" in prop:
+            assert default == (tuple(prop["default"]) if isinstance(prop["default"], list) else prop["default"]), name
+        else:
+            assert default is MISSING and name in block.get("required", []), name
+
+
+@pytest.mark.parametrize("block, value, key", [
+    ("finetune", {"lr": 0.0}, "finetune"),
+    ("finetune", {"warmup_steps": 5000}, "finetune.warmup_steps"),
+    ("methods", {"yarn": {"beta_fast": 1.0, "beta_slow": 2.0}}, "methods.yarn.beta_fast"),
+    ("methods", {"v": {"kind": "linear", "factor": 0.5}}, "methods.v.factor"),
+    ("methods", {"logn": {"t_ref": "tune"}}, "methods.logn.t_ref"),
+])
+def test_typed_specs_refuse_by_key(raw, block, value, key):
+    raw[block] = {**raw.get(block, {}), **value}
+    assert key in _error(raw)

@@ -26,7 +26,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ropelaw import UserError, grid, lengths, sources
+from ropelaw import UserError, grid, lengths, methods, sources, specs
 from ropelaw.cells import Cell
 from ropelaw.grid import EMBEDDED_DIR, geometry  # noqa: F401  (re-exported for the rules and plan)
 
@@ -194,10 +194,8 @@ def _check_models(cfg: dict) -> None:
         elif spec["source"] == "scratch":
             if spec["architecture"]["hidden_size"] % spec["architecture"]["num_heads"]:
                 raise UserError(f"config key 'models.{name}.architecture.hidden_size' must be divisible by num_heads")
-            training = spec["pretrain"]
-            if training["global_batch_size"] % training["micro_batch_size"]:
-                raise UserError(f"config key 'models.{name}.pretrain.global_batch_size' must be a multiple of micro_batch_size")
-            _check_deepspeed(f"models.{name}.pretrain.deepspeed", training["deepspeed"])
+            specs.build(specs.TrainingSpec, spec["pretrain"], f"models.{name}.pretrain")
+            _check_deepspeed(f"models.{name}.pretrain.deepspeed", spec["pretrain"]["deepspeed"])
 
 
 def _check_deepspeed(key: str, path: str | None) -> None:
@@ -222,12 +220,18 @@ def _check_trained(cell: Cell) -> None:
             f"tuning length {cell.tune_len} of model '{cell.model}' is not a multiple of "
             f"finetune.length_multiple = {args['length_multiple']}; change 'grid[].tune_lengths' or the multiple"
         )
-    if args["global_batch_size"] % args["micro_batch_size"]:
-        raise UserError(
-            f"finetune.global_batch_size = {args['global_batch_size']} is not a multiple of "
-            f"finetune.micro_batch_size = {args['micro_batch_size']} (cell {cell.path})"
-        )
+    specs.build(specs.TrainingSpec, args, "finetune")
     _check_deepspeed("finetune.deepspeed", args["deepspeed"])
+
+
+def _check_typed_blocks(cfg: dict) -> None:
+    """Build the typed form of the data and method blocks: their `__post_init__` checks run here."""
+    specs.build(specs.TrainData, cfg["data"]["train"], "data.train")
+    specs.build(specs.EvalData, cfg["data"]["eval"], "data.eval")
+    for name, options in cfg["methods"].items():
+        key = methods.options_key(options.get("kind", name))
+        if key in specs.METHOD_OPTIONS:
+            specs.build(specs.METHOD_OPTIONS[key], options, f"methods.{name}")
 
 
 def resolve(raw: dict, check_data: bool = True) -> tuple[dict, list[Cell]]:
@@ -241,6 +245,7 @@ def resolve(raw: dict, check_data: bool = True) -> tuple[dict, list[Cell]]:
         _check_shards(cfg)
     _check_models(cfg)
     lengths.check_lists(cfg)
+    _check_typed_blocks(cfg)
     all_cells = grid.build(cfg)
     for cell in all_cells:
         cell.method_spec()  # bad method options fail here, at DAG-build time
