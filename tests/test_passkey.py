@@ -157,7 +157,8 @@ def test_cli_prompts_are_identical_across_cells(corpus, tmp_path):
     spec = json.dumps({**asdict(SPEC), "lengths": [96, 256], "depths": [0.25, 0.75], "trials": 1})
     sidecars, tables = [], []
     for base, batch in ((10000, 1), (500, 3)):
-        cell = dict(model="t", method="base", base=base, tune_len=64, head_dim=16, train_len=64, orig_base=1e4, eval_set="e")
+        cell = dict(model="t", method="base", base=base, tune_len=64, head_dim=16, train_len=64, orig_base=1e4, eval_set="e",
+                    seed=None, kind="base", method_options={}, eval_lengths=[96, 256], untuned_dir="", training=None)
         out = tmp_path / f"base{base}" / "passkey.csv"
         assert main([
             "passkey", "--model", str(model_dir), "--cell-json", json.dumps(cell), "--eval-data", str(corpus.root / "eval"),
