@@ -23,6 +23,7 @@ GGUF=/root/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 export PYTHONPATH=$REPO/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+CFG=(--configfile config/smollm2.yaml --configfile /root/gguf_override.yaml)   # for `ropelaw cell`
 SMK=(snakemake --cores 16 --resources gpu=1 --set-resources finetune:gpu=1 evaluate:gpu=1 passkey:gpu=1
      --configfile config/smollm2.yaml /root/gguf_override.yaml --scheduler greedy --keep-going)
 CELL=results/smollm2/base/base1000000_len8192   # the cell re-run by its output path
@@ -75,12 +76,8 @@ reprio)
     # eval.csv prioritized (passkey after), marking the interrupted job incomplete.
     cd $REPO && kill -TERM "$(cat /root/study.pid)"
     for i in $(seq 60); do kill -0 "$(cat /root/study.pid)" 2>/dev/null || break; sleep 1; done
-    evals=$(python3 - <<'PYEOF'
-import subprocess, re
-out = subprocess.run(["snakemake", "--configfile", "config/smollm2.yaml", "/root/gguf_override.yaml", "-n", "--rerun-incomplete", "--printshellcmds"], capture_output=True, text=True).stdout
-print(" ".join(sorted(set(re.findall(r"--out (results/\S+/eval\.csv)", out)))))
-PYEOF
-)
+    evals=$(snakemake --configfile config/smollm2.yaml /root/gguf_override.yaml -n --rerun-incomplete --printshellcmds |
+        grep -oE -- "--out results/[^ ]+/eval\.csv" | cut -d' ' -f2 | sort -u | tr '\n' ' ')
     echo "prioritized: $evals"
     mv /root/study.log /root/study1.log
     setsid nohup "${SMK[@]}" --rerun-incomplete --prioritize $evals >/root/study.log 2>&1 </dev/null &
@@ -95,32 +92,23 @@ finish)
         cp $CELL/eval.csv /root/eval_first.csv
         t0=$SECONDS
         "${SMK[@]}" $CELL/eval.csv --forcerun $CELL/model >/root/rerun.log 2>&1; echo "rerun rc $? in $((SECONDS - t0)) s"
-        python3 - <<'EOF'
-import pandas as pd
-a = pd.read_csv("/root/eval_first.csv"); b = pd.read_csv("results/smollm2/base/base1000000_len8192/eval.csv")
-print(a.columns.tolist())
-num = [c for c in a.columns if a[c].dtype.kind == "f"]
-for c in num:
-    rel = ((b[c] - a[c]).abs() / a[c].abs().clip(lower=1e-12)).max()
-    print(f"{c}: max relative difference {rel:.2e}")
-a.to_csv("/root/eval_first.csv", index=False)
-EOF
+        cmp -s /root/eval_first.csv $CELL/eval.csv && echo "rerun: eval.csv byte-identical" ||
+            { echo "rerun: eval.csv differs:"; diff /root/eval_first.csv $CELL/eval.csv | head -20; }
         # 2) 1M tokens: the evaluation text concatenated to 1,048,576 tokens, two cells
         t0=$SECONDS
         ropelaw prepare-eval --shards resources/embedded/val/00.jsonl.zst --tokenizer results/smollm2/hf \
             --length 1048576 --short-docs concatenate --max-docs 1 --out /root/eval1m >/root/eval1m.log 2>&1
         echo "prepare-eval 1M rc $? in $((SECONDS - t0)) s"; cat /root/eval1m/manifest.json | head -c 1500; echo
+        # Each cell's JSON and model come from `ropelaw cell` (base_logn evaluates its base cell's model);
+        # its eval_set names the config's evaluation set, though these rows are the 1M concatenation.
         for cell in base_logn/base1304_len8192 base/base2608_len16384 base/base1000000_len8192; do
-            m=${cell%%/*}; b=${cell#*/base}; b=${b%_len*}; l=${cell##*_len}
-            j="{\"model\":\"smollm2\",\"method\":\"$m\",\"base\":$b,\"tune_len\":$l,\"head_dim\":64,\"train_len\":8192,\"orig_base\":100000,\"eval_set\":\"val shard concatenated to 1M\"}"
+            path=results/smollm2/$cell name=${cell//\//_}
+            j=$(ropelaw cell "${CFG[@]}" $path) && md=$(ropelaw cell "${CFG[@]}" $path --get model_dir) || exit 1
             t0=$SECONDS
-            # base_logn has no model of its own: it evaluates the base cell's model (the 2026-11-22 run
-            # pointed at base_logn/.../model and failed; this line is the fix, not yet run).
-            md=results/smollm2/${cell/base_logn\//base/}/model
-            timeout 200 ropelaw evaluate --model $md --cell-json "$j" --eval-data /root/eval1m \
+            timeout 200 ropelaw evaluate --model "$md" --cell-json "$j" --eval-data /root/eval1m \
                 --lengths 8192 32768 131072 262144 524288 1048576 --chunk-size 8192 --precision auto --attn-implementation sdpa \
-                --out /root/eval1m_${m}_${b}_${l}.csv >/root/eval1m_${m}_${b}_${l}.log 2>&1
-            echo "1M $cell rc $? in $((SECONDS - t0)) s"; cat /root/eval1m_${m}_${b}_${l}.csv
+                --out /root/eval1m_$name.csv >/root/eval1m_$name.log 2>&1
+            echo "1M $cell rc $? in $((SECONDS - t0)) s"; cat /root/eval1m_$name.csv
             ((SECONDS > 300)) && break
         done
     fi

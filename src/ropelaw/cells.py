@@ -8,6 +8,7 @@ the model it evaluates, its evaluation rows, its outputs and its figure names.
 cell behind any output path:
 
     ropelaw cell --configfile config/config.yaml results/tiny/base/base10_len64/eval.csv
+    ropelaw cell --configfile config/config.yaml results/tiny/base/base10_len64 --get model_dir
 
 Imports no torch (Snakemake imports it while it builds the DAG).
 """
@@ -241,10 +242,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--configfile", required=True, action="append",
                         help="config YAML file (repeat the flag for several, later ones merged over earlier ones)")
     parser.add_argument("path", help="a result path of the cell (its folder, eval.csv, model, ...)")
+    parser.add_argument("--get", choices=GETTABLE, default="json",
+                        help="print one of the cell's paths instead of its JSON (e.g. model_dir: the model it evaluates)")
+
+
+GETTABLE = ("json", "path", "model_dir", "eval_rows_dir", "train_rows_dir", "checkpoints_dir")
 
 
 def run(args) -> None:
     from ropelaw.config import load_configs, resolve
 
     _, all_cells = resolve(load_configs(args.configfile))
-    print(cell_of_path(all_cells, args.path).to_json())
+    cell = cell_of_path(all_cells, args.path)
+    print(cell.to_json() if args.get == "json" else getattr(cell, args.get))
