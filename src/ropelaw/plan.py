@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from ropelaw import UserError, methods
+from ropelaw import UserError
 from ropelaw.config import _merge, eval_lengths, load_yaml, method_spec, passkey_args, resolve, training_args
 
 COLUMNS = ["model", "phase", "gpu", "seq_len", "tokens_per_s_per_gpu"]
@@ -119,7 +119,7 @@ def plan(cfg: dict, cells: list, jobs: dict[str, Job], rows: list[dict]) -> list
     for cell in cells:
         spec = method_spec(cfg, cell)
         lengths = eval_lengths(cfg, cell)
-        if cell.method in methods.TRAINED:
+        if cell.trains:
             args = training_args(cfg, cell)
             tokens = args["steps"] * args["global_batch_size"] * cell.tune_len
             job = jobs["finetune"]
