@@ -4,9 +4,8 @@ import os
 import sys
 from operator import attrgetter
 
-from ropelaw import UserError, grid, ruleargs
-from ropelaw.cells import EVAL_ROWS, LEAF_PATTERN, TRAIN_ROWS, Cell, cell_file
-from ropelaw.cells import figure_names, index, lookup
+from ropelaw import UserError, grid, paths, ruleargs
+from ropelaw.cells import Cell, figure_names, index, lookup
 from ropelaw.config import EMBEDDED_DIR, resolve
 from ropelaw.launch import launch_prefix
 from ropelaw.lengths import passkey_args
@@ -36,7 +35,7 @@ FIGURE_FORMATS = CFG["figures"]["formats"]
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9_.-]*",
     method="|".join(grid.method_names(CFG)),
-    leaf=LEAF_PATTERN,
+    leaf=paths.LEAF_PATTERN,
     length=r"\d+",
 
 

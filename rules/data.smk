@@ -22,7 +22,7 @@ rule train_tokenizer:
     input:
         shards=CFG["data"]["train"]["shards"],
     output:
-        directory("results/{model}/tokenizer"),
+        directory(paths.TOKENIZER),
     log:
         "logs/train_tokenizer/{model}.log",
     conda:
@@ -40,7 +40,7 @@ rule pack:
         shards=CFG["data"]["train"]["shards"],
         tokenizer=tokenizer_dir,
     output:
-        directory(TRAIN_ROWS),
+        directory(paths.TRAIN_ROWS),
     log:
         "logs/pack/{model}_len{length}.log",
     conda:
@@ -58,7 +58,7 @@ rule prepare_eval:
         shards=CFG["data"]["eval"]["shards"],
         tokenizer=tokenizer_dir,
     output:
-        directory(EVAL_ROWS),
+        directory(paths.EVAL_ROWS),
     log:
         "logs/prepare_eval/{model}_len{length}.log",
     conda:

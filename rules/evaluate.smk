@@ -6,8 +6,8 @@ rule evaluate:
         model=cell_model_dir,
         data=eval_data_dir,
     output:
-        table=cell_file("eval.csv"),
-        provenance=cell_file("eval.json"),
+        table=paths.cell_file("eval.csv"),
+        provenance=paths.cell_file("eval.json"),
     log:
         "logs/evaluate/{model}/{method}/{leaf}.log",
     benchmark:

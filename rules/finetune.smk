@@ -10,7 +10,7 @@ rule finetune:
         eval_sets=ancient("results/{model}/data/eval_sets.txt"),
         deepspeed=deepspeed_config,
     output:
-        model=directory(cell_file("model")),
+        model=directory(paths.cell_file("model")),
     log:
         "logs/finetune/{model}/{method}/{leaf}.log",
     benchmark:

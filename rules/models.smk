@@ -4,7 +4,7 @@
 
 rule init_model:
     input:
-        tokenizer="results/{model}/tokenizer",
+        tokenizer=paths.TOKENIZER,
     output:
         directory("results/{model}/init"),
     log:
@@ -26,7 +26,7 @@ rule pretrain:
         eval_sets=ancient("results/{model}/data/eval_sets.txt"),
         deepspeed=pretrain_deepspeed_config,
     output:
-        directory("results/{model}/pretrained"),
+        directory(paths.UNTUNED["scratch"]),
     log:
         "logs/pretrain/{model}.log",
     benchmark:
@@ -49,7 +49,7 @@ rule convert_gguf:
     input:
         gguf=gguf_file,
     output:
-        directory("results/{model}/hf"),
+        directory(paths.UNTUNED["gguf"]),
     log:
         "logs/convert_gguf/{model}.log",
     conda:
@@ -60,7 +60,7 @@ rule convert_gguf:
 
 rule fetch_hub:
     output:
-        directory("results/{model}/hub"),
+        directory(paths.UNTUNED["hub"]),
     log:
         "logs/fetch_hub/{model}.log",
     conda:

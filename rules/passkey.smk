@@ -7,8 +7,8 @@ rule passkey:
         data=eval_data_dir,
         tokenizer=tokenizer_dir,
     output:
-        table=cell_file("passkey.csv"),
-        provenance=cell_file("passkey.json"),
+        table=paths.cell_file("passkey.csv"),
+        provenance=paths.cell_file("passkey.json"),
     log:
         "logs/passkey/{model}/{method}/{leaf}.log",
     benchmark:

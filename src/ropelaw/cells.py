@@ -23,20 +23,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import PurePosixPath
 
 from ropelaw import UserError, methods
+from ropelaw.paths import CELL_DIR, EVAL_ROWS, LEAF_PATTERN, TRAIN_ROWS, cell_file
 
 UNTUNED = "untuned"
 # The identity and geometry columns that lead every row of a cell's result tables.
 TABLE_COLUMNS = ("model", "method", "base", "tune_len", "head_dim", "train_len", "orig_base", "eval_set")
-LEAF_PATTERN = r"base\d+_len\d+(?:_seed\d+)?"
-# Path patterns, formatted here and used as output patterns by the rules (the one spelling of each).
-CELL_DIR = "results/{model}/{method}/{leaf}"
-TRAIN_ROWS = "results/{model}/data/train_len{length}"
-EVAL_ROWS = "results/{model}/data/eval_len{length}"
-
-
-def cell_file(name: str) -> str:
-    """The output pattern of a file in a cell's folder (the rules' `output:`), e.g. cell_file("eval.csv")."""
-    return f"{CELL_DIR}/{name}"
 
 
 def leaf(base: int, tune_len: int, seed: int | None = None) -> str:
@@ -127,7 +118,7 @@ class Cell:
         if self.trains:
             return self.output("model")
         if self.kind in methods.ON_TUNED:
-            return CELL_DIR.format(model=self.model, method="base", leaf=self.leaf) + "/model"
+            return cell_file("model").format(model=self.model, method="base", leaf=self.leaf)
         return self.untuned_dir
 
     @property

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from ropelaw import UserError, lengths, methods, sources, theory
-from ropelaw.cells import TRAIN_ROWS, UNTUNED, Cell
+from ropelaw import UserError, lengths, methods, paths, sources, theory
+from ropelaw.cells import UNTUNED, Cell
 
 EMBEDDED_DIR = "resources/embedded"  # shards below it are built by the workflow (rule fetch_embedded)
 Key = tuple[str, str, int, int, "int | None"]  # model, method, base, tune_len, seed
@@ -63,16 +63,17 @@ def untuned_dir(cfg: dict, model: str) -> str:
     spec = cfg["models"][model]
     if spec["source"] == "hf_dir":
         return spec["path"]
-    return f"results/{model}/" + {"scratch": "pretrained", "gguf": "hf", "hub": "hub"}[spec["source"]]
+    return paths.UNTUNED[spec["source"]].format(model=model)
 
 
 def tokenizer_dir(cfg: dict, model: str) -> str:
     """The tokenizer a model's data is made with: trained here for a scratch model, else the model's own."""
-    return f"results/{model}/tokenizer" if cfg["models"][model]["source"] == "scratch" else untuned_dir(cfg, model)
+    scratch = cfg["models"][model]["source"] == "scratch"
+    return paths.TOKENIZER.format(model=model) if scratch else untuned_dir(cfg, model)
 
 
 def pretrain_rows_dir(cfg: dict, model: str) -> str:
-    return TRAIN_ROWS.format(model=model, length=cfg["models"][model]["train_len"])
+    return paths.TRAIN_ROWS.format(model=model, length=cfg["models"][model]["train_len"])
 
 
 # --- methods and their variants -----------------------------------------------------------------
