@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from ropelaw.config import Cell, resolve, training_args
+from ropelaw.config import resolve, training_args
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RULES = {"pretrain", "finetune", "evaluate", "passkey"}
@@ -164,8 +164,8 @@ def side_runs(slurm_scenario, profile, tmp_path_factory):
     config = yaml.safe_load((stopped / "config/config.yaml").read_text())
     config["finetune"].update(steps=40, logging_steps=1, checkpoint_every=100)  # no periodic checkpoint
     (stopped / "config/resume.yaml").write_text(yaml.safe_dump(config))
-    cfg, _ = resolve(config)
-    spec = training_args(cfg, Cell("mini", "base", 1000000, 64))
+    cfg, cells = resolve(config)
+    spec = training_args(cfg, next(c for c in cells if c.path == "results/mini/base/base1000000_len64"))
     (failing / "results/mini/pretrained/config.json").write_text("{ not json")
     log = stopped / "logs/finetune/mini/base/base1000000_len64.log"
     log.unlink()
