@@ -28,13 +28,13 @@ except UserError as err:
     sys.exit(f"ropelaw: config error: {err}")
 
 CELL_BY_KEY = index(CELLS)
-TRAINED = sorted({cell.method for cell in CELLS if cell.trains}) or ["base"]
+TRAINED = ruleargs.trained_pattern(CELLS)
 FIGURE_FORMATS = CFG["figures"]["formats"]
 
 
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9_.-]*",
-    method="|".join(grid.method_names(CFG)),
+    method=ruleargs.alternatives(grid.method_names(CFG)),
     leaf=paths.LEAF_PATTERN,
     length=r"\d+",
 

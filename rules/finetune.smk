@@ -16,7 +16,7 @@ rule finetune:
     benchmark:
         "benchmarks/finetune/{model}/{method}/{leaf}.tsv"
     wildcard_constraints:
-        method="|".join(TRAINED),
+        method=TRAINED,
     conda:
         "../envs/ropelaw.yaml"
     resources:

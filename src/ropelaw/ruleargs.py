@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 
 
@@ -51,3 +52,13 @@ def json_of(spec: dict) -> str:
 def folder_of_manifest(wildcards, output) -> str:
     """A params function: the folder of the rule's `manifest` output."""
     return os.path.dirname(output.manifest)
+
+
+def alternatives(names) -> str:
+    """A wildcard constraint matching exactly these names (variant names may hold '.')."""
+    return "|".join(re.escape(name) for name in names)
+
+
+def trained_pattern(cells) -> str:
+    """The `finetune` rule's {method} constraint: the methods of cells that train (base when none does)."""
+    return alternatives(sorted({cell.method for cell in cells if cell.trains}) or ["base"])
