@@ -91,7 +91,7 @@ def optional(path):
     return [path] if path else []
 
 
-# Per model.
+# Per model, then per cell.
 tokenizer_dir = per_model(grid.tokenizer_dir)
 untuned_model_input = per_model(grid.untuned_dir)
 pretrain_data = per_model(grid.pretrain_rows_dir)
@@ -106,7 +106,6 @@ pretrain_deepspeed_config = per_model(
 gguf_file = per_model(
     lambda cfg, model: str(locate_gguf(cfg["models"][model], f"models.{model}"))
 )
-# Per cell.
 cell_json = per_cell(Cell.to_json)
 cell_base = per_cell(attrgetter("base"))
 cell_model_dir = per_cell(attrgetter("model_dir"))
@@ -115,5 +114,6 @@ cell_train_data = per_cell(attrgetter("train_rows_dir"))
 eval_data_dir = per_cell(attrgetter("eval_rows_dir"))
 cell_eval_lengths = per_cell(lambda cell: list(cell.eval_lengths))
 finetune_spec = per_cell(lambda cell: ruleargs.json_of(cell.training))
+trained_method = per_cell(ruleargs.method_flag)
 deepspeed_config = per_cell(lambda cell: optional(cell.training["deepspeed"]))
 passkey_spec = per_cell(lambda cell: ruleargs.json_of(passkey_args(CFG, cell)))

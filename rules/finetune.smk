@@ -24,9 +24,10 @@ rule finetune:
     params:
         base=cell_base,
         spec=finetune_spec,
+        method=trained_method,
         launch=launcher,
         # Checkpoints live outside the declared output, so a re-run resumes from the newest one.
         checkpoints=cell_checkpoints,
     shell:
         "{params.launch} finetune --model {input.model:q} --data {input.data:q} --base {params.base} "
-        "--spec {params.spec:q} --checkpoints {params.checkpoints:q} --out {output.model:q} > {log:q} 2>&1"
+        "--spec {params.spec:q} {params.method} --checkpoints {params.checkpoints:q} --out {output.model:q} > {log:q} 2>&1"

@@ -184,3 +184,26 @@ def test_shell_metacharacters_in_a_shard_name_execute_nothing(tmp_path):
     manifest = json.loads((tmp_path / "results/mini/data/train_len64/manifest.json").read_text())
     assert manifest["n_sequences"] == 20 and manifest["seq_len"] == 64
     assert not list(tmp_path.rglob("PWNED")) and not (ROOT / "PWNED").exists()
+
+
+def test_a_split_variant_trains_and_carries_its_inv_freq(raw, tmp_path):
+    raw["methods"] = {"split8": {"kind": "split", "k": 8, "low_base": 500, "high": "rotate"}}
+    raw["grid"].append({"model": "mini", "method": "split8", "tune_lengths": [64], "bases": [1000000], "seeds": [3]})
+    _, cells = resolve(raw)
+    cell = _by_path(cells)["results/mini/split8/base1000000_len64_seed3"]
+    assert cell.trains and cell.model_dir == f"{cell.path}/model" and cell.training["seed"] == 3
+    spec = cell.method_spec()
+    expected = [(500 if n < 8 else 1e6) ** (-2 * n / 32) for n in range(16)]
+    assert spec.name == "split8" and spec.kind == "split" and spec.inv_freq == pytest.approx(expected, rel=1e-15)
+    raw["methods"]["split8"]["k"] = 16  # d/2: no longer a pair index
+    with pytest.raises(UserError, match=r"methods.split8.k"):
+        resolve(raw)
+    (tmp_path / "config").mkdir()
+    raw["methods"]["split8"]["k"] = 8
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "-p",
+                             "--cores", "1", f"{cell.path}/eval.csv"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(x for x in result.stdout.splitlines() if "--out results/mini/split8/base1000000_len64_seed3/model" in x)
+    sent = json.loads(line.split("--method ")[1].split(" --checkpoints")[0].strip("'"))
+    assert sent["inv_freq"] == pytest.approx(expected, rel=1e-15) and sent["name"] == "split8"

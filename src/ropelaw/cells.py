@@ -70,7 +70,7 @@ class Cell:
     eval_set: str = field(compare=False)
     """`data.eval.name`, printed on figures."""
     method_options: dict = field(compare=False)
-    """The method's options, defaults filled (`methods.<name>` without `kind`)."""
+    """The method's options (`methods.<name>` without `kind`), defaults filled (split's by `methods.resolve`)."""
     eval_lengths: tuple[int, ...] = field(compare=False)
     """Context lengths it is evaluated at (sorted; the longest picks its evaluation rows)."""
     untuned_dir: str = field(compare=False)
@@ -79,8 +79,8 @@ class Cell:
     """Resolved fine-tuning hyper-parameters (`ropelaw finetune --spec`) of a trained cell, else None."""
 
     def __post_init__(self) -> None:
-        if self.kind not in methods.NAMES:
-            raise UserError(f"cell {self.path}: kind {self.kind!r} is not a method; choose one of {', '.join(methods.NAMES)}")
+        if self.kind not in methods.KINDS:
+            raise UserError(f"cell {self.path}: kind {self.kind!r} is not a method; choose one of {', '.join(methods.KINDS)}")
         if not self.eval_lengths or list(self.eval_lengths) != sorted(set(self.eval_lengths)):
             raise UserError(f"cell {self.path}: eval_lengths {list(self.eval_lengths)} must be strictly increasing")
 
@@ -96,9 +96,10 @@ class Cell:
 
     def method_spec(self) -> methods.MethodSpec:
         """What the cell's method does to its model (resolved through its kind)."""
+        options = self.method_options if self.method == self.kind else {"kind": self.kind, **self.method_options}
         return methods.resolve(
-            self.kind, self.base, head_dim=self.head_dim, train_len=self.train_len,
-            tune_len=self.tune_len, options=self.method_options,
+            self.method, self.base, head_dim=self.head_dim, train_len=self.train_len,
+            tune_len=self.tune_len, orig_base=self.orig_base, options=options,
         )
 
     def columns(self) -> dict:

@@ -106,9 +106,11 @@ def check_variants(cfg: dict) -> None:
     for name, entry in variants(cfg).items():
         if name in methods.NAMES:
             raise UserError(f"config key 'methods.{name}': {name} is a built-in method; give the variant another name")
-        if entry["kind"] not in methods.NAMES or entry["kind"] == UNTUNED:
-            kinds = [k for k in methods.NAMES if k != UNTUNED]
+        if entry["kind"] not in methods.KINDS or entry["kind"] == UNTUNED:
+            kinds = [k for k in methods.KINDS if k != UNTUNED]
             raise UserError(f"config key 'methods.{name}.kind': {entry['kind']!r} is not a method; choose one of {', '.join(kinds)}")
+        if entry["kind"] not in methods.NAMES:
+            continue  # split checks its own options (methods.resolve)
         key = methods.options_key(entry["kind"])
         allowed = set(methods.DEFAULT_OPTIONS.get(key, {})) if key else set()
         stray = sorted(set(entry) - allowed - {"kind"})

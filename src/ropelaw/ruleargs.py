@@ -62,3 +62,9 @@ def alternatives(names) -> str:
 def trained_pattern(cells) -> str:
     """The `finetune` rule's {method} constraint: the methods of cells that train (base when none does)."""
     return alternatives(sorted({cell.method for cell in cells if cell.trains}) or ["base"])
+
+
+def method_flag(cell) -> str:
+    """`--method SPEC` for a trained cell whose rotation transformers cannot express (split); '' for base."""
+    spec = cell.method_spec()
+    return "" if spec.inv_freq is None else flag("--method", json.dumps(spec.to_json(), sort_keys=True))
