@@ -5,9 +5,11 @@ rule evaluate:
     input:
         model=cell_model_dir,
         data=eval_data_dir,
+        tokenizer=tokenizer_dir,
     output:
         table="results/{model}/{method}/base{base}_len{length}/eval.csv",
         provenance="results/{model}/{method}/base{base}_len{length}/eval.json",
+        docs="results/{model}/{method}/base{base}_len{length}/eval_docs.csv",
     log:
         "logs/evaluate/{model}/{method}/base{base}_len{length}.log",
     benchmark:
@@ -29,8 +31,11 @@ rule evaluate:
             else ""
         ),
         compile="--compile" if CFG["evaluation"]["compile"] else "",
+        convention=CFG["evaluation"]["convention"],
+        bos=str(CFG["evaluation"]["bos"]).lower(),
     shell:
         "ropelaw evaluate --model {input.model} --cell-json {params.cell:q} --eval-data {input.data} "
         "--lengths {params.lengths} --chunk-size {params.chunk} --batch-size {params.batch} "
         "--precision {params.precision} --attn-implementation {params.attn} {params.buckets} "
-        "{params.compile} --out {output.table} > {log} 2>&1"
+        "{params.compile} --tokenizer {input.tokenizer} --convention {params.convention} "
+        "--bos {params.bos} --out {output.table} > {log} 2>&1"

@@ -153,7 +153,30 @@ def prepare_eval(
     return info
 
 
+def read_eval_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a `ropelaw prepare-eval` folder, checked: a missing or damaged one is a UserError."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"--eval-data {directory}: no such folder; run `ropelaw prepare-eval` (rule prepare_eval) first")
+    try:
+        info = read_manifest(directory)
+    except (ValueError, UnicodeDecodeError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(f"{directory}/manifest.json: not valid JSON ({err}); delete {directory} and re-run prepare-eval") from None
+    kinds = {"n_docs": int, "length": int, "dtype": str}
+    bad = [k for k, kind in kinds.items() if not isinstance(info, dict) or not isinstance(info.get(k), kind)]
+    if bad:
+        raise UserError(f"{directory}/manifest.json: {bad} missing or mistyped; delete {directory} and re-run prepare-eval")
+    return info
+
+
 def load_eval_docs(directory: str | Path) -> np.memmap:
     """The rows of a `ropelaw prepare-eval` folder, as a read-only memmap [n_docs, length]."""
-    info = read_manifest(directory)
+    info = read_eval_manifest(directory)
+    try:
+        np.dtype(info["dtype"])
+    except TypeError:
+        raise UserError(f"{directory}/manifest.json: dtype {info['dtype']!r} is not a numpy dtype; "
+                        f"delete {directory} and re-run prepare-eval") from None
     return read_token_matrix(Path(directory) / "docs.bin", info["n_docs"], info["length"], info["dtype"])

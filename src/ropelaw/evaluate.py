@@ -16,6 +16,7 @@ row, plus a JSON sidecar with provenance (inv_freq in effect, checksums).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -51,19 +52,63 @@ def load_cell_model(model_dir, cell: dict, *, precision: str, attn_implementatio
     return model, inv_freq
 
 
-def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch_size, precision, attn_implementation,
-                  bucket_edges=None, compile=False):
+def check_out(out, flag: str = "--out") -> Path:
+    """Refuse an output path that cannot be written, before any model is loaded."""
+    out = Path(out)
+    parent = out.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {out}: the folder {parent} does not exist; create it or choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: the folder {parent} is not writable; choose a writable path")
+    if out.is_dir():
+        raise UserError(f"{flag} {out}: is a folder; give a file path such as {out}/eval.csv")
+    return out
+
+
+def docs_path(out) -> Path:
+    """eval.csv -> eval_docs.csv: the per-document segment sums beside the table."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_docs.csv")
+
+
+def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, **kwargs):
+    """(table, sidecar) of one cell; `evaluate_cell_docs` also gives the per-document sums."""
+    table, _, sidecar = evaluate_cell_docs(model_dir, cell, eval_dir, lengths, **kwargs)
+    return table, sidecar
+
+
+def _scoring(tokenizer_dir, convention: str, bos: str):
+    """(Scoring, TokenText or None, tokenizer identity or None) of the evaluation's tokenizer."""
+    from ropelaw.scoring import Scoring
+    from ropelaw.tokentext import TokenText
+
+    if tokenizer_dir is None:
+        if convention != "ropelaw" or bos == "true":
+            raise UserError(f"--tokenizer is needed for convention {convention} and bos {bos}")
+        return Scoring(convention), None, None
+    from ropelaw.data import load_tokenizer
+
+    tokenizer, identity = load_tokenizer(tokenizer_dir)
+    return Scoring.for_tokenizer(convention, bos, tokenizer), TokenText.from_tokenizer(tokenizer, len(tokenizer)), identity
+
+
+def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch_size, precision,
+                       attn_implementation, bucket_edges=None, compile=False, tokenizer_dir=None,
+                       convention="ropelaw", bos="auto"):
+    """(table, per-document segment sums, sidecar) of one cell (`ropelaw.scoring`)."""
     import torch
 
     from ropelaw.evaldata import load_eval_docs
     from ropelaw.models import compile_layers
-    from ropelaw.perplexity import evaluate_docs, length_dependent_rope
+    from ropelaw.perplexity import length_dependent_rope
+    from ropelaw.scoring import evaluate_docs, row_tokens_needed, segment_edges
 
     docs = load_eval_docs(eval_dir)
-    if docs.shape[1] < max(lengths):
+    scoring, text, tokenizer_identity = _scoring(tokenizer_dir, convention, bos)
+    if docs.shape[1] < row_tokens_needed(max(lengths), scoring):
         raise UserError(
             f"{eval_dir} holds documents of {docs.shape[1]} tokens, fewer than the longest "
-            f"evaluation length {max(lengths)}; rebuild it (rule prepare_eval)"
+            f"evaluation length {max(lengths)} needs; rebuild it (rule prepare_eval)"
         )
     model, inv_freq = load_cell_model(model_dir, cell, precision=precision, attn_implementation=attn_implementation)
     device = next(model.parameters()).device.type
@@ -76,9 +121,9 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
     one_pass = not length_dependent_rope(model)
     spec = cell_method(cell)
     assert one_pass != spec.length_dependent, "the model's rope type disagrees with its method"
-    table = evaluate_docs(
-        model, docs, lengths, one_pass=one_pass, chunk_size=chunk_size, buckets=bucket_edges, batch_size=batch_size,
-        compiled=compile,
+    table, doc_sums = evaluate_docs(
+        model, docs, lengths, scoring=scoring, text=text, train_len=cell["train_len"], one_pass=one_pass,
+        chunk_size=chunk_size, buckets=bucket_edges, batch_size=batch_size, compiled=compile,
     )
     seconds = time.perf_counter() - started
     # The peak over the whole evaluation, weights included (GiB; null on CPU).
@@ -86,6 +131,7 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
     if device == "cuda":
         peak = {"peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
                 "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+    table.insert(0, "convention", scoring.convention)
     for key in reversed(CELL_KEYS):
         table.insert(0, key, cell[key])
     sidecar = provenance.manifest(
@@ -95,6 +141,11 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
         model_manifest_sha256=provenance.sha256_if_exists(Path(model_dir) / "ropelaw_manifest.json"),
         eval_manifest_sha256=provenance.sha256_file(Path(eval_dir) / "manifest.json"),
         lengths=list(lengths),
+        convention=scoring.convention,
+        bos=bos,
+        prefix_token_id=scoring.prefix_id,
+        tokenizer=tokenizer_identity,
+        segment_edges=segment_edges(lengths, scoring, cell["train_len"]),
         method=spec.to_json(),
         one_pass=one_pass,
         chunk_size=chunk_size,
@@ -107,8 +158,7 @@ def evaluate_cell(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch
         inv_freq=inv_freq.tolist(),
         inv_freq_sha256=rope.inv_freq_digest(inv_freq),
     )
-    return table, sidecar
-
+    return table, doc_sums, sidecar
 
 
 def add_cell_arguments(parser) -> None:
@@ -132,22 +182,45 @@ def parse_cell(text: str) -> dict:
 def add_arguments(parser) -> None:
     add_cell_arguments(parser)
     parser.add_argument("--eval-data", required=True, help="evaluation directory (ropelaw prepare-eval)")
-    parser.add_argument("--lengths", required=True, type=int, nargs="+", help="context lengths")
+    parser.add_argument("--tokenizer", required=True, help="the tokenizer of the rows: bytes, words and BOS")
+    parser.add_argument("--lengths", required=True, type=int, nargs="+", help="context lengths, increasing")
     parser.add_argument("--chunk-size", type=int, default=4096, help="positions per lm_head chunk")
     parser.add_argument("--bucket-edges", type=int, nargs="*", default=None, help="position-bucket edges")
     parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (evaluation.compile)")
+    parser.add_argument("--convention", default="ropelaw", choices=["ropelaw", "yarn", "lm_eval"],
+                        help="evaluation.convention (ropelaw.scoring)")
+    parser.add_argument("--bos", default="auto", choices=["auto", "true", "false"], help="evaluation.bos")
+
+
+def check_arguments(args) -> None:
+    """Every argument that can be checked without loading anything (the CLI runs this first)."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: use 1 or more (evaluation.batch_size)")
+    if getattr(args, "chunk_size", 1) < 1:
+        raise UserError(f"--chunk-size {args.chunk_size}: use 1 or more positions (evaluation.chunk_size)")
+    lengths = getattr(args, "lengths", [2])
+    if lengths != sorted(set(lengths)) or lengths[0] < 2:
+        raise UserError(f"--lengths {lengths}: use strictly increasing lengths of 2 or more (evaluation.lengths)")
+    edges = getattr(args, "bucket_edges", None) or []
+    if edges and (edges != sorted(set(edges)) or edges[0] < 0):
+        raise UserError(f"--bucket-edges {edges}: use strictly increasing edges from 0 (evaluation.bucket_edges)")
+    check_out(args.out)
 
 
 def run(args) -> None:
+    check_arguments(args)
     cell = parse_cell(args.cell_json)
-    table, sidecar = evaluate_cell(
+    table, doc_sums, sidecar = evaluate_cell_docs(
         args.model, cell, args.eval_data, args.lengths,
         chunk_size=args.chunk_size, batch_size=args.batch_size, precision=args.precision,
         attn_implementation=args.attn_implementation, bucket_edges=args.bucket_edges or None, compile=args.compile,
+        tokenizer_dir=args.tokenizer, convention=args.convention, bos=args.bos,
     )
     out = Path(args.out)
+    with provenance.atomic_path(docs_path(out)) as tmp:
+        doc_sums.to_csv(tmp, index=False)
     with provenance.atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
     provenance.write_json(out.with_suffix(".json"), sidecar)
     prefix = table[table.scope == "prefix"]
-    print(prefix[["end", "ppl", "accuracy"]].to_string(index=False))
+    print(prefix[["end", "ppl", "accuracy", "bits_per_byte", "word_ppl"]].to_string(index=False))
