@@ -23,8 +23,9 @@ rule passkey:
         batch=CFG["evaluation"]["batch_size"],
         precision=CFG["evaluation"]["precision"],
         attn=CFG["evaluation"]["attn_implementation"],
+        bos=str(CFG["evaluation"]["bos"]).lower(),
     shell:
         "ropelaw passkey --model {input.model} --cell-json {params.cell:q} --eval-data {input.data} "
         "--tokenizer {input.tokenizer} --spec {params.spec:q} --batch-size {params.batch} "
         "--precision {params.precision} --attn-implementation {params.attn} "
-        "--out {output.table} > {log} 2>&1"
+        "--bos {params.bos} --out {output.table} > {log} 2>&1"

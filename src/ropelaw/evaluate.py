@@ -16,7 +16,7 @@ row, plus a JSON sidecar with provenance (inv_freq in effect, checksums).
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,15 +53,17 @@ def load_cell_model(model_dir, cell: dict, *, precision: str, attn_implementatio
 
 
 def check_out(out, flag: str = "--out") -> Path:
-    """Refuse an output path that cannot be written, before any model is loaded."""
+    """Refuse an output path that cannot be written, before any model is loaded: its folder is
+    created if missing (as the final write would) and a scratch file is written there and removed."""
     out = Path(out)
-    parent = out.parent
-    if not parent.is_dir():
-        raise UserError(f"{flag} {out}: the folder {parent} does not exist; create it or choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out}: the folder {parent} is not writable; choose a writable path")
     if out.is_dir():
         raise UserError(f"{flag} {out}: is a folder; give a file path such as {out}/eval.csv")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag} {out}: cannot write in {out.parent} ({err.strerror}); choose a writable path") from None
     return out
 
 
