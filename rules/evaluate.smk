@@ -33,9 +33,14 @@ rule evaluate:
         compile="--compile" if CFG["evaluation"]["compile"] else "",
         convention=CFG["evaluation"]["convention"],
         bos=str(CFG["evaluation"]["bos"]).lower(),
+        budget=(
+            f"--memory-budget-gib {CFG['evaluation']['memory_budget_gib']}"
+            if CFG["evaluation"]["memory_budget_gib"]
+            else ""
+        ),
     shell:
         "ropelaw evaluate --model {input.model} --cell-json {params.cell:q} --eval-data {input.data} "
         "--lengths {params.lengths} --chunk-size {params.chunk} --batch-size {params.batch} "
         "--precision {params.precision} --attn-implementation {params.attn} {params.buckets} "
         "{params.compile} --tokenizer {input.tokenizer} --convention {params.convention} "
-        "--bos {params.bos} --out {output.table} > {log} 2>&1"
+        "--bos {params.bos} {params.budget} --out {output.table} > {log} 2>&1"

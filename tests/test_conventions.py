@@ -191,3 +191,19 @@ def test_cli_writes_doc_sums_that_add_up_to_the_table(kit, tmp_path):
         assert prefix.loc[n, "bits_per_byte"] == pytest.approx(
             prefix.loc[n, "nll_sum"] / prefix.loc[n, "bytes"] / math.log(2), rel=1e-12)
     assert np.isfinite(prefix.word_ppl).all()
+
+
+def test_cli_auto_chunk_is_recorded_and_changes_no_number(kit, tmp_path):
+    tables = {}
+    for chunk in ("auto", "16"):
+        out = tmp_path / chunk / "eval.csv"
+        assert main(["evaluate", "--model", str(kit.model_dir), "--cell-json", cell_json(), "--eval-data",
+                     str(kit.eval_dir), "--tokenizer", str(kit.tokenizer_dir), "--lengths", "64", str(ROW),
+                     "--chunk-size", chunk, "--memory-budget-gib", "1", "--precision", "fp32", "--out", str(out)]) == 0
+        tables[chunk] = pd.read_csv(out)
+        sidecar = json.loads(out.with_suffix(".json").read_text())
+        assert sidecar["chunk_size"] == (ROW if chunk == "auto" else 16)
+    assert sidecar["chunking"]["reason"] == "fixed by evaluation.chunk_size"
+    auto = json.loads((tmp_path / "auto" / "eval.json").read_text())["chunking"]
+    assert auto["budget_source"] == "evaluation.memory_budget_gib" and auto["budget_bytes"] == 2**30
+    np.testing.assert_allclose(tables["auto"].nll_sum, tables["16"].nll_sum, rtol=1e-6)

@@ -96,10 +96,11 @@ def _scoring(tokenizer_dir, convention: str, bos: str):
 
 def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch_size, precision,
                        attn_implementation, bucket_edges=None, compile=False, tokenizer_dir=None,
-                       convention="ropelaw", bos="auto"):
+                       convention="ropelaw", bos="auto", memory_budget_gib=None):
     """(table, per-document segment sums, sidecar) of one cell (`ropelaw.scoring`)."""
     import torch
 
+    from ropelaw.chunking import choose_chunk
     from ropelaw.evaldata import load_eval_docs
     from ropelaw.models import compile_layers
     from ropelaw.perplexity import length_dependent_rope
@@ -123,9 +124,10 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
     one_pass = not length_dependent_rope(model)
     spec = cell_method(cell)
     assert one_pass != spec.length_dependent, "the model's rope type disagrees with its method"
+    chunk, chunking = choose_chunk(model, max(lengths), min(batch_size, len(docs)), chunk_size, memory_budget_gib)
     table, doc_sums = evaluate_docs(
         model, docs, lengths, scoring=scoring, text=text, train_len=cell["train_len"], one_pass=one_pass,
-        chunk_size=chunk_size, buckets=bucket_edges, batch_size=batch_size, compiled=compile,
+        chunk_size=chunk, buckets=bucket_edges, batch_size=batch_size, compiled=compile,
     )
     seconds = time.perf_counter() - started
     # The peak over the whole evaluation, weights included (GiB; null on CPU).
@@ -150,7 +152,8 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
         segment_edges=segment_edges(lengths, scoring, cell["train_len"]),
         method=spec.to_json(),
         one_pass=one_pass,
-        chunk_size=chunk_size,
+        chunk_size=chunk,
+        chunking=chunking,
         dtype=str(next(model.parameters()).dtype),
         attn_implementation=attn_implementation,
         compiled=compile,
@@ -181,12 +184,24 @@ def parse_cell(text: str) -> dict:
     return cell
 
 
+def positions_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--chunk-size {text}: use auto or a number of positions (evaluation.chunk_size)") from None
+
+
 def add_arguments(parser) -> None:
     add_cell_arguments(parser)
     parser.add_argument("--eval-data", required=True, help="evaluation directory (ropelaw prepare-eval)")
     parser.add_argument("--tokenizer", required=True, help="the tokenizer of the rows: bytes, words and BOS")
     parser.add_argument("--lengths", required=True, type=int, nargs="+", help="context lengths, increasing")
-    parser.add_argument("--chunk-size", type=int, default=4096, help="positions per lm_head chunk")
+    parser.add_argument("--chunk-size", type=positions_or_auto, default="auto",
+                        help="positions per chunk of the MLPs and lm_head, or auto (ropelaw.chunking)")
+    parser.add_argument("--memory-budget-gib", type=float, default=None,
+                        help="memory the auto chunk may plan for (evaluation.memory_budget_gib)")
     parser.add_argument("--bucket-edges", type=int, nargs="*", default=None, help="position-bucket edges")
     parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (evaluation.compile)")
     parser.add_argument("--convention", default="ropelaw", choices=["ropelaw", "yarn", "lm_eval"],
@@ -198,7 +213,7 @@ def check_arguments(args) -> None:
     """Every argument that can be checked without loading anything (the CLI runs this first)."""
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: use 1 or more (evaluation.batch_size)")
-    if getattr(args, "chunk_size", 1) < 1:
+    if getattr(args, "chunk_size", "auto") != "auto" and args.chunk_size < 1:
         raise UserError(f"--chunk-size {args.chunk_size}: use 1 or more positions (evaluation.chunk_size)")
     lengths = getattr(args, "lengths", [2])
     if lengths != sorted(set(lengths)) or lengths[0] < 2:
@@ -217,6 +232,7 @@ def run(args) -> None:
         chunk_size=args.chunk_size, batch_size=args.batch_size, precision=args.precision,
         attn_implementation=args.attn_implementation, bucket_edges=args.bucket_edges or None, compile=args.compile,
         tokenizer_dir=args.tokenizer, convention=args.convention, bos=args.bos,
+        memory_budget_gib=args.memory_budget_gib,
     )
     out = Path(args.out)
     with provenance.atomic_path(docs_path(out)) as tmp:
