@@ -1,16 +1,20 @@
-"""Evaluate one cell: perplexity and next-token accuracy at every context length.
+"""Evaluate one cell: perplexity, accuracy, bits per byte and word perplexity at every context length.
 
-    ropelaw evaluate --model DIR --cell-json '{"base": 500000, ...}' \
-        --eval-data DIR --lengths 4096 8192 ... --out results/.../eval.csv
+    ropelaw evaluate --model DIR --cell-json '{"base": 500000, ...}' --eval-data DIR --tokenizer DIR \
+        --lengths 4096 8192 ... [--convention ropelaw|yarn|lm_eval] [--bos auto|true|false] \
+        [--chunk-size auto|N] --out results/.../eval.csv
 
 The cell's method (`ropelaw.methods`: a fine-tuned base, or a training-free
 way of extending RoPE applied to the untuned model) is applied as the model
 loads. One forward per document at the longest length gives every shorter
 length from its prefix (valid for position-only RoPE; see `ropelaw.perplexity`);
 a length-dependent method (dynamic NTK) gets one forward per length instead.
-The output is one tidy CSV per cell (rows: scope 'prefix' per length, scope
-'bucket' per position bucket) with the cell's identity and geometry on every
-row, plus a JSON sidecar with provenance (inv_freq in effect, checksums).
+How positions are scored, the conventions and the BOS policy are `ropelaw.scoring`'s; the
+chunk of the long forward is chosen by `ropelaw.chunking`. Outputs, all beside `--out`:
+eval.csv (rows: scope 'prefix' per length, scope 'bucket' per position bucket, with the cell's
+identity and the convention on every row), eval_docs.csv (per-document segment sums, whose
+sums are eval.csv's prefix rows) and eval.json (provenance: inv_freq in effect, checksums,
+convention, BOS, chunking). Every argument and input file is checked before the model loads.
 """
 
 from __future__ import annotations
@@ -94,6 +98,28 @@ def _scoring(tokenizer_dir, convention: str, bos: str):
     return Scoring.for_tokenizer(convention, bos, tokenizer), TokenText.from_tokenizer(tokenizer, len(tokenizer)), identity
 
 
+def _rows(eval_dir, lengths, scoring):
+    """The evaluation rows, refused when they are too short for the longest window."""
+    from ropelaw.evaldata import load_eval_docs
+    from ropelaw.scoring import row_tokens_needed
+
+    docs = load_eval_docs(eval_dir)
+    if docs.shape[1] < row_tokens_needed(max(lengths), scoring):
+        raise UserError(f"{eval_dir} holds documents of {docs.shape[1]} tokens, fewer than the longest "
+                        f"evaluation length {max(lengths)} needs; rebuild it (rule prepare_eval)")
+    return docs
+
+
+def _device_and_peak(device: str) -> dict:
+    """The device's name and the peak memory over the whole evaluation, weights included (GiB; null on CPU)."""
+    if device != "cuda":
+        return {"device": device, "peak_allocated_gib": None, "peak_reserved_gib": None}
+    import torch
+
+    return {"device": torch.cuda.get_device_name(), "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+
+
 def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch_size, precision,
                        attn_implementation, bucket_edges=None, compile=False, tokenizer_dir=None,
                        convention="ropelaw", bos="auto", memory_budget_gib=None):
@@ -101,18 +127,12 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
     import torch
 
     from ropelaw.chunking import choose_chunk
-    from ropelaw.evaldata import load_eval_docs
     from ropelaw.models import compile_layers
     from ropelaw.perplexity import length_dependent_rope
-    from ropelaw.scoring import evaluate_docs, row_tokens_needed, segment_edges
+    from ropelaw.scoring import evaluate_docs, segment_edges
 
-    docs = load_eval_docs(eval_dir)
     scoring, text, tokenizer_identity = _scoring(tokenizer_dir, convention, bos)
-    if docs.shape[1] < row_tokens_needed(max(lengths), scoring):
-        raise UserError(
-            f"{eval_dir} holds documents of {docs.shape[1]} tokens, fewer than the longest "
-            f"evaluation length {max(lengths)} needs; rebuild it (rule prepare_eval)"
-        )
+    docs = _rows(eval_dir, lengths, scoring)
     model, inv_freq = load_cell_model(model_dir, cell, precision=precision, attn_implementation=attn_implementation)
     device = next(model.parameters()).device.type
     if compile:
@@ -130,11 +150,6 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
         chunk_size=chunk, buckets=bucket_edges, batch_size=batch_size, compiled=compile,
     )
     seconds = time.perf_counter() - started
-    # The peak over the whole evaluation, weights included (GiB; null on CPU).
-    peak = {"peak_allocated_gib": None, "peak_reserved_gib": None}
-    if device == "cuda":
-        peak = {"peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-                "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
     table.insert(0, "convention", scoring.convention)
     for key in reversed(CELL_KEYS):
         table.insert(0, key, cell[key])
@@ -157,9 +172,8 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
         dtype=str(next(model.parameters()).dtype),
         attn_implementation=attn_implementation,
         compiled=compile,
-        device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
         seconds=seconds,
-        **peak,
+        **_device_and_peak(device),
         inv_freq=inv_freq.tolist(),
         inv_freq_sha256=rope.inv_freq_digest(inv_freq),
     )
