@@ -85,7 +85,11 @@ def test_memory_costs_follow_the_model_shape():
     # float64: 8 bytes; d=48, heads 6 + 2 x 2 kv heads of 8 dims, I=80, V=61, batch 2, length 100.
     fixed, per_position = memory_costs(tiny_gqa_llama(), 100, 2)
     assert fixed == 2 * 100 * (5 * 48 + (6 + 2 * 2) * 8) * 8
-    assert per_position == 2 * max((3 * 80 + 48) * 8, 61 * (8 + 8))
+    assert per_position == 2 * (3 * 80 + 48) * 8  # the MLP's activations outweigh 61 logits
+    wide = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=3000, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        head_dim=8)).to(torch.bfloat16)
+    assert memory_costs(wide, 100, 1)[1] == 3000 * (2 + 8)  # bf16 logits, float32 logits and log-softmax
 
 
 def test_auto_chunk_follows_the_budget():
