@@ -207,3 +207,26 @@ def test_cli_auto_chunk_is_recorded_and_changes_no_number(kit, tmp_path):
     auto = json.loads((tmp_path / "auto" / "eval.json").read_text())["chunking"]
     assert auto["budget_source"] == "evaluation.memory_budget_gib" and auto["budget_bytes"] == 2**30
     np.testing.assert_allclose(tables["auto"].nll_sum, tables["16"].nll_sum, rtol=1e-6)
+
+
+def test_sentencepiece_bytes_count_byte_fallback_and_the_word_marker():
+    """LLaMA-style: `▁` is a space, `<0xNN>` one byte; the text's own bytes plus the marker's leading space."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyz", "▁t", "he", "▁the"]:
+        vocab[piece] = len(vocab)
+    model = models.BPE(vocab, [("▁", "t"), ("h", "e"), ("▁t", "he")], unk_token="<unk>", byte_fallback=True)
+    backend = Tokenizer(model)
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    sample = "the café of naïve 漢 words"
+    ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    assert any(tokenizer.convert_ids_to_tokens(i).startswith("<0x") for i in ids), "byte fallback must be exercised"
+    pieces = raw_bytes(tokenizer, len(tokenizer))
+    assert b"".join(pieces[i] for i in ids) == b" " + sample.encode("utf-8")
+    assert tokenizer.decode(ids) == sample and pieces[1] == pieces[2] == b""
+    assert TokenText.from_bytes(pieces).word_starts([ids]).sum() == len(sample.split())
