@@ -167,6 +167,10 @@ def test_bos_policy_follows_the_tokenizer(kit):
     assert adds_bos(adding) and bos_id(adding, "auto") == adding.bos_token_id
     with pytest.raises(UserError, match="evaluation.bos"):
         Scoring.for_tokenizer("yarn", "false", tokenizer)
+    # YaRN's main() adds the start token only when the tokenizer has one.
+    adding.bos_token = None
+    assert Scoring.for_tokenizer("yarn", "auto", adding).prefix_id is None
+    assert Scoring.for_tokenizer("lm_eval", "auto", adding).prefix_id == adding.eos_token_id
 
 
 def test_cli_writes_doc_sums_that_add_up_to_the_table(kit, tmp_path):

@@ -12,9 +12,11 @@ position 0 is never a target. A window of L tokens is s[0..L-1].
 Conventions (`evaluation.convention`):
 - `ropelaw`: a window of L tokens scores its L-1 predictions, positions 1..L-1; BOS per
   `evaluation.bos` (auto: as the tokenizer encodes a text).
-- `yarn`: YaRN's `compute_perplexity` in truncate mode (add_start_token=True): every row cut to
-  L-1 tokens, BOS prepended, the L-1 row tokens scored, ppl = exp(mean over rows of each row's
-  mean NLL). Rows have equal lengths, so that is exp(sum NLL / sum tokens) here. BOS is required.
+- `yarn`: YaRN's `compute_perplexity` in truncate mode, as its `main` calls it (add_start_token
+  = the tokenizer has a bos_token): every row cut to L-1 tokens, BOS prepended, the L-1 row
+  tokens scored; without a bos_token, the row cut to L tokens and its L-1 predictions scored.
+  ppl = exp(mean over rows of each row's mean NLL); rows have equal lengths, so that is
+  exp(sum NLL / sum tokens) here. Rows are tokenized without special tokens, as YaRN does.
 - `lm_eval`: lm-evaluation-harness's `loglikelihood_rolling` with max_length L on a document of
   the row's first L tokens: one window [prefix] + row[0..L-2] scoring all L row tokens, positions
   1..L of s (the last one beyond the window); prefix = BOS, or EOS when there is none.
@@ -65,8 +67,8 @@ class Scoring:
     def __post_init__(self):
         if self.convention not in CONVENTIONS:
             raise UserError(f"evaluation.convention: {self.convention!r} is not one of {list(CONVENTIONS)}")
-        if self.convention != "ropelaw" and self.prefix_id is None:
-            raise UserError(f"evaluation.convention: {self.convention} prepends a BOS token; the tokenizer has none")
+        if self.convention == "lm_eval" and self.prefix_id is None:
+            raise UserError("evaluation.convention: lm_eval prepends BOS (or EOS); the tokenizer has neither")
 
     @property
     def extra(self) -> int:
