@@ -234,3 +234,23 @@ def test_sentencepiece_bytes_count_byte_fallback_and_the_word_marker():
     assert b"".join(pieces[i] for i in ids) == b" " + sample.encode("utf-8")
     assert tokenizer.decode(ids) == sample and pieces[1] == pieces[2] == b""
     assert TokenText.from_bytes(pieces).word_starts([ids]).sum() == len(sample.split())
+
+
+def test_the_chosen_chunk_reaches_the_forward(kit):
+    """evaluate_cell_docs runs the MLPs in slices of the chunk it records (a global forward hook sees them)."""
+    from ropelaw.evaluate import evaluate_cell_docs
+
+    seen = []
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Linear) and module.out_features == 64:  # gate/up projections (intermediate 64)
+            seen.append(args[0].shape[1])
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        _, _, sidecar = evaluate_cell_docs(kit.model_dir, json.loads(cell_json()), kit.eval_dir, [ROW], chunk_size=24,
+                                           batch_size=1, precision="fp32", attn_implementation="sdpa",
+                                           tokenizer_dir=kit.tokenizer_dir)
+    finally:
+        handle.remove()
+    assert sidecar["chunk_size"] == 24 and set(seen) == {24, ROW % 24}  # the window of ROW tokens, in slices
