@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from ropelaw import UserError
 from ropelaw.pile import Document, check_shards, iter_documents
-from ropelaw.provenance import atomic_path, manifest, sha256_file, write_json
+from ropelaw.manifests import PackManifest
+from ropelaw.provenance import atomic_path, sha256_file
 
 BATCH_DOCS = 64  # documents per tokenizer call
 BATCH_CHARS = 1 << 23  # ... or fewer, when they are long (bounds memory on Books3)
@@ -175,7 +176,7 @@ def pack(
                 f"{key}: the shards {[str(p) for p in paths]} give only {n_tokens_read} tokens, fewer than "
                 f"one sequence of {seq_len} (seq_len); add shards or subsets, or lower the tuning length"
             )
-        info = manifest(
+        info = PackManifest(
             n_sequences=n_rows,
             seq_len=seq_len,
             dtype=dtype.str,
@@ -188,22 +189,27 @@ def pack(
             shards={str(p): sha256_file(p) for p in paths},
             tokenizer=identity,
             tokens_bin_sha256=sha256_file(tmp / "tokens.bin"),
-        )
-        write_json(tmp / "manifest.json", info)
-    return info
+        ).write(tmp)
+    return info.to_dict()
 
 
 def load_packed(directory: str | Path) -> np.memmap:
     """The packed sequences of a `ropelaw pack` folder, as a read-only memmap [n, seq_len]."""
-    info = read_manifest(directory)
-    return read_token_matrix(Path(directory) / "tokens.bin", info["n_sequences"], info["seq_len"], info["dtype"])
+    info = PackManifest.read(directory)
+    return read_token_matrix(Path(directory) / "tokens.bin", info.n_sequences, info.seq_len, info.dtype)
 
 
 class PackedDataset(torch.utils.data.Dataset):
-    """Rows of a `ropelaw pack` folder as {"input_ids", "labels"} (labels = inputs; the model shifts)."""
+    """Rows of a `ropelaw pack` folder as {"input_ids", "labels"} (labels = inputs; the model shifts).
 
-    def __init__(self, directory: str | Path):
+    `n_rows` keeps only the first rows (the training plan trims an epoch to whole global batches).
+    """
+
+    def __init__(self, directory: str | Path, n_rows: int | None = None):
         self.rows = load_packed(directory)
+        if n_rows is not None:
+            assert 0 < n_rows <= len(self.rows), (n_rows, len(self.rows))
+            self.rows = self.rows[:n_rows]
 
     def __len__(self) -> int:
         return len(self.rows)
