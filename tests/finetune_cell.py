@@ -61,7 +61,10 @@ def finetune(cell: Path, name: str, spec: dict | None = None, ckpt: str | None =
     """`ropelaw finetune` of the cell into cell/name (checkpoints in cell/`ckpt`); returns the exit status."""
     from ropelaw.cli import main
 
-    return main(finetune_args(cell, name, spec, ckpt))
+    try:
+        return main(finetune_args(cell, name, spec, ckpt))
+    except SystemExit as stop:  # what the process would exit with (75: stopped by SIGUSR1)
+        return stop.code
 
 
 def manifest(cell: Path, name: str) -> dict:
