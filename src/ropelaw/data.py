@@ -27,6 +27,7 @@ from ropelaw import UserError
 from ropelaw.pile import Document, check_shards, iter_documents
 from ropelaw.manifests import PackManifest
 from ropelaw.provenance import atomic_path, sha256_file
+from ropelaw.tokenizer import check_trained
 
 BATCH_DOCS = 64  # documents per tokenizer call
 BATCH_CHARS = 1 << 23  # ... or fewer, when they are long (bounds memory on Books3)
@@ -58,6 +59,7 @@ def load_tokenizer(path: str | Path):
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"{path}: not a tokenizer folder with tokenizer.json; run `ropelaw train-tokenizer` "
                         "or point to a model's folder")
+    check_trained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.eos_token_id is None:
         raise UserError(f"{path}: the tokenizer has no eos_token; set it in tokenizer_config.json")
