@@ -35,13 +35,14 @@ def chunked_causal_lm_loss(
     lm_head: torch.nn.Module,
     labels_bt: torch.Tensor,
     num_items_in_batch: torch.Tensor | int | None = None,
-    chunk_tokens: int = CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy of `labels_bt` given the last hidden states, as transformers defines
     it: position p predicts labels[p + 1]; the sum over targets is divided by `num_items_in_batch` when
     given (the Trainer's count over the accumulated micro-batches), else by this batch's target count."""
     targets_n = F.pad(labels_bt, (0, 1), value=IGNORE)[..., 1:].reshape(-1).to(hidden_bth.device)
     hidden_nh = hidden_bth.reshape(-1, hidden_bth.shape[-1])
+    chunk_tokens = chunk_tokens or CHUNK_TOKENS
     total = hidden_nh.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden_nh.shape[0], chunk_tokens):
         piece = slice(start, start + chunk_tokens)
@@ -53,10 +54,11 @@ def chunked_causal_lm_loss(
     return total / num_items_in_batch
 
 
-def install_chunked_loss(model, chunk_tokens: int = CHUNK_TOKENS) -> None:
+def install_chunked_loss(model, chunk_tokens: int | None = None) -> None:
     """Make `model(...)` with labels return the chunked loss (and no logits); without labels it is unchanged.
 
     Set on the instance before the Trainer wraps it, so DDP and DeepSpeed call it as the forward.
+    `chunk_tokens` defaults to CHUNK_TOKENS (read at each call).
     """
     decoder, lm_head, plain = model.get_decoder(), model.get_output_embeddings(), model.forward
 
