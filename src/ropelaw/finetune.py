@@ -35,10 +35,12 @@ from ropelaw.trainer import StopOnSignal, fused_adamw, mean_step_loss
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint saved; run again to resume
 
 
-def run_identity(base: float, spec: TrainSpec, world_size: int, model_dir: str, data_dir: str) -> dict:
-    """What a checkpoint must share with this run to be resumed: base, spec, world size, model and data."""
+def run_identity(method_spec: methods.MethodSpec, spec: TrainSpec, world_size: int, model_dir: str,
+                 data_dir: str) -> dict:
+    """What a checkpoint must share with this run to be resumed: method and base, spec, world size, model, data."""
     return {
-        "base": base,
+        "base": method_spec.base,
+        "method": method_spec.to_json(),
         "spec": asdict(spec),
         "world_size": world_size,
         "source_model": str(model_dir),
@@ -82,7 +84,7 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = PackedDataset(data_dir, plan.rows_per_epoch)
     trainer = build_trainer(model, spec, args, dataset, [stopper, *callbacks])
-    identity = run_identity(method_spec.base, spec, plan.world_size, model_dir, data_dir)
+    identity = run_identity(method_spec, spec, plan.world_size, model_dir, data_dir)
     resume = _resume_point(args, ckpt_dir, identity, spec.steps)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stopper.stopped_at is not None:
