@@ -86,6 +86,10 @@ CASES = [
      ["lr = nan must be a finite number > 0", "fix finetune.lr"], "out"),
     ("finetune-base-nan", lambda c, t: _finetune(c, t / "out", base="nan"),
      ["--base must be a number > 1", "fix the cell's base"], "out"),
+    ("finetune-method-not-json", lambda c, t: [*_finetune(c, t / "out"), "--method", "{not json"],
+     ["--method: not a method spec", "pass MethodSpec.to_json()"], "out"),
+    ("finetune-method-not-trained", lambda c, t: [*_finetune(c, t / "out"), "--method", _untuned_method()],
+     ["--method: untuned at base 10000 is not a trained method at --base 50000"], "out"),
     ("finetune-no-data-manifest", lambda c, t: _finetune(c, t / "out", data=_data_with(c, t, None)),
      ["manifest.json: missing", "re-run `ropelaw pack`"], "out"),
     ("finetune-old-data-manifest", lambda c, t: _finetune(c, t / "out", data=_data_with(c, t, _old_manifest(c))),
@@ -106,6 +110,12 @@ CASES = [
                                         "--seq-len", "32", "--out", str(t / "packed")],
      ["data.train: the shards", "fewer than one sequence of 32", "add shards"], "packed"),
 ]
+
+
+def _untuned_method() -> str:
+    from ropelaw import methods
+
+    return json.dumps(methods.resolve("untuned", 10000.0).to_json())
 
 
 def _empty_tokenizer(tmp: Path) -> Path:
