@@ -6,8 +6,9 @@
 
 Both runs call `ropelaw.finetune.train`, the function behind `ropelaw finetune`, in this one
 process, from the same starting weights, on the same packed random rows, with the same seed:
-first `fused_loss: false` (transformers' loss over fp32 logits of the whole vocabulary, torch's
-AdamW), then `fused_loss: true` (chunked lm_head + cross-entropy, fused AdamW on CUDA). Each
+first `fused_loss: false` (transformers' loss over fp32 logits of the whole vocabulary), then
+`fused_loss: true` (chunked lm_head + cross-entropy); both with torch's fused AdamW, the Trainer's
+default (the manifest's `optimizer`). Each
 prints and appends to $OUT/finetune_speed.jsonl (default bench/results/) its steps/s and
 tokens/s (median step after `--skip` steps), peak GPU memory (reset before each run) and
 per-step losses; the last line is the fast path's speed-up, the largest relative difference of

@@ -3,8 +3,7 @@
 The chunked lm_head + cross-entropy of `ropelaw.fastloss` against transformers' own loss: the same
 loss and gradients for every parameter, with chunks that do not divide the positions; never a
 chunk of logits wider than the chunk; and through `ropelaw finetune`, the same per-step losses
-and final weights over 5 optimizer steps (fused AdamW is CUDA-only, so on CPU both paths use
-torch's AdamW: this test covers the loss). `pytest -q tests/test_finetune_fast.py`: ~10 s.
+and final weights over 5 optimizer steps (both with torch's fused AdamW, the Trainer's default). `pytest -q tests/test_finetune_fast.py`: ~10 s.
 """
 
 from __future__ import annotations

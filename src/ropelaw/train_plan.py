@@ -54,7 +54,7 @@ class TrainSpec:
     logging_steps: int
     compile: bool
     fused_loss: bool = True
-    """Chunked lm_head + cross-entropy (no logits of the whole vocabulary), and fused AdamW on CUDA."""
+    """Chunked lm_head + cross-entropy (no logits of the whole vocabulary): `ropelaw.fastloss`."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "global_batch_size", "micro_batch_size", "checkpoint_every", "length_multiple",

@@ -62,14 +62,11 @@ def _on_any_rank(flag: bool, device) -> bool:
     return bool(flag_t.item())
 
 
-def fused_adamw(spec: TrainSpec) -> bool:
-    """torch's fused AdamW (one kernel for all parameters) where it runs: with fused_loss, on CUDA."""
-    return spec.fused_loss and torch.cuda.is_available()
-
-
 def training_arguments(spec: TrainSpec, plan: Plan, output_dir: str, bf16: bool) -> TrainingArguments:
     """The Trainer's arguments. Under ZeRO-3, creating them before the model makes from_pretrained load
-    each rank's shard only (deepspeed.zero.Init), instead of the whole fp32 model on every rank."""
+    each rank's shard only (deepspeed.zero.Init), instead of the whole fp32 model on every rank.
+    The optimizer is transformers' default, torch's fused AdamW (one kernel for every parameter,
+    on CPU and GPU, with torch >= 2.8); the model manifest records it."""
     return TrainingArguments(
         output_dir=output_dir,
         max_steps=spec.steps,
@@ -83,7 +80,6 @@ def training_arguments(spec: TrainSpec, plan: Plan, output_dir: str, bf16: bool)
         adam_beta1=spec.adam_beta1,
         adam_beta2=spec.adam_beta2,
         adam_epsilon=spec.adam_epsilon,
-        optim="adamw_torch_fused" if fused_adamw(spec) else "adamw_torch",
         seed=spec.seed,
         data_seed=spec.seed,
         bf16=bf16,
