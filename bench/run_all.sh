@@ -6,12 +6,14 @@
 #   bash bench/run_all.sh scaling   # ropelaw.finetune.train + ZeRO-3 under torchrun, 1 GPU then all visible
 #   bash bench/run_all.sh eval2     # 1 GPU: 7B at 100K eager vs evaluation.compile, profiled; 13B at 100K/256K
 #   bash bench/run_all.sh train2    # 1 GPU: 13B forward+backward at 4K/16K; ropelaw.finetune.train with finetune.compile
+#   bash bench/run_all.sh eval3     # 1 GPU: default evaluation path (auto chunk) vs plain model(ids, labels=ids), 7B and 13B at 32K/100K
+#   bash bench/run_all.sh train3    # 1 GPU: SmolLM2-135M at 8K, plain vs finetune.fused_loss (SMOLLM2_DIR: a converted model)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable.
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -93,8 +95,19 @@ train2)
     step 150 python3 bench/trainer_path.py prepare --dir "$work" --layers 8 --seq 16384 --rows 64
     step 200 "${one[@]}" --seq 16384 --steps 5 --ac --compile
     ;;
+eval3)
+    step 240 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 2
+    step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 32768 100000 --repeat 2
+    ;;
+train3)
+    # Both paths in one process each (bench/finetune_speed.py): steps/s, tokens/s, peak memory, per-step losses.
+    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    step 240 python3 bench/finetune_speed.py $model --steps 30
+    step 360 python3 bench/finetune_speed.py $model --steps 30 --compile
+    step 360 python3 bench/finetune_speed.py $model --steps 30 --compile --micro-batch 8
+    ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2 or train2" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3 or train3" >&2
     exit 2
     ;;
 esac

@@ -23,8 +23,9 @@ rule passkey:
         batch=CFG["evaluation"]["batch_size"],
         precision=CFG["evaluation"]["precision"],
         attn=CFG["evaluation"]["attn_implementation"],
+        bos=str(CFG["evaluation"]["bos"]).lower(),
     shell:
         "ropelaw passkey --model {input.model:q} --cell-json {params.cell:q} --eval-data {input.data:q} "
         "--tokenizer {input.tokenizer:q} --spec {params.spec:q} --batch-size {params.batch} "
         "--precision {params.precision:q} --attn-implementation {params.attn:q} "
-        "--out {output.table:q} > {log:q} 2>&1"
+        "--bos {params.bos:q} --out {output.table:q} > {log:q} 2>&1"

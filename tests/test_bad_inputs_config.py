@@ -131,7 +131,7 @@ CELL_JSON_CASES = [
 @pytest.mark.parametrize("text, words", CELL_JSON_CASES, ids=["not-json", "not-object", "missing-fields"])
 def test_bad_cell_json(tmp_path, command, text, words):
     args = [command, "--model", str(tmp_path), "--cell-json", text, "--eval-data", str(tmp_path), "--out", str(tmp_path / "x.csv")]
-    args += ["--lengths", "32"] if command == "evaluate" else ["--tokenizer", str(tmp_path), "--spec", "{}"]
+    args += ["--tokenizer", str(tmp_path)] + (["--lengths", "32"] if command == "evaluate" else ["--spec", "{}"])
     _assert_one_line_error(args, tmp_path, words)
 
 

@@ -17,7 +17,9 @@ from ropelaw import UserError
 from ropelaw.data import PackedDataset, load_packed, pack
 from ropelaw.embedded import build_embedded, strip_verse_labels
 from ropelaw.evaldata import load_eval_docs, prepare_eval
+from ropelaw.manifests import PackManifest
 from ropelaw.pile import iter_documents, write_shard
+from ropelaw.provenance import sha256_file
 from ropelaw.tokenizer import train_tokenizer
 
 WORDS = "the of and to in a is that for it as was with be by on not he this are or his from at".split()
@@ -119,6 +121,8 @@ def test_pack_round_trip(tmp_path, corpus, tokenizer_dir, tokenizer):
     assert info["n_documents"] == len(books) and info["n_tokens_read"] == len(stream)
     assert info["per_subset"] == {"Books3": {"documents": len(books), "tokens": len(stream)}}
     assert info["n_tokens_used"] == n * seq_len and info["dtype"] == "<u2"
+    # The manifest's named keys, as finetune reads them (it recorded `data_tokens_sha256: null` once).
+    assert PackManifest.read(tmp_path / "packed").tokens_bin_sha256 == sha256_file(tmp_path / "packed/tokens.bin")
     # EOS separates documents; a literal "<|endoftext|>" in a text is not EOS
     pieces, piece = [], []
     for token in rows.reshape(-1).tolist():

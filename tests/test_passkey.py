@@ -168,6 +168,7 @@ def test_cli_prompts_are_identical_across_cells(corpus, tmp_path):
         sidecars.append(json.loads(out.with_suffix(".json").read_text()))
         tables.append(pd.read_csv(out, dtype={"key": str}))
     assert sidecars[0]["prompts_sha256"] == sidecars[1]["prompts_sha256"]
+    assert sidecars[0]["bos"] == "auto" and sidecars[0]["bos_token_id"] is None
     assert sidecars[1]["inv_freq"][1] == pytest.approx(500 ** (-2 / 16))
     cols = ["length", "depth", "trial", "key", "key_start", "key_end", "doc", "doc_offset"]
     assert tables[0][cols].equals(tables[1][cols]) and len(tables[0]) == 4
@@ -218,3 +219,21 @@ def test_config_checks_passkey_lengths():
     del raw["passkey"]
     cfg, cells = resolve(raw)
     assert not cfg["passkey"]["enabled"] and passkey_args(cfg, cells[0])["lengths"] == cfg["evaluation"]["lengths"]
+
+
+@pytest.mark.parametrize("policy", ["auto", "true", "false"])
+def test_bos_policy_puts_bos_first_or_not(corpus, policy):
+    """evaluation.bos applies to prompts as to evaluation rows; this tokenizer adds no BOS by itself."""
+    from ropelaw.tokentext import bos_id
+
+    bos = bos_id(corpus.tokenizer, policy)
+    prompts = build_prompts(corpus.tokenizer, corpus.docs, SPEC, 96, bos)
+    plain = build_prompts(corpus.tokenizer, corpus.docs, SPEC, 96)
+    assert (bos is not None) == (policy == "true")
+    for prompt, other in zip(prompts, plain):
+        assert len(prompt.input_ids) == 96
+        assert (prompt.input_ids[0] == corpus.tokenizer.bos_token_id) == (policy == "true")
+        assert np.array_equal(prompt.input_ids[prompt.key_start:prompt.key_end], other.input_ids[other.key_start:other.key_end])
+        head = corpus.tokenizer(SPEC.prefix, add_special_tokens=False)["input_ids"]
+        shift = int(policy == "true")
+        assert prompt.input_ids[shift:shift + len(head)].tolist() == head == other.input_ids[:len(head)].tolist()

@@ -3,19 +3,16 @@
 Tiny random LlamaForCausalLM models on CPU; run with `pytest -q tests/test_perplexity.py`.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
 
-from ropelaw.perplexity import (
-    default_bucket_edges,
-    evaluate_docs,
-    naive_perplexity,
-    prefix_and_bucket_sums,
-    token_stats,
-)
+from ropelaw.perplexity import naive_perplexity, token_stats
+from ropelaw.scoring import Scoring, bucket_sums, default_bucket_edges, doc_segments, evaluate_docs, score_window
 
 VOCAB = 97
 LENGTHS = [16, 64, 100, 257]
@@ -42,6 +39,7 @@ def random_docs(n_docs, length, seed=1):
 
 
 def prefix_rows(frame):
+    frame = frame[0] if isinstance(frame, tuple) else frame
     return frame[frame.scope == "prefix"].set_index("end")
 
 
@@ -80,11 +78,11 @@ def test_dynamic_ntk_needs_one_pass_per_length():
 
     # The 200-token pass rotates every position with the base scaled for 200, so
     # its prefixes are wrong at every shorter length, even below max_position_embeddings.
-    nll_bt, correct_bt = token_stats(model, docs)
-    shortcut = prefix_rows(prefix_and_bucket_sums(nll_bt, correct_bt, lengths, []))
-    assert shortcut.loc[200, "ppl"] == pytest.approx(naive[200][0], rel=1e-5)
+    nll_bt, _ = token_stats(model, docs)
+    shortcut = {n: float(torch.exp(nll_bt[:, : n - 1].mean())) for n in lengths}
+    assert shortcut[200] == pytest.approx(naive[200][0], rel=1e-5)
     for n in (32, 100):
-        assert shortcut.loc[n, "ppl"] != pytest.approx(naive[n][0], rel=1e-2)
+        assert shortcut[n] != pytest.approx(naive[n][0], rel=1e-2)
 
     with pytest.raises(ValueError, match="one_pass=False"):
         evaluate_docs(model, docs, lengths, progress=False)
@@ -110,7 +108,7 @@ def test_dynamic_ntk_state_is_reset_between_passes():
 
 def test_buckets_add_up_to_longest_prefix():
     model, docs = tiny_llama(), random_docs(3, 300)
-    frame = evaluate_docs(model, docs, LENGTHS, chunk_size=64, batch_size=2, progress=False)
+    frame, _ = evaluate_docs(model, docs, LENGTHS, chunk_size=64, batch_size=2, progress=False)
     buckets = frame[frame.scope == "bucket"]
     edges = [0, 2, 4, 8, 16, 32, 64, 128, 256, 257]
     assert default_bucket_edges(257) == edges
@@ -123,11 +121,11 @@ def test_buckets_add_up_to_longest_prefix():
     assert np.isfinite(buckets.ppl).all()
 
 
-def test_bad_ranges_raise():
-    nll_bt, correct_bt = torch.zeros(1, 9, dtype=torch.float64), torch.zeros(1, 9, dtype=torch.bool)
-    for lengths, buckets in [([11], []), ([1], []), ([], [0, 1]), ([], [0, 4, 4]), ([], [0, 11])]:
-        with pytest.raises(ValueError):
-            prefix_and_bucket_sums(nll_bt, correct_bt, lengths, buckets)
+def test_bad_bucket_ranges_raise():
+    stats = {k: np.zeros((1, 9)) for k in ("nll", "tokens", "correct", "bytes", "words")}
+    for buckets in [[0, 1], [0, 4, 4], [0, 11], [5, 3]]:
+        with pytest.raises(ValueError, match="evaluation.bucket_edges"):
+            bucket_sums(stats, buckets)
 
 
 def test_logit_softcapping_is_refused():
@@ -135,3 +133,58 @@ def test_logit_softcapping_is_refused():
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(ValueError, match="final_logit_softcapping"):
         token_stats(model, random_docs(1, 16))
+
+
+def _fsum(frame, column):
+    return math.fsum(frame[column].tolist())
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_doc_segments_add_up_to_the_table_exactly(one_pass):
+    """Contract 3: every length's row is the float64 sum of the segments its window scores."""
+    model = dynamic_llama() if not one_pass else tiny_llama()
+    docs, lengths = random_docs(3, 300), [20, 64, 100, 257]
+    table, segs = evaluate_docs(model, docs, lengths, train_len=64, one_pass=one_pass, chunk_size=64,
+                                batch_size=2, progress=False)
+    prefix = prefix_rows(table)
+    grid = [16, 19, 23, 27, 32, 38, 45, 54, 64, 76, 91, 108, 128, 152, 181, 215, 256]
+    if one_pass:
+        assert sorted(set(segs.end)) == sorted(set(grid + lengths))
+    for n in lengths:
+        pass_len = 257 if one_pass else n
+        part = segs[(segs.pass_len == pass_len) & (segs.end <= n)]
+        assert sorted(set(part.doc)) == [0, 1, 2]
+        assert _fsum(part, "nll") == prefix.loc[n, "nll_sum"]
+        assert part.tokens.sum() == prefix.loc[n, "tokens"] == 3 * (n - 1)
+        assert part.correct.sum() == prefix.loc[n, "correct"]
+        assert prefix.loc[n, "ppl"] == pytest.approx(naive_perplexity(
+            dynamic_llama() if not one_pass else model, docs, n)[0], rel=1e-5)
+    # Segments tile each pass: [1, e1), [e1, e2), ... with no gap and no overlap.
+    for (_, _), group in segs.groupby(["pass_len", "doc"]):
+        assert group.start.iloc[0] == 1 and (group.start.iloc[1:].to_numpy() == group.end.iloc[:-1].to_numpy()).all()
+        assert group.end.iloc[-1] == group.pass_len.iloc[0]
+    if not one_pass:
+        assert set(segs.pass_len) == set(lengths)
+
+
+def test_doc_segments_are_per_document_sums():
+    model, docs = tiny_llama(), random_docs(2, 120)
+    _, segs = evaluate_docs(model, docs, [120], train_len=64, batch_size=2, progress=False)
+    nll_bt, _ = token_stats(model, docs)
+    for doc in (0, 1):
+        row = segs[(segs.doc == doc) & (segs.start == 32)].iloc[0]  # positions 32..37
+        assert row.end == 38 and row.tokens == 6
+        assert row.nll == pytest.approx(float(nll_bt[doc, 31:37].sum()), rel=1e-12)
+
+
+def test_a_bos_row_is_scored_from_its_first_token():
+    """With a prefix token the window of L is [BOS] + row[:L-1]: L-1 predictions, the first of row[0]."""
+    model, docs = tiny_llama(), random_docs(2, 64)
+    stats = score_window(model, docs, 64, Scoring("ropelaw", prefix_id=5))
+    with torch.no_grad():
+        ids = torch.cat([torch.full((2, 1), 5), docs[:, :63]], 1)
+        logits = model(ids).logits[:, :-1].float()
+    expected = F.cross_entropy(logits.transpose(1, 2), docs[:, :63], reduction="none")
+    np.testing.assert_allclose(stats["nll"], expected.double().numpy(), rtol=1e-5)
+    segs = doc_segments(stats, [1, 16, 64], 64, 0)
+    assert list(segs.tokens) == [15, 48, 15, 48]

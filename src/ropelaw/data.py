@@ -24,8 +24,10 @@ import torch
 from tqdm import tqdm
 
 from ropelaw import UserError
+from ropelaw.manifests import PackManifest
 from ropelaw.pile import Document, check_shards, iter_documents
-from ropelaw.provenance import atomic_path, manifest, sha256_file, write_json
+from ropelaw.provenance import atomic_path, sha256_file
+from ropelaw.tokenizer import check_trained
 
 BATCH_DOCS = 64  # documents per tokenizer call
 BATCH_CHARS = 1 << 23  # ... or fewer, when they are long (bounds memory on Books3)
@@ -57,6 +59,7 @@ def load_tokenizer(path: str | Path):
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"{path}: not a tokenizer folder with tokenizer.json; run `ropelaw train-tokenizer` "
                         "or point to a model's folder")
+    check_trained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.eos_token_id is None:
         raise UserError(f"{path}: the tokenizer has no eos_token; set it in tokenizer_config.json")
@@ -118,6 +121,54 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 # --- packing --------------------------------------------------------------------------------
 
+class _Rows:
+    """Whole rows of `seq_len` tokens written to `sink` a block at a time, up to `max_sequences` rows."""
+
+    def __init__(self, sink, seq_len: int, max_sequences: int | None):
+        self.sink, self.seq_len, self.max_sequences = sink, seq_len, max_sequences
+        self.n_rows = 0
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+
+    def add(self, ids: np.ndarray) -> bool:
+        """Queue one document's tokens; True once max_sequences rows are written or queued."""
+        self.pending.append(ids)
+        self.n_pending += len(ids)
+        if self.n_pending >= self.seq_len * BLOCK_ROWS:
+            self.flush()
+        return self.max_sequences is not None and self.n_rows + self.n_pending // self.seq_len >= self.max_sequences
+
+    def flush(self) -> None:
+        """Write the whole rows of what is queued (up to max_sequences); keep the rest queued."""
+        if not self.pending:
+            return
+        tokens = np.concatenate(self.pending)
+        rows = len(tokens) // self.seq_len
+        if self.max_sequences is not None:
+            rows = min(rows, self.max_sequences - self.n_rows)
+        self.sink.write(tokens[: rows * self.seq_len].tobytes())
+        self.n_rows += rows
+        rest = tokens[rows * self.seq_len:]
+        self.pending, self.n_pending = [rest], len(rest)
+
+
+def _read_into(rows: _Rows, tokenizer, paths: list[Path], subsets, key: str, dtype: np.dtype) -> dict[str, Any]:
+    """Tokenize the documents into `rows` until it is full; return what was read, per subset."""
+    per_subset: dict[str, dict[str, int]] = defaultdict(lambda: {"documents": 0, "tokens": 0})
+    n_documents = n_tokens_read = 0
+    docs = tqdm(iter_documents(paths, subsets, key=key), desc=f"pack {rows.seq_len}", unit="doc")
+    for doc, ids in tokenize_documents(tokenizer, docs, dtype):
+        n_documents += 1
+        n_tokens_read += len(ids)
+        per_subset[doc.subset]["documents"] += 1
+        per_subset[doc.subset]["tokens"] += len(ids)
+        if rows.add(ids):
+            break
+    docs.close()
+    rows.flush()
+    return {"n_documents": n_documents, "n_tokens_read": n_tokens_read, "per_subset": dict(per_subset)}
+
+
 def pack(
     shards: list[str | Path],
     tokenizer_dir: str | Path,
@@ -133,77 +184,48 @@ def pack(
     paths = check_shards(shards, key)
     tokenizer, identity = load_tokenizer(tokenizer_dir)
     dtype = token_dtype(identity["vocab_size"])
-    block = seq_len * BLOCK_ROWS
-    per_subset: dict[str, dict[str, int]] = defaultdict(lambda: {"documents": 0, "tokens": 0})
-    n_rows = n_documents = n_tokens_read = 0
-    pending: list[np.ndarray] = []
-    n_pending = 0
-
-    out = Path(out)
-    with atomic_path(out) as tmp:
+    with atomic_path(Path(out)) as tmp:
         tmp.mkdir()
         with open(tmp / "tokens.bin", "wb") as sink:
-
-            def write(tokens: np.ndarray) -> np.ndarray:
-                """Write the whole rows of `tokens` (up to max_sequences); return the rest."""
-                nonlocal n_rows
-                rows = len(tokens) // seq_len
-                if max_sequences is not None:
-                    rows = min(rows, max_sequences - n_rows)
-                sink.write(tokens[: rows * seq_len].tobytes())
-                n_rows += rows
-                return tokens[rows * seq_len:]
-
-            docs = tqdm(iter_documents(paths, subsets, key=key), desc=f"pack {seq_len}", unit="doc")
-            for doc, ids in tokenize_documents(tokenizer, docs, dtype):
-                n_documents += 1
-                n_tokens_read += len(ids)
-                per_subset[doc.subset]["documents"] += 1
-                per_subset[doc.subset]["tokens"] += len(ids)
-                pending.append(ids)
-                n_pending += len(ids)
-                if n_pending >= block:
-                    rest = write(np.concatenate(pending))
-                    pending, n_pending = [rest], len(rest)
-                if max_sequences is not None and n_rows + n_pending // seq_len >= max_sequences:
-                    break
-            docs.close()
-            if pending:
-                write(np.concatenate(pending))
-        if n_rows == 0:
+            rows = _Rows(sink, seq_len, max_sequences)
+            read = _read_into(rows, tokenizer, paths, subsets, key, dtype)
+        if rows.n_rows == 0:
             raise UserError(
-                f"{key}: the shards {[str(p) for p in paths]} give only {n_tokens_read} tokens, fewer than "
-                f"one sequence of {seq_len} (seq_len); add shards or subsets, or lower the tuning length"
+                f"{key}: the shards {[str(p) for p in paths]} give only {read['n_tokens_read']} tokens, fewer "
+                f"than one sequence of {seq_len} (seq_len); add shards or subsets, or lower the tuning length"
             )
-        info = manifest(
-            n_sequences=n_rows,
+        info = PackManifest(
+            n_sequences=rows.n_rows,
             seq_len=seq_len,
             dtype=dtype.str,
-            n_documents=n_documents,
-            n_tokens_read=n_tokens_read,
-            n_tokens_used=n_rows * seq_len,
+            **read,
+            n_tokens_used=rows.n_rows * seq_len,
             subsets=subsets,
-            per_subset=dict(per_subset),
             max_sequences=max_sequences,
             shards={str(p): sha256_file(p) for p in paths},
             tokenizer=identity,
             tokens_bin_sha256=sha256_file(tmp / "tokens.bin"),
-        )
-        write_json(tmp / "manifest.json", info)
-    return info
+        ).write(tmp)
+    return info.to_dict()
 
 
 def load_packed(directory: str | Path) -> np.memmap:
     """The packed sequences of a `ropelaw pack` folder, as a read-only memmap [n, seq_len]."""
-    info = read_manifest(directory)
-    return read_token_matrix(Path(directory) / "tokens.bin", info["n_sequences"], info["seq_len"], info["dtype"])
+    info = PackManifest.read(directory)
+    return read_token_matrix(Path(directory) / "tokens.bin", info.n_sequences, info.seq_len, info.dtype)
 
 
 class PackedDataset(torch.utils.data.Dataset):
-    """Rows of a `ropelaw pack` folder as {"input_ids", "labels"} (labels = inputs; the model shifts)."""
+    """Rows of a `ropelaw pack` folder as {"input_ids", "labels"} (labels = inputs; the model shifts).
 
-    def __init__(self, directory: str | Path):
+    `n_rows` keeps only the first rows (the training plan trims an epoch to whole global batches).
+    """
+
+    def __init__(self, directory: str | Path, n_rows: int | None = None):
         self.rows = load_packed(directory)
+        if n_rows is not None:
+            assert 0 < n_rows <= len(self.rows), (n_rows, len(self.rows))
+            self.rows = self.rows[:n_rows]
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -54,6 +54,58 @@ def run(args: argparse.Namespace) -> None:
           f"from {info['documents_read']} documents", flush=True)
 
 
+def _check_options(length: int, short_docs: str, key: str, skip_tokens: int, windows_per_doc: int) -> None:
+    if windows_per_doc < 1:
+        raise UserError(f"{key}.windows_per_doc must be >= 1 (got {windows_per_doc})")
+    if skip_tokens < 0:
+        raise UserError(f"{key}.skip_tokens must be >= 0 (got {skip_tokens})")
+    if short_docs not in POLICIES:
+        raise UserError(f"{key}.short_docs: {short_docs!r} is not one of {list(POLICIES)}")
+    if length < 2:
+        raise UserError(f"evaluation.lengths: {length} is too short; use 2 or more tokens")
+
+
+def _windows(tokenized, length: int, short_docs: str, skip_tokens: int, windows_per_doc: int, counts: dict):
+    """(row tokens, row sources) in order; `counts` gathers documents read, longest and total tokens."""
+    pending: list[np.ndarray] = []  # concatenate: the documents of the row being filled
+    parts: list[dict[str, Any]] = []
+    n_pending = 0
+    for doc, ids in tokenized:
+        counts["documents_read"] += 1
+        ids = ids[skip_tokens:]
+        counts["longest"] = max(counts["longest"], len(ids))
+        counts["total"] += len(ids)
+        part = {**doc.source(), "n_tokens": len(ids), "tokens_in_row": min(len(ids), length - n_pending)}
+        if short_docs == "skip":
+            if len(ids) < length:
+                continue
+            stream, sources = ids, [part]
+        else:
+            pending.append(ids)
+            parts.append(part)
+            n_pending += len(ids)
+            if n_pending < length:
+                continue
+            stream, sources = np.concatenate(pending), parts
+            pending, parts, n_pending = [], [], 0
+        for window in range(min(windows_per_doc, len(stream) // length)):
+            yield stream[window * length:(window + 1) * length], {"sources": sources, "offset": skip_tokens + window * length}
+
+
+def _no_rows(length: int, paths, short_docs: str, key: str, counts: dict) -> None:
+    names = [str(p) for p in paths]
+    if short_docs == "skip":
+        raise UserError(
+            f"evaluation.lengths: the longest length {length} exceeds every document in {names} "
+            f"(longest has {counts['longest']} tokens); lower it, add longer documents, "
+            f"or set {key}.short_docs: concatenate"
+        )
+    raise UserError(
+        f"evaluation.lengths: the longest length {length} exceeds all the documents in {names} "
+        f"together ({counts['total']} tokens); lower it or add documents"
+    )
+
+
 def prepare_eval(
     shards: list[str | Path],
     tokenizer_dir: str | Path,
@@ -74,66 +126,26 @@ def prepare_eval(
     long document (or a long concatenation), so that averages over positions
     are not dominated by the content of a handful of windows.
     """
-    if windows_per_doc < 1:
-        raise UserError(f"{key}.windows_per_doc must be >= 1 (got {windows_per_doc})")
-    if skip_tokens < 0:
-        raise UserError(f"{key}.skip_tokens must be >= 0 (got {skip_tokens})")
-    if short_docs not in POLICIES:
-        raise UserError(f"{key}.short_docs: {short_docs!r} is not one of {list(POLICIES)}")
-    if length < 2:
-        raise UserError(f"evaluation.lengths: {length} is too short; use 2 or more tokens")
+    _check_options(length, short_docs, key, skip_tokens, windows_per_doc)
     paths = check_shards(shards, key)
     tokenizer, identity = load_tokenizer(tokenizer_dir)
     dtype = token_dtype(identity["vocab_size"])
+    counts = {"documents_read": 0, "longest": 0, "total": 0}
     rows: list[dict[str, Any]] = []
-    pending: list[np.ndarray] = []  # concatenate: the documents of the row being filled
-    parts: list[dict[str, Any]] = []
-    n_pending = documents_read = longest = total = 0
-
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         with open(tmp / "docs.bin", "wb") as sink:
             docs = tqdm(iter_documents(paths, subsets, key=key), desc=f"eval docs {length}", unit="doc")
-            for doc, ids in tokenize_documents(tokenizer, docs, dtype):
-                documents_read += 1
-                ids = ids[skip_tokens:]
-                longest = max(longest, len(ids))
-                total += len(ids)
-                part = {**doc.source(), "n_tokens": len(ids),
-                        "tokens_in_row": min(len(ids), length - n_pending)}
-                if short_docs == "skip":
-                    if len(ids) < length:
-                        continue
-                    stream, sources = ids, [part]
-                else:
-                    pending.append(ids)
-                    parts.append(part)
-                    n_pending += len(ids)
-                    if n_pending < length:
-                        continue
-                    stream, sources = np.concatenate(pending), parts
-                    pending, parts, n_pending = [], [], 0
-                for window in range(min(windows_per_doc, len(stream) // length)):
-                    sink.write(stream[window * length:(window + 1) * length].tobytes())
-                    rows.append({"sources": sources, "offset": skip_tokens + window * length})
-                    if max_docs is not None and len(rows) >= max_docs:
-                        break
+            tokenized = tokenize_documents(tokenizer, docs, dtype)
+            for window, row in _windows(tokenized, length, short_docs, skip_tokens, windows_per_doc, counts):
+                sink.write(window.tobytes())
+                rows.append(row)
                 if max_docs is not None and len(rows) >= max_docs:
                     break
             docs.close()
         if not rows:
-            names = [str(p) for p in paths]
-            if short_docs == "skip":
-                raise UserError(
-                    f"evaluation.lengths: the longest length {length} exceeds every document in {names} "
-                    f"(longest has {longest} tokens); lower it, add longer documents, "
-                    f"or set {key}.short_docs: concatenate"
-                )
-            raise UserError(
-                f"evaluation.lengths: the longest length {length} exceeds all the documents in {names} "
-                f"together ({total} tokens); lower it or add documents"
-            )
+            _no_rows(length, paths, short_docs, key, counts)
         info = manifest(
             n_docs=len(rows),
             length=length,
@@ -143,7 +155,7 @@ def prepare_eval(
             skip_tokens=skip_tokens,
             windows_per_doc=windows_per_doc,
             subsets=subsets,
-            documents_read=documents_read,
+            documents_read=counts["documents_read"],
             rows=rows,
             shards={str(p): sha256_file(p) for p in paths},
             tokenizer=identity,
@@ -153,7 +165,30 @@ def prepare_eval(
     return info
 
 
+def read_eval_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a `ropelaw prepare-eval` folder, checked: a missing or damaged one is a UserError."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"--eval-data {directory}: no such folder; run `ropelaw prepare-eval` (rule prepare_eval) first")
+    try:
+        info = read_manifest(directory)
+    except (ValueError, UnicodeDecodeError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(f"{directory}/manifest.json: not valid JSON ({err}); delete {directory} and re-run prepare-eval") from None
+    kinds = {"n_docs": int, "length": int, "dtype": str}
+    bad = [k for k, kind in kinds.items() if not isinstance(info, dict) or not isinstance(info.get(k), kind)]
+    if bad:
+        raise UserError(f"{directory}/manifest.json: {bad} missing or mistyped; delete {directory} and re-run prepare-eval")
+    return info
+
+
 def load_eval_docs(directory: str | Path) -> np.memmap:
     """The rows of a `ropelaw prepare-eval` folder, as a read-only memmap [n_docs, length]."""
-    info = read_manifest(directory)
+    info = read_eval_manifest(directory)
+    try:
+        np.dtype(info["dtype"])
+    except TypeError:
+        raise UserError(f"{directory}/manifest.json: dtype {info['dtype']!r} is not a numpy dtype; "
+                        f"delete {directory} and re-run prepare-eval") from None
     return read_token_matrix(Path(directory) / "docs.bin", info["n_docs"], info["length"], info["dtype"])

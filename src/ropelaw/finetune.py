@@ -4,11 +4,13 @@
         --checkpoints DIR --out DIR            # add torchrun/deepspeed for several GPUs
 
 The same command pretrains a scratch model (its original base, at T_train).
-transformers' Trainer does the work (AdamW, schedule, clipping, bf16,
-gradient accumulation, DeepSpeed ZeRO when `deepspeed` names a config);
-this module only sets the base, checks the `inv_freq` in effect before and
-after training, keeps the global batch exactly as configured, resumes from
-the newest checkpoint, and writes the model atomically with its manifest.
+The run is in pieces: `train_plan` (the spec, checked, and the pure plan: accumulation, rows per
+epoch so that every step sees the whole global batch), `checkpoints` (whose checkpoints, where to
+resume, removal once finished), `trainer` (the transformers Trainer and its callbacks),
+`fastloss` (the loss without the whole vocabulary's logits) and this module, which loads the
+model with its base, runs them in order, checks the `inv_freq` in effect before and after
+training, and writes the model atomically with its manifest. A finished run leaves no
+checkpoints behind, so running the command again (a forced re-run) trains from the start.
 
 SIGUSR1 (SLURM's warning before the time limit, `--signal=USR1@600` in the
 profile, or `scancel --signal=USR1 JOB`) makes every rank save a checkpoint at
@@ -21,212 +23,70 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
-from transformers import TrainerCallback
+from ropelaw import UserError, checkpoints, methods, provenance, rope
+from ropelaw.checkpoints import claim as _claim_checkpoints, newest_checkpoint  # noqa: F401 (the tests import them here)
+from ropelaw.manifests import PackManifest
+from ropelaw.train_plan import SCHEDULES, Plan, TrainSpec, make_plan  # noqa: F401
+from ropelaw.trainer import StopOnSignal, mean_step_loss
 
-from ropelaw import UserError, methods, provenance, rope
-
-SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint saved; run again to resume
 
 
-@dataclass
-class TrainSpec:
-    """Resolved hyper-parameters of one training run (see schemas/config.schema.yaml)."""
-
-    steps: int
-    global_batch_size: int
-    micro_batch_size: int
-    lr: float
-    lr_schedule: str
-    warmup_steps: int
-    weight_decay: float
-    max_grad_norm: float
-    adam_beta1: float
-    adam_beta2: float
-    adam_epsilon: float
-    seed: int
-    precision: str
-    gradient_checkpointing: bool
-    attn_implementation: str
-    deepspeed: str | None
-    checkpoint_every: int
-    length_multiple: int
-    logging_steps: int
-    compile: bool
-
-    @classmethod
-    def from_json(cls, text: str) -> "TrainSpec":
-        data = json.loads(text)
-        names = {f.name for f in fields(cls)}
-        unknown, missing = set(data) - names, names - set(data)
-        if unknown or missing:
-            raise UserError(f"--spec: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-        return cls(**data)
-
-    def accumulation(self, world_size: int) -> int:
-        """Gradient-accumulation steps that make the configured global batch exactly."""
-        per_step = self.micro_batch_size * world_size
-        if self.global_batch_size % per_step:
-            raise UserError(
-                f"finetune.global_batch_size = {self.global_batch_size} is not a multiple of "
-                f"micro_batch_size x world size = {self.micro_batch_size} x {world_size}; "
-                "change micro_batch_size or the number of GPUs"
-            )
-        return self.global_batch_size // per_step
-
-
-class _LastStep(TrainerCallback):
-    """At the last step: log its loss (the manifest's final_loss), and skip the Trainer's
-    extra end-of-training checkpoint (optimizer state included) unless the step is due one:
-    the finished model is saved by `train` anyway."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
-            control.should_log = True
-            control.should_save = state.global_step % args.save_steps == 0
-        return control
-
-
-class StopOnSignal(TrainerCallback):
-    """On SIGUSR1: save a checkpoint at the end of the current step and stop (all ranks, same step)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.stopped_at: int | None = None
-        signal.signal(signal.SIGUSR1, self._request)
-
-    def _request(self, signum, frame) -> None:
-        self.requested = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if _on_any_rank(self.requested, args.device) and state.global_step < state.max_steps:
-            self.stopped_at = state.global_step
-            control.should_log = True  # the loss since the last log goes into the checkpoint
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-
-def _on_any_rank(flag: bool, device) -> bool:
-    """True on every rank if `flag` is true on one: ranks hear a signal at different steps."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    flag_t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(flag_t, op=dist.ReduceOp.MAX)
-    return bool(flag_t.item())
-
-
-def _claim_checkpoints(ckpt_dir: Path, identity: dict, main: bool) -> None:
-    """Resume only from checkpoints of this very run: same base, spec, world size, model and data."""
-    marker = ckpt_dir / "ropelaw_run.json"
-    if not main:
-        return
-    ours = json.loads(marker.read_text()) == identity if marker.is_file() else not any(ckpt_dir.glob("checkpoint-*"))
-    if not ours:
-        print(f"{ckpt_dir} holds checkpoints of another run ({marker.name} differs): starting afresh", flush=True)
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    provenance.write_json(marker, identity)
-
-
-def newest_checkpoint(directory: Path) -> Path | None:
-    """The Trainer checkpoint with the highest step in `directory`, if any is complete."""
-    found = []
-    for path in directory.glob("checkpoint-*"):
-        step = path.name.split("-")[-1]
-        if step.isdigit() and (path / "trainer_state.json").is_file():
-            found.append((int(step), path))
-    return max(found)[1] if found else None
-
-
-def train(
-    model_dir: str, data_dir: str, base: float | methods.MethodSpec, spec: TrainSpec, checkpoints: str, out: str,
-    callbacks=(),
-) -> dict:
-    """Train one cell; `callbacks` are extra TrainerCallbacks (bench/ times steps with one).
-
-    `base` is a rotary base (the paper's method) or a trained method's `MethodSpec` (split).
-    """
-    method = base if isinstance(base, methods.MethodSpec) else methods.resolve("base", base)
-    base = method.base
-    import torch
-    from transformers import AutoTokenizer, Trainer, TrainingArguments
-
-    from ropelaw.data import PackedDataset
-    from ropelaw.models import compile_layers, head_dim_of, load_causal_lm, resolve_dtype
-
-    stopper = StopOnSignal()  # first: a signal during the (long) model load is kept, not fatal
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    accumulation = spec.accumulation(world_size)
-    dataset = PackedDataset(data_dir)
-    data_manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
-    seq_len = data_manifest["seq_len"]
-    if seq_len % spec.length_multiple:
-        raise UserError(f"tuning length {seq_len} is not a multiple of finetune.length_multiple = {spec.length_multiple}")
-
-    dtype = resolve_dtype(spec.precision)
-    ckpt_dir = Path(checkpoints)
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        max_steps=spec.steps,
-        per_device_train_batch_size=spec.micro_batch_size,
-        gradient_accumulation_steps=accumulation,
-        learning_rate=spec.lr,
-        lr_scheduler_type=SCHEDULES[spec.lr_schedule],
-        warmup_steps=spec.warmup_steps,
-        weight_decay=spec.weight_decay,
-        max_grad_norm=spec.max_grad_norm,
-        adam_beta1=spec.adam_beta1,
-        adam_beta2=spec.adam_beta2,
-        adam_epsilon=spec.adam_epsilon,
-        seed=spec.seed,
-        data_seed=spec.seed,
-        bf16=dtype == torch.bfloat16,
-        gradient_checkpointing=spec.gradient_checkpointing,
-        deepspeed=spec.deepspeed,
-        save_strategy="steps",
-        save_steps=spec.checkpoint_every,
-        save_total_limit=2,
-        logging_steps=spec.logging_steps,
-        report_to=[],
-        dataloader_drop_last=True,
-        disable_tqdm=False,
-    )
-    # After TrainingArguments: under ZeRO-3 they make from_pretrained load each rank's shard only
-    # (deepspeed.zero.Init), instead of the whole fp32 model on every rank.
-    # Weights stay fp32 (master copy); bf16 autocast through the Trainer, or DeepSpeed's bf16 engine.
-    model, inv_freq = load_causal_lm(model_dir, method, precision="fp32", attn_implementation=spec.attn_implementation)
-    head_dim = head_dim_of(model.config)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model.config.use_cache = False
-    if spec.compile:
-        compile_layers(model, "finetune.compile")
-        if spec.deepspeed:
-            print("warning: finetune.compile with DeepSpeed: ZeRO-3's parameter hooks split the compiled layers; "
-                  "on one H200 it was slower than ZeRO-3 alone (BENCHMARKS.md)", flush=True)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[_LastStep(), stopper, *callbacks])
-    identity = {
-        "base": base,
+def run_identity(method_spec: methods.MethodSpec, spec: TrainSpec, world_size: int, model_dir: str,
+                 data_dir: str) -> dict:
+    """What a checkpoint must share with this run to be resumed: method and base, spec, world size, model, data."""
+    return {
+        "base": method_spec.base,
+        "method": method_spec.to_json(),
         "spec": asdict(spec),
         "world_size": world_size,
         "source_model": str(model_dir),
         "source_manifest_sha256": provenance.sha256_if_exists(Path(model_dir) / "ropelaw_manifest.json"),
         "data_manifest_sha256": provenance.sha256_file(Path(data_dir) / "manifest.json"),
     }
+
+
+def _resume_point(args, ckpt_dir: Path, identity: dict, steps: int) -> Path | None:
+    """Claim the checkpoint folder and pick the checkpoint to resume from (the main rank first)."""
     with args.main_process_first(local=False, desc="checkpoints of this run"):
-        _claim_checkpoints(ckpt_dir, identity, main=args.process_index == 0)
+        if args.process_index == 0:
+            checkpoints.claim(ckpt_dir, identity, main=True)
+            checkpoints.resume_point(ckpt_dir, steps)
     resume = newest_checkpoint(ckpt_dir)
     if resume:
         print(f"resuming from {resume}", flush=True)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return resume
+
+
+def train(
+    model_dir: str, data_dir: str, method: float | methods.MethodSpec, spec: TrainSpec, checkpoints_dir: str,
+    out: str, callbacks=(),
+) -> dict:
+    """Train one cell with `method` (a rotary base, or a resolved method that trains); `callbacks` are
+    extra TrainerCallbacks (bench/ times steps with them). Returns the manifest written beside the model."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ropelaw.data import PackedDataset
+    from ropelaw.models import head_dim_of, load_causal_lm, resolve_dtype
+    from ropelaw.trainer import build_trainer, training_arguments
+
+    stopper = StopOnSignal()  # first: a signal during the (long) model load is kept, not fatal
+    method_spec = method if isinstance(method, methods.MethodSpec) else methods.resolve("base", float(method))
+    data = PackManifest.read(data_dir)
+    plan = make_plan(spec, int(os.environ.get("WORLD_SIZE", "1")), data.n_sequences, data.seq_len)
+    ckpt_dir = Path(checkpoints_dir)
+    args = training_arguments(spec, plan, str(ckpt_dir), bf16=resolve_dtype(spec.precision) == torch.bfloat16)
+    model, inv_freq = load_causal_lm(model_dir, method_spec, precision="fp32", attn_implementation=spec.attn_implementation)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dataset = PackedDataset(data_dir, plan.rows_per_epoch)
+    trainer = build_trainer(model, spec, args, dataset, [stopper, *callbacks])
+    identity = run_identity(method_spec, spec, plan.world_size, model_dir, data_dir)
+    resume = _resume_point(args, ckpt_dir, identity, spec.steps)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stopper.stopped_at is not None:
         print(
             f"stopped by SIGUSR1 after step {stopper.stopped_at} of {spec.steps}: checkpoint saved in "
@@ -235,31 +95,8 @@ def train(
         )
         raise SystemExit(STOPPED_EXIT_CODE)
 
-    model = trainer.model
-    inv_freq_after = rope.verify_inv_freq(model, method, head_dim)
-    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    record = provenance.manifest(
-        kind="finetune",
-        base=base,
-        method=method.to_json(),
-        tune_len=seq_len,
-        spec=asdict(spec),
-        world_size=world_size,
-        gradient_accumulation_steps=accumulation,
-        source_model=str(model_dir),
-        source_manifest_sha256=provenance.sha256_if_exists(Path(model_dir) / "ropelaw_manifest.json"),
-        data_manifest_sha256=provenance.sha256_file(Path(data_dir) / "manifest.json"),
-        data_tokens_sha256=data_manifest.get("tokens_sha256"),
-        resumed_from=str(resume) if resume else None,
-        inv_freq=inv_freq_after.tolist(),
-        inv_freq_sha256=rope.inv_freq_digest(inv_freq_after),
-        inv_freq_before_training_sha256=rope.inv_freq_digest(inv_freq),
-        final_loss=losses[-1] if losses else None,
-        train_loss=result.training_loss,
-        # This rank's peak over the run (GiB; null on CPU): what a GPU of this job must hold.
-        peak_gpu_allocated_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-        log_history=trainer.state.log_history,
-    )
+    inv_freq_after = rope.verify_inv_freq(trainer.model, method_spec, head_dim_of(trainer.model.config))
+    record = model_manifest(trainer, spec, plan, data, method_spec, identity, resume, inv_freq, inv_freq_after)
     # Under ZeRO-3 every rank holds a shard: gathering the weights is collective, so all ranks call it.
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.is_world_process_zero():
@@ -267,8 +104,43 @@ def train(
             trainer.model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             provenance.write_json(Path(tmp) / "ropelaw_manifest.json", record)
+        checkpoints.finish(ckpt_dir)  # after the model: a crash in between leaves a resumable, unfinished state
     return record
 
+
+def model_manifest(trainer, spec: TrainSpec, plan: Plan, data: PackManifest, method_spec, identity: dict,
+                   resume: Path | None, inv_freq, inv_freq_after) -> dict:
+    """The fine-tuned model's ropelaw_manifest.json: what identifies the run, what it ran with, its losses."""
+    import torch
+
+    log = trainer.state.log_history
+    losses = [row["loss"] for row in log if "loss" in row]
+    return provenance.manifest(
+        kind="finetune",
+        base=method_spec.base,
+        method=method_spec.to_json(),
+        tune_len=data.seq_len,
+        spec=asdict(spec),
+        world_size=plan.world_size,
+        gradient_accumulation_steps=plan.accumulation,
+        rows_per_epoch=plan.rows_per_epoch,
+        rows_unused=plan.rows_unused,
+        epochs=plan.epochs,
+        source_model=identity["source_model"],
+        source_manifest_sha256=identity["source_manifest_sha256"],
+        data_manifest_sha256=identity["data_manifest_sha256"],
+        data_tokens_sha256=data.tokens_bin_sha256,
+        resumed_from=str(resume) if resume else None,
+        optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+        inv_freq=inv_freq_after.tolist(),
+        inv_freq_sha256=rope.inv_freq_digest(inv_freq_after),
+        inv_freq_before_training_sha256=rope.inv_freq_digest(inv_freq),
+        final_loss=losses[-1] if losses else None,
+        train_loss=mean_step_loss(log, spec.steps),  # over all steps, resumed or not
+        # This rank's peak over the run (GiB; null on CPU): what a GPU of this job must hold.
+        peak_gpu_allocated_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        log_history=log,
+    )
 
 
 def add_arguments(parser) -> None:
@@ -282,8 +154,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    if args.base <= 1:
-        raise UserError(f"--base must be > 1 (got {args.base:g})")
+    if not args.base > 1:  # also NaN
+        raise UserError(f"--base must be a number > 1 (got {args.base:g}); fix the cell's base")
     spec = TrainSpec.from_json(args.spec)
     method = methods.MethodSpec.from_json(args.method) if args.method else methods.resolve("base", args.base)
     if method.base != args.base or not method.trains:

@@ -132,7 +132,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    spec = json.loads(args.spec)
-    if spec.get("source") != "scratch":
-        raise UserError("init-model only makes scratch models; an hf_dir model is used in place")
+    from ropelaw.tokenizer import check_trained
+
+    try:
+        spec = json.loads(args.spec)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--spec: not valid JSON ({err.msg} at character {err.pos}); pass the model's config "
+                        "block as the workflow writes it (rule init_model's params.spec)") from None
+    if not isinstance(spec, dict) or spec.get("source") != "scratch":
+        raise UserError("init-model only makes scratch models (--spec with source: scratch); an hf_dir model is used in place")
+    if not (Path(args.tokenizer) / "tokenizer.json").is_file():
+        raise UserError(f"--tokenizer {args.tokenizer}: not a tokenizer folder (no tokenizer.json); "
+                        "run `ropelaw train-tokenizer` first")
+    check_trained(args.tokenizer)
     init_scratch(spec, args.tokenizer, args.out)

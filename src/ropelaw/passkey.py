@@ -15,7 +15,8 @@ filler (0 = first, 1 = just before the question). For each (length, trial) one g
 seeded with (seed, length, trial) draws a key per depth and then the window, so prompts depend
 only on the tokenizer, the rows and the spec: every cell of a model answers the same prompts
 (`prompts_sha256` in the sidecar), and adding a length changes no other length's prompts.
-The prefix is tokenized as a user's prompt would be (with the tokenizer's BOS, if it adds one).
+A prompt begins with the BOS token when `evaluation.bos` says so (auto: when the tokenizer adds
+one to a text), as evaluation rows do; passkey.json records the policy and the token.
 
 Each batch of prompts runs one forward with the KV cache on and logits for the last position
 only (`logits_to_keep=1`), then greedily decodes len(" " + key) + 2 tokens from the cache, so
@@ -79,10 +80,13 @@ class PasskeySpec:
 
     @classmethod
     def from_json(cls, text: str) -> PasskeySpec:
-        raw = json.loads(text)
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"--spec: not valid JSON ({err}); pass the passkey config block as JSON") from None
         fields = set(cls.__dataclass_fields__)
-        if set(raw) != fields:
-            raise UserError(f"--spec needs exactly the keys {sorted(fields)}, got {sorted(raw)}")
+        if not isinstance(raw, dict) or set(raw) != fields:
+            raise UserError(f"--spec needs exactly the keys {sorted(fields)}, got {sorted(raw) if isinstance(raw, dict) else raw!r}")
         return cls(**{**raw, "lengths": tuple(raw["lengths"]), "depths": tuple(raw["depths"])})
 
 
@@ -107,8 +111,8 @@ def score(answer: str, key: str) -> bool:
     return digits is not None and digits.group() == key
 
 
-def _ids(tokenizer, text: str, *, special: bool = False) -> np.ndarray:
-    return np.asarray(tokenizer(text, add_special_tokens=special)["input_ids"], dtype=np.int64)
+def _ids(tokenizer, text: str) -> np.ndarray:
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
 
 
 def encode_needle(tokenizer, needle: str, key: str) -> tuple[np.ndarray, int, int]:
@@ -120,9 +124,10 @@ def encode_needle(tokenizer, needle: str, key: str) -> tuple[np.ndarray, int, in
     return np.asarray(encoded["input_ids"], dtype=np.int64), span[0], span[-1] + 1
 
 
-def build_prompts(tokenizer, docs_nl, spec: PasskeySpec, length: int) -> list[Prompt]:
-    """The trials x depths prompts of one length, ordered by trial then depth."""
-    head, tail = _ids(tokenizer, spec.prefix, special=True), _ids(tokenizer, spec.question)
+def build_prompts(tokenizer, docs_nl, spec: PasskeySpec, length: int, bos: int | None = None) -> list[Prompt]:
+    """The trials x depths prompts of one length, ordered by trial then depth; `bos` (an id) goes first."""
+    head = np.concatenate([[bos] if bos is not None else [], _ids(tokenizer, spec.prefix)]).astype(np.int64)
+    tail = _ids(tokenizer, spec.question)
     n_docs, row_len = docs_nl.shape
     prompts = []
     for trial in range(spec.trials):
@@ -172,14 +177,15 @@ def greedy_answer(model, input_ids_bl, n_new: int):
     return torch.stack(tokens, 1).cpu()
 
 
-def evaluate_passkey(model, tokenizer, docs_nl, spec: PasskeySpec, *, batch_size: int = 1, progress: bool = True):
-    """(one row per prompt, sha256 of every prompt's tokens in order)."""
+def evaluate_passkey(model, tokenizer, docs_nl, spec: PasskeySpec, *, batch_size: int = 1, progress: bool = True,
+                     bos: int | None = None):
+    """(one row per prompt, sha256 of every prompt's tokens in order); `bos` as in `build_prompts`."""
     from tqdm.auto import tqdm
 
     digest = hashlib.sha256()
     rows = []
     for length in spec.lengths:
-        prompts = build_prompts(tokenizer, docs_nl, spec, length)
+        prompts = build_prompts(tokenizer, docs_nl, spec, length, bos)
         n_new = max(len(_ids(tokenizer, " " + p.key)) for p in prompts) + EXTRA_TOKENS
         for first in tqdm(range(0, len(prompts), batch_size), desc=f"passkey L={length}", disable=not progress):
             batch = prompts[first : first + batch_size]
@@ -210,22 +216,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval-data", required=True, help="evaluation directory (ropelaw prepare-eval): the filler")
     parser.add_argument("--tokenizer", required=True, help="the tokenizer the evaluation rows were made with")
     parser.add_argument("--spec", required=True, help="the passkey config block as JSON, lengths resolved")
+    parser.add_argument("--bos", default="auto", choices=["auto", "true", "false"], help="evaluation.bos")
 
 
 def run(args) -> None:
     from ropelaw.data import load_tokenizer
     from ropelaw.evaldata import load_eval_docs
-    from ropelaw.evaluate import cell_method, load_cell_model, parse_cell
+    from ropelaw.evaluate import cell_method, check_arguments, load_cell_model, parse_cell
+    from ropelaw.tokentext import bos_id
 
+    check_arguments(args)
     cell = parse_cell(args.cell_json)
-    if args.batch_size < 1:
-        raise UserError(f"evaluation.batch_size must be >= 1 (got {args.batch_size})")
     spec = PasskeySpec.from_json(args.spec)
-    tokenizer, tokenizer_identity = load_tokenizer(args.tokenizer)
     docs = load_eval_docs(args.eval_data)
+    tokenizer, tokenizer_identity = load_tokenizer(args.tokenizer)
+    bos = bos_id(tokenizer, args.bos)
     model, inv_freq = load_cell_model(args.model, cell, precision=args.precision, attn_implementation=args.attn_implementation)
     started = time.perf_counter()
-    table, prompts_sha256 = evaluate_passkey(model, tokenizer, docs, spec, batch_size=args.batch_size)
+    table, prompts_sha256 = evaluate_passkey(model, tokenizer, docs, spec, batch_size=args.batch_size, bos=bos)
     seconds = time.perf_counter() - started
     for key, value in reversed(cell.columns().items()):
         table.insert(0, key, value)
@@ -239,6 +247,8 @@ def run(args) -> None:
         model_manifest_sha256=provenance.sha256_if_exists(Path(args.model) / "ropelaw_manifest.json"),
         eval_manifest_sha256=provenance.sha256_file(Path(args.eval_data) / "manifest.json"),
         tokenizer=tokenizer_identity,
+        bos=args.bos,
+        bos_token_id=bos,
         prompts_sha256=prompts_sha256,
         batch_size=args.batch_size,
         dtype=str(next(model.parameters()).dtype),

@@ -17,15 +17,12 @@ through a position-only RoPE, the prediction at position t depends on tokens
 the first L tokens. Methods whose rotation depends on the total length (dynamic
 NTK, longrope) break this and need one forward per length (`one_pass=False`).
 
-Metrics are sums, then a division: NLL and correct counts are summed over tokens
-and documents, and ppl = exp(nll_sum / tokens), accuracy = correct / tokens. Bad input raises `ropelaw.UserError` (a ValueError).
+Which positions are scored, under which convention, and how they are summed per document
+and per length is `ropelaw.scoring`'s job. Bad input raises `ropelaw.UserError` (a ValueError).
 """
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ropelaw import UserError
 from ropelaw.lean import chunked_mlp
@@ -33,7 +30,6 @@ from ropelaw.lean import chunked_mlp
 # Config attributes that change logits after the lm_head; we do not reproduce them.
 _SOFTCAPS = ("final_logit_softcapping", "output_logit_soft_cap", "logits_soft_cap")
 _SCALES = ("logit_scale", "logits_scaling", "logits_mup_width_multiplier")
-_SUM_COLUMNS = ["tokens", "nll_sum", "correct"]
 
 
 def _check_plain_logits(model):
@@ -81,122 +77,45 @@ def reset_dynamic_rope(model) -> None:
             module.max_seq_len_cached = module.original_max_seq_len
 
 
-def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = False):
+def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = False, targets_bl=None):
     """Per-position NLL (float64) and argmax correctness (bool) of the next token.
 
-    Returns `(nll_bt, correct_bt)`, both [B, L-1] on CPU; column j scores the
-    prediction of token j+1. Logits are taken in the model's dtype, as the model's
-    own forward gives them, then upcast to float32 for the log-softmax.
+    Returns `(nll_bt, correct_bt)`, both [B, T] on CPU. By default T = L-1 and column j scores
+    the prediction of input token j+1. With `targets_bl` ([B, L]: the token after every input
+    position, for a window whose last prediction lies beyond it) T = L and column j scores
+    `targets_bl[:, j]`. Logits are taken in the model's dtype, as the model's own forward gives
+    them, then upcast to float32 for the log-softmax.
     `compiled`: the decoder layers were compiled (`ropelaw.models.compile_layers`).
     """
     _check_plain_logits(model)
     device = next(model.parameters()).device
     input_ids_bl = torch.as_tensor(input_ids_bl, dtype=torch.long).to(device)
     batch, length = input_ids_bl.shape
-    if length < 2:
-        raise UserError(f"need at least 2 tokens to score a prediction, got {length}")
+    if targets_bl is None:
+        if length < 2:
+            raise UserError(f"need at least 2 tokens to score a prediction, got {length}")
+        targets_bt = input_ids_bl[:, 1:]
+    else:
+        targets_bt = torch.as_tensor(targets_bl, dtype=torch.long).to(device)
+        assert targets_bt.shape == input_ids_bl.shape, "one target per input position"
+    n_targets = targets_bt.shape[1]
     reset_dynamic_rope(model)
     backbone, lm_head = model.get_decoder(), model.get_output_embeddings()
-    nll_bt = torch.empty(batch, length - 1, dtype=torch.float64)
-    correct_bt = torch.empty(batch, length - 1, dtype=torch.bool)
+    nll_bt = torch.empty(batch, n_targets, dtype=torch.float64)
+    correct_bt = torch.empty(batch, n_targets, dtype=torch.bool)
     # The MLPs run in chunks of the same size: their [L, intermediate] activations dominate memory at 100K+.
     with torch.inference_mode(), chunked_mlp(model, chunk_size, compiled):
         hidden_bld = backbone(input_ids=input_ids_bl, use_cache=False).last_hidden_state
     with torch.inference_mode():
-        for start in range(0, length - 1, chunk_size):
-            end = min(start + chunk_size, length - 1)
+        for start in range(0, n_targets, chunk_size):
+            end = min(start + chunk_size, n_targets)
             logits_bcv = lm_head(hidden_bld[:, start:end]).float()
-            targets_bc = input_ids_bl[:, start + 1 : end + 1]
+            targets_bc = targets_bt[:, start:end]
             nll_bc = F.cross_entropy(logits_bcv.flatten(0, 1), targets_bc.flatten(), reduction="none")
             nll_bt[:, start:end] = nll_bc.view(batch, -1).cpu()
             correct_bt[:, start:end] = (logits_bcv.argmax(-1) == targets_bc).cpu()
             del logits_bcv, nll_bc
     return nll_bt, correct_bt
-
-
-def default_bucket_edges(length: int) -> list[int]:
-    """Power-of-two edges of target-position buckets: [0, 2, 4, ..., 2^k, length].
-
-    The buckets [0,2), [2,4), ..., [2^k, length) cover [0, length) and so add up
-    to the prefix of `length`; position 0 is never a target, so [0,2) holds target 1.
-    """
-    return [0] + [2**k for k in range(1, (length - 1).bit_length())] + [length]
-
-
-def _with_ratios(sums: pd.DataFrame) -> pd.DataFrame:
-    sums["ppl"] = np.exp(sums["nll_sum"] / sums["tokens"])
-    sums["accuracy"] = sums["correct"] / sums["tokens"]
-    return sums
-
-
-def prefix_and_bucket_sums(nll_bt, correct_bt, lengths, buckets) -> pd.DataFrame:
-    """Sums for each prefix length (targets 1..L-1) and each target-position bucket.
-
-    `buckets` are increasing edges; consecutive edges give buckets [start, end) of
-    target positions (column j of `nll_bt` is target j+1). Columns: scope ("prefix"/"bucket"), start, end, tokens, nll_sum, correct, ppl,
-    accuracy. A prefix row has start=0, end=L. Sums run over the whole batch.
-    """
-    batch, n_targets = nll_bt.shape
-    # cum[k] = sum over targets 1..k; targets [a, b) sum to cum[b-1] - cum[a-1]
-    cum_nll = np.concatenate([[0.0], np.cumsum(nll_bt.double().sum(0).numpy())])
-    cum_correct = np.concatenate([[0], np.cumsum(correct_bt.sum(0).numpy())])
-    pairs = [("prefix", 0, int(n)) for n in lengths]
-    pairs += [("bucket", int(s), int(e)) for s, e in zip(buckets[:-1], buckets[1:])]
-    rows = []
-    for scope, start, end in pairs:
-        first, stop = max(start, 1), end
-        if not 0 <= start < end <= n_targets + 1 or first >= stop:
-            raise UserError(
-                f"{scope} [{start}, {end}) scores no tokens or exceeds the "
-                f"{n_targets + 1} tokens scored; use 0 <= start < end <= L and end >= 2"
-            )
-        rows.append(dict(
-            scope=scope, start=start, end=end, tokens=batch * (stop - first),
-            nll_sum=float(cum_nll[stop - 1] - cum_nll[first - 1]),
-            correct=int(cum_correct[stop - 1] - cum_correct[first - 1]),
-        ))
-    return _with_ratios(pd.DataFrame(rows))
-
-
-def evaluate_docs(model, docs_nl, lengths, *, one_pass=True, chunk_size=4096,
-                  buckets=None, batch_size=1, progress=True, compiled=False) -> pd.DataFrame:
-    """Perplexity of `docs_nl` ([n_docs, L_max] token ids) at each of `lengths`.
-
-    one_pass=True: one forward per batch at max(lengths), shorter lengths read from
-    its prefix (position-only RoPE only; a length-dependent RoPE raises).
-    one_pass=False: one forward per length on the first L tokens of each doc; the
-    bucket rows come from the max(lengths) pass. `buckets` are bucket edges, by
-    default `default_bucket_edges(max(lengths))`. Sums are accumulated over documents before
-    dividing. `compiled`: as in `token_stats`. Columns: those of `prefix_and_bucket_sums` plus `n_docs`.
-    """
-    docs_nl = torch.from_numpy(np.asarray(docs_nl).astype(np.int64))  # a copy: eval rows are read-only memmaps
-    lengths = sorted(int(n) for n in lengths)
-    longest = lengths[-1]
-    if docs_nl.ndim != 2 or docs_nl.shape[1] < longest:
-        raise UserError(
-            f"docs must be [n_docs, >= {longest}] token ids, got {tuple(docs_nl.shape)}")
-    if one_pass and length_dependent_rope(model):
-        raise UserError(
-            f"RoPE type {_rope_types(model.config)} depends on the total length, so "
-            "prefixes of one pass are wrong; pass one_pass=False"
-        )
-    buckets = default_bucket_edges(longest) if buckets is None else buckets
-    starts = range(0, docs_nl.shape[0], batch_size)
-    parts = []
-    for first in tqdm(starts, desc="docs", disable=not progress):
-        batch_nl = docs_nl[first : first + batch_size]
-        if one_pass:
-            nll_bt, correct_bt = token_stats(model, batch_nl[:, :longest], chunk_size, compiled)
-            parts.append(prefix_and_bucket_sums(nll_bt, correct_bt, lengths, buckets))
-            continue
-        for n in tqdm(lengths, desc="lengths", leave=False, disable=not progress):
-            nll_bt, correct_bt = token_stats(model, batch_nl[:, :n], chunk_size, compiled)
-            parts.append(prefix_and_bucket_sums(
-                nll_bt, correct_bt, [n], buckets if n == longest else []))
-    sums = pd.concat(parts).groupby(["scope", "start", "end"], sort=False)[_SUM_COLUMNS].sum()
-    result = _with_ratios(sums.reset_index())
-    result["n_docs"] = docs_nl.shape[0]
-    return result
 
 
 def naive_perplexity(model, input_ids_bl, length: int) -> tuple[float, float]:

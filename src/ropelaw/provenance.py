@@ -71,14 +71,31 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def command_line(argv: list[str] | None = None, cwd: str | Path | None = None) -> list[str]:
+    """The command as `ropelaw SUBCOMMAND ARGS`: no path of the executable, and every argument that is
+    an absolute path inside the working directory made relative to it (results/..., not /home/...)."""
+    argv = sys.argv if argv is None else argv
+    cwd = Path(cwd or os.getcwd()).resolve()
+    program = Path(argv[0]).name if argv else "ropelaw"
+    if program in ("cli.py", "__main__.py", "-m", "-c", ""):
+        program = "ropelaw"
+    args = []
+    for arg in argv[1:]:
+        path = Path(arg)
+        if path.is_absolute() and path.resolve().is_relative_to(cwd):
+            arg = str(path.resolve().relative_to(cwd)) or "."
+        args.append(arg)
+    return [program, *args]
+
+
 def manifest(**fields: Any) -> dict[str, Any]:
-    """A manifest: the caller's fields plus commit, versions, host and command line."""
+    """A manifest: the caller's fields plus commit, versions, host and command line (`command_line`)."""
     return {
         **fields,
         "git_commit": git_commit(),
         "versions": library_versions(),
         "host": platform.node(),
-        "command": sys.argv,
+        "command": command_line(),
     }
 
 

@@ -66,6 +66,8 @@ class TrainingSpec:
     """Log loss and learning rate every N steps."""
     compile: bool = False
     """torch.compile each decoder layer."""
+    fused_loss: bool = True
+    """The loss from the last hidden states in chunks, never the whole fp32 logits."""
     key: InitVar[str] = "finetune"
     """The config block it comes from, for error messages."""
 

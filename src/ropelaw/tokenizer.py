@@ -36,6 +36,16 @@ def run(args: argparse.Namespace) -> None:
     train_tokenizer(args.shards, args.vocab_size, args.out, args.subsets)
 
 
+def check_trained(path: str | Path) -> None:
+    """Refuse a tokenizer folder of ours that was trained on no documents (an older version wrote them)."""
+    import json
+
+    record = Path(path) / MANIFEST
+    if record.is_file() and not sum(json.loads(record.read_text()).get("documents", {}).values()):
+        raise UserError(f"{path}: this tokenizer was trained on no documents; delete it and re-run "
+                        "`ropelaw train-tokenizer` on shards that hold text (data.train)")
+
+
 def train_tokenizer(
     shards: list[str | Path],
     vocab_size: int,
@@ -60,13 +70,20 @@ def train_tokenizer(
         show_progress=False,
     )
     counts: Counter = Counter()
+    n_chars = 0
 
     def texts():
+        nonlocal n_chars
         for doc in tqdm(iter_documents(paths, subsets, key=key), desc="tokenizer corpus", unit="doc"):
             counts[doc.subset] += 1
+            n_chars += len(doc.text.strip())
             yield doc.text
 
     bpe.train_from_iterator(texts(), trainer=trainer)
+    if n_chars == 0:
+        raise UserError(f"{key}.shards: {[str(p) for p in paths]} hold {sum(counts.values())} documents"
+                        f"{f' of subsets {subsets}' if subsets else ''} and no text to train a tokenizer on; "
+                        f"add shards or fix {key}.subsets")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS)
     out = Path(out)
     with atomic_path(out) as tmp:

@@ -1,0 +1,122 @@
+"""Building the transformers Trainer of one run from its spec and plan, and the callbacks it runs with.
+
+transformers' Trainer does the work (AdamW, schedule, clipping, bf16, gradient accumulation,
+DeepSpeed ZeRO when `deepspeed` names a config). `build_trainer` sets it up exactly as the plan
+says; `StopOnSignal` makes every rank save and stop at the same step on SIGUSR1; `LastStep`
+logs the last step and keeps the Trainer from checkpointing it (the finished model is saved
+instead, and a checkpoint at the last step is one a re-run must never resume). Every checkpoint
+step is also a logging step, so the per-step losses the log covers survive a resume and
+`train_loss` (their mean over all steps) is the same whether or not the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from ropelaw.train_plan import SCHEDULES, Plan, TrainSpec
+
+
+class LastStep(TrainerCallback):
+    """Log at every checkpoint and at the last step; never checkpoint the last step."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+            control.should_save = False
+        elif control.should_save:
+            control.should_log = True
+        return control
+
+
+class StopOnSignal(TrainerCallback):
+    """On SIGUSR1: save a checkpoint at the end of the current step and stop (all ranks, same step)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped_at: int | None = None
+        signal.signal(signal.SIGUSR1, self._request)
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _on_any_rank(self.requested, args.device) and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            control.should_log = True  # the loss since the last log goes into the checkpoint
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def _on_any_rank(flag: bool, device) -> bool:
+    """True on every rank if `flag` is true on one: ranks hear a signal at different steps."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    flag_t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(flag_t, op=dist.ReduceOp.MAX)
+    return bool(flag_t.item())
+
+
+def training_arguments(spec: TrainSpec, plan: Plan, output_dir: str, bf16: bool) -> TrainingArguments:
+    """The Trainer's arguments. Under ZeRO-3, creating them before the model makes from_pretrained load
+    each rank's shard only (deepspeed.zero.Init), instead of the whole fp32 model on every rank.
+    The optimizer is transformers' default, torch's fused AdamW (one kernel for every parameter,
+    on CPU and GPU, with torch >= 2.8); the model manifest records it."""
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=spec.steps,
+        per_device_train_batch_size=spec.micro_batch_size,
+        gradient_accumulation_steps=plan.accumulation,
+        learning_rate=spec.lr,
+        lr_scheduler_type=SCHEDULES[spec.lr_schedule],
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
+        adam_beta1=spec.adam_beta1,
+        adam_beta2=spec.adam_beta2,
+        adam_epsilon=spec.adam_epsilon,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        bf16=bf16,
+        gradient_checkpointing=spec.gradient_checkpointing,
+        deepspeed=spec.deepspeed,
+        save_strategy="steps",
+        save_steps=spec.checkpoint_every,
+        save_total_limit=2,
+        logging_steps=spec.logging_steps,
+        report_to=[],
+        dataloader_drop_last=True,
+        disable_tqdm=False,
+    )
+
+
+def build_trainer(model, spec: TrainSpec, args: TrainingArguments, dataset, callbacks=()) -> Trainer:
+    """The Trainer of a loaded fp32 model (bf16 autocast through the Trainer, or DeepSpeed's bf16 engine)."""
+    from ropelaw.fastloss import install_chunked_loss
+    from ropelaw.models import compile_layers
+
+    model.config.use_cache = False
+    if spec.compile:
+        compile_layers(model, "finetune.compile")
+        if spec.deepspeed:
+            print("warning: finetune.compile with DeepSpeed: ZeRO-3's parameter hooks split the compiled layers; "
+                  "on one H200 it was slower than ZeRO-3 alone (BENCHMARKS.md)", flush=True)
+    if spec.fused_loss:
+        install_chunked_loss(model)
+    return Trainer(model=model, args=args, train_dataset=dataset, callbacks=[LastStep(), *callbacks])
+
+
+def mean_step_loss(log_history: list[dict], steps: int) -> float | None:
+    """The mean training loss over steps 1..`steps`: each logged loss is the mean over the steps since
+    the previous log, so it counts for that many steps. None if the log does not cover every step."""
+    total, last = 0.0, 0
+    for row in log_history:
+        if "loss" in row:
+            total += row["loss"] * (row["step"] - last)
+            last = row["step"]
+    return total / steps if last == steps else None

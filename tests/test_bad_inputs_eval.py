@@ -1,0 +1,98 @@
+"""Bad inputs to `ropelaw evaluate` and `ropelaw passkey` are refused in one line, before any work.
+
+Every case passes a model folder that does not exist: a case that reached the model load would
+fail there instead, so each message proves its check came first. Each asserts a non-zero exit,
+one line on stderr naming the option or file, no traceback and no output written.
+In-process through `ropelaw.cli.main` (fast); one case runs the installed command.
+`pytest -q tests/test_bad_inputs_eval.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from evalkit import cell_json, make_kit
+
+from ropelaw.cli import main
+
+SPEC = {"lengths": [96], "depths": [0.5], "trials": 1, "seed": 1, "key_digits": 5, "prefix": "",
+        "needle": "The key is {key}.", "question": "The key is"}
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    kit = make_kit(tmp_path_factory.mktemp("bad_eval"))
+    bad = kit.root / "bad"
+    for name, manifest in {"notjson": "{not json", "nokeys": json.dumps({"n_docs": 3}),
+                           "shortbin": json.dumps({"n_docs": 99, "length": 160, "dtype": "<u2"})}.items():
+        (bad / name).mkdir(parents=True)
+        (bad / name / "manifest.json").write_text(manifest)
+        (bad / name / "docs.bin").write_bytes(b"\0" * 64)
+    (bad / "afile").write_text("x")
+    return kit
+
+
+def _args(kit, command, out, **changes):
+    args = {"--model": str(kit.root / "no-model"), "--cell-json": cell_json(), "--eval-data": str(kit.eval_dir),
+            "--tokenizer": str(kit.tokenizer_dir), "--out": str(out)}
+    if command == "evaluate":
+        args.update({"--lengths": "32 64", "--chunk-size": "16"})
+    else:
+        args["--spec"] = json.dumps(SPEC)
+    args.update(changes)
+    argv = [command]
+    for key, value in args.items():
+        argv += [key, *value.split(" ")] if key in ("--lengths", "--bucket-edges") else [key, value]
+    return argv
+
+
+CASES = [  # (command, changes to the good arguments, what the one line must name)
+    ("evaluate", {"--out": "{bad}/afile/eval.csv"}, "--out"),
+    ("evaluate", {"--out": "/sys/ropelaw-test/eval.csv"}, "--out"),
+    ("evaluate", {"--out": "{bad}"}, "is a folder"),
+    ("evaluate", {"--batch-size": "0"}, "--batch-size"),
+    ("evaluate", {"--batch-size": "-2"}, "--batch-size"),
+    ("evaluate", {"--chunk-size": "0"}, "--chunk-size"),
+    ("evaluate", {"--lengths": "64 32"}, "--lengths"),
+    ("evaluate", {"--lengths": "32 32"}, "--lengths"),
+    ("evaluate", {"--lengths": "1 32"}, "--lengths"),
+    ("evaluate", {"--bucket-edges": "0 8 4"}, "--bucket-edges"),
+    ("evaluate", {"--eval-data": "{bad}/missing"}, "--eval-data"),
+    ("evaluate", {"--eval-data": "{bad}/notjson"}, "manifest.json"),
+    ("evaluate", {"--eval-data": "{bad}/nokeys"}, "manifest.json"),
+    ("evaluate", {"--eval-data": "{bad}/shortbin"}, "docs.bin"),
+    ("evaluate", {"--tokenizer": "{bad}/missing"}, "tokenizer"),
+    ("evaluate", {"--convention": "yarn", "--bos": "false"}, "evaluation.bos"),
+    ("evaluate", {"--lengths": "64 400"}, "prepare_eval"),
+    ("passkey", {"--out": "{bad}/afile/passkey.csv"}, "--out"),
+    ("passkey", {"--batch-size": "0"}, "--batch-size"),
+    ("passkey", {"--eval-data": "{bad}/missing"}, "--eval-data"),
+    ("passkey", {"--eval-data": "{bad}/notjson"}, "manifest.json"),
+    ("passkey", {"--spec": "{not json"}, "--spec"),
+    ("passkey", {"--tokenizer": "{bad}/missing"}, "tokenizer"),
+]
+
+
+@pytest.mark.parametrize("command, changes, named", CASES, ids=[f"{c}_{'_'.join(k.strip('-').replace('-', '_') for k in v)}{i}" for i, (c, v, _) in enumerate(CASES)])
+def test_bad_input_is_one_line_before_any_work(kit, tmp_path, capsys, command, changes, named):
+    out = tmp_path / "cell" / f"{command}.csv"
+    changes = {k: v.replace("{bad}", str(kit.root / "bad")) for k, v in changes.items()}
+    code = main(_args(kit, command, out, **changes))
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert named in err and "no-model" not in err, err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not (out.parent / f"{command}_docs.csv").exists()
+
+
+def test_installed_command_refuses_unwritable_out_in_one_line(kit, tmp_path):
+    ropelaw = Path(sys.executable).with_name("ropelaw")
+    argv = _args(kit, "evaluate", str(kit.root / "bad" / "afile" / "eval.csv"))
+    result = subprocess.run([str(ropelaw), *argv], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("ropelaw evaluate: error: --out") and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,176 @@
+"""Bad inputs of the training stage (train-tokenizer, init-model, pack, finetune), and broken checkpoints.
+
+Each refused case runs the command through `ropelaw.cli.main` in this process (the CLI's code: a
+`UserError` becomes one line on stderr and status 2; anything else would surface here as an
+exception, the traceback a user would see) and asserts: a non-zero status, exactly one line on
+stderr (besides progress bars) that names the key or file and the fix, and no finished-looking output. A corrupt newest
+checkpoint is not refused: the run names it, resumes from the previous complete one and ends
+with the uninterrupted run's model, bitwise. `pytest -q tests/test_bad_inputs_train.py`: ~15 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from finetune_cell import SPEC, finetune_args, make_cell, weights
+from transformers import TrainerCallback
+
+from ropelaw.cli import main
+from ropelaw.pile import write_shard
+
+
+PROGRESS = re.compile(r"\[\d+:\d\d[<,]")  # a tqdm progress update ("pack 32: 1doc [00:00, 5184.55doc/s]")
+
+
+@pytest.fixture(scope="module")
+def cell(tmp_path_factory) -> Path:
+    return make_cell(tmp_path_factory.mktemp("bad"))
+
+
+def _spec(**change) -> str:
+    return json.dumps({**SPEC, **change})
+
+
+def _finetune(cell: Path, out: Path, *, spec: str | None = None, data: Path | None = None,
+              base: str = "50000") -> list[str]:
+    args = finetune_args(cell, "unused")
+    args[args.index("--spec") + 1] = spec if spec is not None else _spec()
+    args[args.index("--data") + 1] = str(data or cell / "data")
+    args[args.index("--base") + 1] = base
+    args[args.index("--out") + 1] = str(out)
+    args[args.index("--checkpoints") + 1] = str(out.parent / f"{out.name}_ckpt")
+    return args
+
+
+def _data_with(cell: Path, tmp: Path, manifest: dict | None) -> Path:
+    """A copy of the cell's packed folder whose manifest.json is `manifest` (None: no manifest)."""
+    data = tmp / "data"
+    shutil.copytree(cell / "data", data)
+    if manifest is None:
+        (data / "manifest.json").unlink()
+    else:
+        (data / "manifest.json").write_text(json.dumps(manifest))
+    return data
+
+
+def _old_manifest(cell: Path) -> dict:
+    record = json.loads((cell / "data/manifest.json").read_text())
+    record["tokens_sha256"] = record.pop("tokens_bin_sha256")
+    return record
+
+
+def _empty_shards(tmp: Path) -> list[str]:
+    shard = tmp / "empty.jsonl.zst"
+    write_shard(shard, [{"text": "  ", "meta": {"pile_set_name": "A"}}])
+    return [str(shard)]
+
+
+# (id, argv of `ropelaw` given (cell, tmp), the words stderr must hold, the output that must not exist)
+CASES = [
+    ("finetune-spec-not-json", lambda c, t: _finetune(c, t / "out", spec="{not json"),
+     ["--spec: not valid JSON", "pass the JSON object"], "out"),
+    ("finetune-spec-not-object", lambda c, t: _finetune(c, t / "out", spec="[1, 2]"),
+     ["--spec: not a JSON object", "finetune spec"], "out"),
+    ("finetune-spec-missing-key", lambda c, t: _finetune(c, t / "out", spec=json.dumps(
+        {k: v for k, v in SPEC.items() if k != "lr"})),
+     ["missing keys ['lr']", "finetune block"], "out"),
+    ("finetune-unknown-schedule", lambda c, t: _finetune(c, t / "out", spec=_spec(lr_schedule="exponential")),
+     ["lr_schedule = 'exponential'", "one of constant, cosine, linear", "fix finetune.lr_schedule"], "out"),
+    ("finetune-lr-nan", lambda c, t: _finetune(c, t / "out", spec=_spec(lr=float("nan"))),
+     ["lr = nan must be a finite number > 0", "fix finetune.lr"], "out"),
+    ("finetune-base-nan", lambda c, t: _finetune(c, t / "out", base="nan"),
+     ["--base must be a number > 1", "fix the cell's base"], "out"),
+    ("finetune-method-not-json", lambda c, t: [*_finetune(c, t / "out"), "--method", "{not json"],
+     ["--method: not a method spec", "pass MethodSpec.to_json()"], "out"),
+    ("finetune-method-not-trained", lambda c, t: [*_finetune(c, t / "out"), "--method", _untuned_method()],
+     ["--method: untuned at base 10000 is not a trained method at --base 50000"], "out"),
+    ("finetune-no-data-manifest", lambda c, t: _finetune(c, t / "out", data=_data_with(c, t, None)),
+     ["manifest.json: missing", "re-run `ropelaw pack`"], "out"),
+    ("finetune-old-data-manifest", lambda c, t: _finetune(c, t / "out", data=_data_with(c, t, _old_manifest(c))),
+     ["manifest.json: unknown keys ['tokens_sha256']", "re-run `ropelaw pack`"], "out"),
+    ("finetune-fewer-rows-than-a-batch", lambda c, t: _finetune(c, t / "out", spec=_spec(global_batch_size=32,
+                                                                                            micro_batch_size=1)),
+     ["16 rows, fewer than one global batch of 32", "data.train.max_sequences"], "out"),
+    ("train-tokenizer-empty-corpus", lambda c, t: ["train-tokenizer", "--shards", *_empty_shards(t),
+                                                   "--vocab-size", "300", "--out", str(t / "tok")],
+     ["data.train.shards", "no text to train a tokenizer on", "add shards"], "tok"),
+    ("init-model-untrained-tokenizer", lambda c, t: ["init-model", "--spec", '{"source": "scratch"}', "--tokenizer",
+                                                     str(_empty_tokenizer(t)), "--out", str(t / "init")],
+     ["trained on no documents", "re-run `ropelaw train-tokenizer`"], "init"),
+    ("init-model-spec-not-json", lambda c, t: ["init-model", "--spec", "{not json", "--tokenizer", str(c / "model"),
+                                               "--out", str(t / "init")],
+     ["--spec: not valid JSON", "rule init_model"], "init"),
+    ("pack-empty-corpus", lambda c, t: ["pack", "--shards", *_empty_shards(t), "--tokenizer", str(c / "model"),
+                                        "--seq-len", "32", "--out", str(t / "packed")],
+     ["data.train: the shards", "fewer than one sequence of 32", "add shards"], "packed"),
+]
+
+
+def _untuned_method() -> str:
+    from ropelaw import methods
+
+    return json.dumps(methods.resolve("untuned", 10000.0).to_json())
+
+
+def _empty_tokenizer(tmp: Path) -> Path:
+    """A tokenizer folder as an older version left it after an empty corpus: no documents in its record."""
+    from ropelaw.tokenizer import MANIFEST
+
+    folder = tmp / "tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / MANIFEST).write_text(json.dumps({"documents": {}}))
+    return folder
+
+
+@pytest.mark.parametrize("argv, words, output", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_naming_the_fix(cell, tmp_path, capsys, argv, words, output):
+    args = argv(cell, tmp_path)
+    capsys.readouterr()
+    status = main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS.search(line)]
+    assert status != 0 and len(lines) == 1, err
+    assert lines[0].startswith(f"ropelaw {args[0]}: error: ") and "Traceback" not in err
+    for word in words:
+        assert word in lines[0], lines[0]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith((output, f".{output}"))]
+    assert leftovers == [], leftovers
+
+
+class _StopAt(TrainerCallback):
+    """SIGUSR1 to this process as step 4 begins: the run checkpoints steps 2 and 4, then stops."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == 4:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.mark.parametrize("broken", ["model.safetensors", "optimizer.pt"])
+def test_a_corrupt_newest_checkpoint_is_named_and_the_previous_one_resumed(cell, tmp_path, capsys, monkeypatch,
+                                                                            broken):
+    from ropelaw import trainer
+
+    assert main(_finetune(cell, tmp_path / "clean")) == 0
+    build = trainer.build_trainer
+    monkeypatch.setattr(trainer, "build_trainer", lambda *a, **k: build(*a[:4], [*a[4], _StopAt()]))
+    previous = signal.getsignal(signal.SIGUSR1)
+    with pytest.raises(SystemExit, match="75"):
+        main(_finetune(cell, tmp_path / "run"))
+    signal.signal(signal.SIGUSR1, previous)
+    monkeypatch.undo()
+    newest = tmp_path / "run_ckpt/checkpoint-4"
+    with open(newest / broken, "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) // 2)
+    capsys.readouterr()
+    assert main(_finetune(cell, tmp_path / "run")) == 0
+    out = capsys.readouterr().out
+    assert f"{newest} is broken ({broken}: truncated" in out and "resuming from" in out
+    assert json.loads((tmp_path / "run/ropelaw_manifest.json").read_text())["resumed_from"].endswith("checkpoint-2")
+    assert weights(tmp_path, "run") == weights(tmp_path, "clean")

@@ -1,0 +1,198 @@
+"""The trainer in pieces: the pure plan, the data manifest, the Trainer's global batch, and runs of
+`ropelaw finetune` (in this process, through `ropelaw.cli.main`: the code the finetune rule's shell
+line runs; Snakemake's --forcerun only deletes the model folder first, which `rerun` does here).
+
+`pytest -q tests/test_finetune.py`: about 20 s on one core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from finetune_cell import SPEC, finetune, make_cell, manifest, weights, write_rows
+from transformers import TrainerCallback
+
+from ropelaw import UserError, provenance
+from ropelaw.manifests import PackManifest
+from ropelaw.train_plan import TrainSpec, make_plan
+
+
+def _spec(**change) -> TrainSpec:
+    return TrainSpec(**{**SPEC, **change})
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+def test_plan_keeps_whole_global_batches_across_epochs():
+    spec = _spec(steps=5, global_batch_size=4, micro_batch_size=2)
+    plan = make_plan(spec, world_size=1, rows=10, seq_len=32)
+    assert (plan.accumulation, plan.steps_per_epoch, plan.rows_per_epoch, plan.rows_unused, plan.epochs) == (2, 2, 8, 2, 3)
+    # Within one epoch nothing is trimmed: the Trainer samples from every row, as before.
+    plan = make_plan(_spec(steps=2, global_batch_size=4), world_size=1, rows=10, seq_len=32)
+    assert (plan.rows_per_epoch, plan.epochs) == (10, 1)
+    # Rows that divide into global batches are all read, every epoch.
+    plan = make_plan(_spec(steps=9, global_batch_size=4, micro_batch_size=1), world_size=2, rows=12, seq_len=32)
+    assert (plan.accumulation, plan.rows_per_epoch, plan.epochs) == (2, 12, 3)
+
+
+@pytest.mark.parametrize("change, rows, world, match", [
+    ({"global_batch_size": 4}, 3, 1, r"3 rows, fewer than one global batch of 4: raise data\.train\.max_sequences"),
+    ({"global_batch_size": 4, "micro_batch_size": 2}, 16, 3, r"not a multiple of micro_batch_size x world size"),
+    ({"length_multiple": 64}, 16, 1, r"tuning length 32 is not a multiple of finetune\.length_multiple = 64"),
+])
+def test_plan_refuses_what_cannot_be_trained(change, rows, world, match):
+    with pytest.raises(UserError, match=match):
+        make_plan(_spec(**change), world_size=world, rows=rows, seq_len=32)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("lr", float("nan"), r"lr = nan must be a finite number > 0; fix finetune\.lr"),
+    ("lr_schedule", "exponential", r"lr_schedule = 'exponential' must be one of constant, cosine, linear"),
+    ("steps", 0, r"steps = 0 must be an integer >= 1"),
+    ("steps", 2.5, r"steps = 2\.5 must be an integer >= 1"),
+    ("compile", "yes", r"compile = 'yes' must be true or false"),
+    ("adam_beta2", 1.0, r"adam_beta2 = 1\.0 must be a number in \[0, 1\)"),
+])
+def test_spec_refuses_bad_values_naming_the_key(key, value, match):
+    with pytest.raises(UserError, match=match):
+        _spec(**{key: value})
+    with pytest.raises(UserError, match=match):
+        TrainSpec.from_json(json.dumps({**SPEC, key: value}))
+
+
+# --- the data manifest ----------------------------------------------------------------------
+
+def test_pack_manifest_round_trips_with_named_keys(tmp_path):
+    written = PackManifest(n_sequences=3, seq_len=8, dtype="<u2", tokens_bin_sha256="ab" * 32, n_documents=2,
+                           shards={"s.jsonl": "cd" * 32}, per_subset={"A": {"documents": 2, "tokens": 30}}).write(tmp_path)
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk["tokens_bin_sha256"] == "ab" * 32 and on_disk["command"][0] and on_disk["git_commit"]
+    read = PackManifest.read(tmp_path)
+    assert read == written and read.provenance == written.provenance and read.to_dict() == on_disk
+    on_disk["tokens_sha256"] = on_disk.pop("tokens_bin_sha256")  # the old reader's spelling
+    (tmp_path / "manifest.json").write_text(json.dumps(on_disk))
+    with pytest.raises(UserError, match=r"manifest\.json: unknown keys \['tokens_sha256'\]"):
+        PackManifest.read(tmp_path)
+
+
+def test_command_is_recorded_without_absolute_paths(tmp_path):
+    argv = ["/home/someone/.venv/bin/ropelaw", "finetune", "--out", str(tmp_path / "results/m"), "--base", "10"]
+    assert provenance.command_line(argv, cwd=tmp_path) == ["ropelaw", "finetune", "--out", "results/m", "--base", "10"]
+
+
+# --- the Trainer ----------------------------------------------------------------------------
+
+@pytest.fixture
+def cell(tmp_path) -> Path:
+    return make_cell(tmp_path)
+
+
+class _RowsPerStep(TrainerCallback):
+    """Rows each optimizer step trained on, counted by a forward hook on the model."""
+
+    def __init__(self):
+        self.rows, self.steps = 0, []
+
+    def hook(self, module, args, kwargs):
+        self.rows += len(kwargs["input_ids"])
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(self.rows)
+        self.rows = 0
+
+
+def test_every_optimizer_step_sees_the_whole_global_batch(cell):
+    """10 rows, global batch 4 of micro-batches of 2, 5 steps: 3 epochs, each step 4 rows (the Trainer
+    alone would run every epoch's third step on the 10th row's micro-batch only)."""
+    from ropelaw.finetune import TrainSpec, train
+
+    write_rows(cell / "data", np.random.default_rng(1).integers(0, 96, size=(10, 32)))
+    counter = _RowsPerStep()
+    record = train(str(cell / "model"), str(cell / "data"), 50000.0, _spec(steps=5), str(cell / "ckpt"),
+                   str(cell / "out"), callbacks=[counter])
+    assert counter.steps == [4, 4, 4, 4, 4]
+    assert (record["rows_per_epoch"], record["rows_unused"], record["epochs"]) == (8, 2, 3)
+
+
+def test_a_finished_run_forced_to_rerun_trains_again_bitwise(cell):
+    assert finetune(cell, "tuned") == 0
+    first = manifest(cell, "tuned")
+    assert not (cell / "tuned_ckpt").exists()  # a finished run leaves nothing to resume
+    assert [row["step"] for row in first["log_history"] if "loss" in row][-1] == SPEC["steps"]
+    assert first["resumed_from"] is None and first["data_tokens_sha256"] == PackManifest.read(cell / "data").tokens_bin_sha256
+    assert first["command"][0] == "ropelaw" and not any(a.startswith("/") and "bin/" in a for a in first["command"])
+    clean = weights(cell, "tuned")
+    shutil.rmtree(cell / "tuned")  # what --forcerun does before it runs the same command
+    assert finetune(cell, "tuned") == 0
+    again = manifest(cell, "tuned")
+    assert weights(cell, "tuned") == clean
+    assert again["resumed_from"] is None and again["log_history"][-1]["step"] == SPEC["steps"]
+    assert again["train_loss"] == first["train_loss"]
+
+
+def test_a_finished_runs_last_checkpoint_is_never_resumed(cell):
+    """A checkpoint at the last step (an older version wrote them) would train step N+1 of N."""
+    assert finetune(cell, "clean") == 0
+    _Signal.at = SPEC["steps"] - 1
+    assert finetune(cell, "stopped") == 75
+    _Signal.at = None
+    stale = cell / "stopped_ckpt" / f"checkpoint-{SPEC['steps']}"
+    shutil.copytree(cell / "stopped_ckpt" / f"checkpoint-{SPEC['steps'] - 1}", stale)
+    state = json.loads((stale / "trainer_state.json").read_text())
+    (stale / "trainer_state.json").write_text(json.dumps({**state, "global_step": SPEC["steps"]}))
+    assert finetune(cell, "stopped") == 0
+    assert manifest(cell, "stopped")["resumed_from"].endswith(f"checkpoint-{SPEC['steps'] - 1}")
+    assert weights(cell, "stopped") == weights(cell, "clean")
+
+
+class _Signal(TrainerCallback):
+    """Raises SIGUSR1 in this process as step `at` begins: `ropelaw finetune` stops after it (status 75)."""
+
+    at: int | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.fixture(autouse=True)
+def _signal_callback(monkeypatch):
+    """Every run of these tests gets _Signal, which raises SIGUSR1 once at _Signal.at (if set)."""
+    from ropelaw import trainer
+
+    build = trainer.build_trainer
+
+    def with_signal(model, spec, args, dataset, callbacks=()):
+        return build(model, spec, args, dataset, [*callbacks, _Signal()])
+
+    monkeypatch.setattr(trainer, "build_trainer", with_signal)
+    previous = signal.getsignal(signal.SIGUSR1)
+    yield
+    _Signal.at = None
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_an_interrupted_run_resumes_bitwise_and_averages_every_step(cell):
+    assert finetune(cell, "clean") == 0
+    _Signal.at = 3
+    assert finetune(cell, "stopped") == 75
+    _Signal.at = None
+    assert (cell / "stopped_ckpt/checkpoint-3").is_dir() and not (cell / "stopped").exists()
+    assert finetune(cell, "stopped") == 0
+    clean, resumed = manifest(cell, "clean"), manifest(cell, "stopped")
+    assert resumed["resumed_from"].endswith("checkpoint-3")
+    assert weights(cell, "stopped") == weights(cell, "clean")
+    losses = [row["loss"] for row in clean["log_history"] if "loss" in row]
+    assert len(losses) == 3  # steps 2 and 4 (checkpoints) and 5 (the last)
+    assert resumed["train_loss"] == pytest.approx(clean["train_loss"], rel=1e-6)
+    assert clean["train_loss"] == pytest.approx((2 * losses[0] + 2 * losses[1] + losses[2]) / 5, rel=1e-12)
+    assert clean["train_loss"] != pytest.approx(losses[-1], rel=1e-4)  # not only the steps after a resume
