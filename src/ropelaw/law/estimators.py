@@ -65,13 +65,13 @@ def crossing(x: np.ndarray, ppl: np.ndarray, ref_ppl: np.ndarray, factor: float)
     crossed = above.any(-1)
     first = above.argmax(-1)
     prev = np.maximum(first - 1, 0)
-    log_x = np.log(np.asarray(x, dtype=float))
+    x = np.asarray(x, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         lo = np.log(np.take_along_axis(ppl, prev[..., None], -1))[..., 0]
         hi = np.log(np.take_along_axis(ppl, first[..., None], -1))[..., 0]
         t = (np.log(threshold[..., 0]) - lo) / (hi - lo)
     t = np.where(np.isfinite(t), np.clip(t, 0.0, 1.0), 0.0)  # inf/NaN above: the bound is the last good point
-    bound = np.exp(log_x[prev] + t * (log_x[first] - log_x[prev]))
+    bound = x[prev] * (x[first] / x[prev]) ** t
     left = crossed & (first == 0)
     bound = np.where(~crossed, x[-1], np.where(left, x[0], bound))
     censor = np.where(~crossed, RIGHT, np.where(left, LEFT, NO))
