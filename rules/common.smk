@@ -49,7 +49,6 @@ localrules:
     fetch_embedded,
     eval_sets,
     law,
-    figures,
 
 
 def model_spec(model):

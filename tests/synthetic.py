@@ -75,3 +75,26 @@ def write_cell(root: Path, evals: pd.DataFrame, docs: pd.DataFrame) -> str:
     evals.to_csv(folder / "eval.csv", index=False)
     docs.to_csv(folder / "eval_docs.csv", index=False)
     return str(folder / "eval.csv")
+
+
+def study(root: Path, tune_lens=(64,)) -> tuple[list[str], pd.DataFrame]:
+    """A small study of model 'tiny' (d = 32, T_train = 64, base 10000): the untuned cell, two smaller bases,
+    three larger ones crossing at 1.4 x T_extra (base 1.5e6 with three seeds), a training-free method;
+    returns (eval.csv paths, passkey rows)."""
+    from ropelaw import theory
+
+    rng = np.random.default_rng(0)
+    paths, passkey = [], []
+    cells = [("untuned", 10000, 64), ("yarn", 10000, 64)]
+    cells += [("base", b, t) for t in tune_lens for b in (10, 10000, 150000, 1500000, 100000000)]
+    for method, base, tune_len in cells:
+        bound = 1.4 * theory.t_extra(base, 32, 64, 10000.0) if base > 10000 else (300 if method == "base" else 700)
+        for seed in ([0, 1, 2] if base == 1500000 else [None]):
+            knee = bound / 1.5 * (1 + 0.1 * (seed or 0))
+            curve = lambda x, p, k=knee: math.log(90) + 0.8 * max(0.0, math.log(x / k))  # noqa: E731
+            tables = eval_tables(curve, model="tiny", method=method, base=base, tune_len=tune_len,
+                                 lengths=[32, 64, 128, 256, 512, 1024, 2048], n_docs=8, noise=0.05, rng=rng, seed=seed)
+            paths.append(write_cell(root, *tables))
+        passkey += [dict(model="tiny", method=method, base=base, tune_len=tune_len, length=length, depth=depth,
+                         trial=0, correct=length < bound) for length in (128, 256, 1024) for depth in (0.0, 1.0)]
+    return paths, pd.DataFrame(passkey)
