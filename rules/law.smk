@@ -160,6 +160,8 @@ rule passkey_heatmap:
         "../envs/ropelaw.yaml"
     params:
         study=CFG["study"],
+        estimator=CFG["law"]["estimator"],
+        factor=CFG["law"]["factor"],
     shell:
         "ropelaw figures passkey_heatmap --evals {input.evals} --cells {input.cells} "
         "--passkey {input.passkey} --study {params.study:q} --model {wildcards.model} "
@@ -194,6 +196,8 @@ rule bound_vs_base:
         "../envs/ropelaw.yaml"
     params:
         study=CFG["study"],
+        estimator=CFG["law"]["estimator"],
+        factor=CFG["law"]["factor"],
     shell:
         "ropelaw figures bound_vs_base --evals {input.evals} --cells {input.cells} "
         "--fit {input.fit} --bootstrap {input.bootstrap} --study {params.study:q} "
