@@ -76,9 +76,10 @@ def test_titles_do_not_overlap_and_greek_is_typeset(tables):
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = [fig._suptitle.get_window_extent(renderer)] + [ax.title.get_window_extent(renderer) for ax in fig.axes]
-    assert len(boxes) == 3
+    boxes += [ax.get_legend().get_window_extent(renderer) for ax in fig.axes]
+    assert len(boxes) == 5
     for i, box in enumerate(boxes):
-        assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # inside the figure
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width and 0 <= box.y0 and box.y1 <= fig.bbox.height  # inside
         assert not any(box.overlaps(other) for other in boxes[i + 1:])
     labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
     assert any(r"$T_\mathrm{extra}=2\pi\beta^{d_\mathrm{extra}/d}$" in label for label in labels)

@@ -57,7 +57,7 @@ def test_prefix_estimator_is_exact_on_a_piecewise_log_linear_prefix_curve(tmp_pa
 
 def test_prefix_of_a_length_dependent_method_comes_from_the_shortest_pass(tmp_path):
     # Every pass but the shortest holding a length is garbage there (as a pass rotated for another length would be).
-    curve = lambda x, p: kinked(128, 1.0)(x) + (5.0 if x <= p / 2 else 0.0)  # noqa: E731
+    curve = lambda x, p: kinked(128, 1.0)(x) + (math.log(p / x) if x <= p / 2 else 0.0)  # noqa: E731
     row = _one(tmp_path, curve, estimator="prefix", prefix=True, one_pass=False)
     assert row.measured_bound == pytest.approx(192, rel=1e-9)
 
