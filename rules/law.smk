@@ -140,7 +140,8 @@ rule passkey_heatmap:
         passkey="results/law/passkey.csv",
     output:
         figure=report(
-            "results/figures/passkey_heatmap_{model}_{method}_base{base}_len{length}."
+            # {seed}: empty, or _seed{s} for a cell of a grid block's seeds list
+            "results/figures/passkey_heatmap_{model}_{method}_base{base}_len{length}{seed,(_seed\\d+)?}."
             + REPORTED,
             caption="../report/passkey_heatmap.rst",
             category="{model}",
@@ -151,11 +152,14 @@ rule passkey_heatmap:
                 "method": "{method}",
                 "base": "{base}",
                 "length": "{length}",
+                "seed": "{seed}",
             },
         ),
-        others=other_formats("passkey_heatmap_{model}_{method}_base{base}_len{length}"),
+        others=other_formats(
+            "passkey_heatmap_{model}_{method}_base{base}_len{length}{seed}"
+        ),
     log:
-        "logs/figures/passkey_heatmap_{model}_{method}_base{base}_len{length}.log",
+        "logs/figures/passkey_heatmap_{model}_{method}_base{base}_len{length}{seed}.log",
     conda:
         "../envs/ropelaw.yaml"
     params:
@@ -166,7 +170,7 @@ rule passkey_heatmap:
         "ropelaw figures passkey_heatmap --evals {input.evals} --cells {input.cells} "
         "--passkey {input.passkey} --study {params.study:q} --model {wildcards.model} "
         "--method {wildcards.method} --base {wildcards.base} --tune-len {wildcards.length} "
-        "--out {output} > {log} 2>&1"
+        "--seed-suffix {wildcards.seed:q} --out {output} > {log} 2>&1"
 
 
 rule bound_vs_base:

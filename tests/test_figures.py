@@ -35,7 +35,9 @@ def tables(study_paths) -> Tables:
 def test_every_kind_draws_and_files_are_byte_identical(tables, tmp_path):
     names = figure_names(tables.cells, tables.passkey)
     assert {"bound_vs_base", "critical_dimension", "ppl_vs_length_tiny_len64", "ppl_vs_length_tiny_len128",
-            "passkey_vs_length_tiny_len64", "passkey_heatmap_tiny_base_base1500000_len64"} <= set(names)
+            "passkey_vs_length_tiny_len64", "passkey_heatmap_tiny_base_base10_len64",
+            "passkey_heatmap_tiny_base_base1500000_len64_seed2"} <= set(names)
+    assert "passkey_heatmap_tiny_base_base1500000_len64" not in names  # a seeded cell has one per seed
     one_per_kind = {args["kind"]: stem for stem, args in names.items()}
     assert sorted(one_per_kind) == sorted(KINDS)
     for kind, stem in one_per_kind.items():
@@ -98,6 +100,14 @@ def test_a_base_has_one_colour_in_every_figure(tables):
     assert lines[r"$\beta$ = 1.5e6"] == colors[1500000]
     plt.close(fig)
     assert base_colors([10, 1500000, 150000]) != base_colors([10, 150000])  # by rank within a study
+
+
+def test_a_heatmap_shows_its_own_seed(tables):
+    fig = draw("passkey_heatmap", tables, "t", model="tiny", method="base", base=1500000, tune_len=64, seed=0)
+    seed0 = [t.get_text() for t in fig.axes[0].texts]
+    fig = draw("passkey_heatmap", tables, "t", model="tiny", method="base", base=1500000, tune_len=64, seed=2)
+    assert seed0 != [t.get_text() for t in fig.axes[0].texts]  # seed 2 finds the key at 1K, seed 0 does not
+    plt.close("all")
 
 
 def test_bound_vs_base_draws_intervals_and_censored_arrows(tables):

@@ -19,6 +19,7 @@ Styling (colours per base, tick labels, fixed file metadata) lives in `ropelaw.p
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,8 +253,15 @@ def critical_dimension(tables: Tables, study: str):
     return fig
 
 
-def draw(kind: str, tables: Tables, study: str, model=None, tune_len=None, method=None, base=None):
-    """One figure of `kind` (KINDS); model/tune_len pick a ppl_vs_length, all four a heatmap's cell."""
+def _seed_rows(passkey: pd.DataFrame, seed: int | None) -> pd.DataFrame:
+    """The passkey rows of one seed of a cell (the rows without a seed when `seed` is None)."""
+    if "seed" not in passkey.columns:
+        return passkey
+    return passkey[passkey.seed.isna()] if seed is None else passkey[passkey.seed == seed]
+
+
+def draw(kind: str, tables: Tables, study: str, model=None, tune_len=None, method=None, base=None, seed=None):
+    """One figure of `kind` (KINDS); model/tune_len pick a ppl_vs_length, with method/base (and seed) a heatmap's cell."""
     if kind in ("ppl_vs_length", "passkey_vs_length"):
         if kind == "ppl_vs_length":
             return ppl_vs_length(tables, model, int(tune_len), study)
@@ -261,7 +269,7 @@ def draw(kind: str, tables: Tables, study: str, model=None, tune_len=None, metho
         return ppl_vs_length(both, model, int(tune_len), study, metrics=("ppl", "retrieval"))
     if kind == "passkey_heatmap":
         key = (model, method, int(base), int(tune_len))
-        part = tables.passkey.merge(tables.cells, on=GROUP)
+        part = _seed_rows(tables.passkey, seed).merge(tables.cells, on=GROUP)
         part = part[[tuple(r) == key for r in part[GROUP].itertuples(index=False)]]
         if part.empty:
             raise UserError(f"no passkey rows for cell {key} in the passkey table")
@@ -280,9 +288,12 @@ def figure_names(cells: pd.DataFrame, passkey: pd.DataFrame | None) -> dict[str,
         for model, tune_len in tuned.itertuples(index=False):
             names[f"{kind}_{model}_len{tune_len}"] = dict(kind=kind, model=model, tune_len=tune_len)
     if passkey is not None and len(passkey):
-        for model, method, base, tune_len in passkey[GROUP].drop_duplicates().itertuples(index=False):
-            names[f"passkey_heatmap_{model}_{method}_base{base}_len{tune_len}"] = dict(
-                kind="passkey_heatmap", model=model, method=method, base=base, tune_len=tune_len)
+        keys = passkey.assign(seed=passkey.get("seed"))[GROUP + ["seed"]].drop_duplicates()
+        for model, method, base, tune_len, seed in keys.itertuples(index=False):
+            seed = None if pd.isna(seed) else int(seed)
+            suffix = "" if seed is None else f"_seed{seed}"
+            names[f"passkey_heatmap_{model}_{method}_base{base}_len{tune_len}{suffix}"] = dict(
+                kind="passkey_heatmap", model=model, method=method, base=base, tune_len=tune_len, seed=seed)
     return names
 
 
@@ -305,6 +316,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--study", default="ropelaw", help="study name for titles")
     for name, kind in (("--model", str), ("--method", str), ("--base", int), ("--tune-len", int)):
         parser.add_argument(name, type=kind, help="the figure's model / cell (per-model and per-cell kinds)")
+    parser.add_argument("--seed-suffix", default="", help="a heatmap's seed as in its cell path: '' or _seed{s}")
     parser.add_argument("--out", required=True, nargs="+", help="output files; the format is the suffix")
 
 
@@ -317,6 +329,9 @@ def run(args) -> None:
     missing = [f"--{n.replace('_', '-')}" for n in needs if getattr(args, n) is None]
     if missing:
         raise UserError(f"ropelaw figures {args.kind} needs {' '.join(missing)}")
-    fig = draw(args.kind, tables, args.study, args.model, args.tune_len, args.method, args.base)
+    if args.seed_suffix and not re.fullmatch(r"_seed\d+", args.seed_suffix):
+        raise UserError(f"--seed-suffix must be empty or _seed<number> (got {args.seed_suffix!r})")
+    seed = int(args.seed_suffix.removeprefix("_seed")) if args.seed_suffix else None
+    fig = draw(args.kind, tables, args.study, args.model, args.tune_len, args.method, args.base, seed)
     for path in save(fig, args.out):
         print(path)

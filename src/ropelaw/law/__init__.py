@@ -76,10 +76,11 @@ def measure(eval_paths: list[str], estimator: str, factor: float, replicates: in
 
 
 def passkey_table(passkey: pd.DataFrame) -> pd.DataFrame:
-    """Retrieval accuracy per (cell, length, depth), over its trials."""
+    """Retrieval accuracy per (cell, seed where there are seeds, length, depth), over its trials."""
     if passkey.empty:
         return pd.DataFrame(columns=PASSKEY_COLUMNS)
-    grouped = passkey.groupby(GROUP + ["length", "depth"], sort=True).correct
+    seed = ["seed"] if "seed" in passkey.columns else []  # one heatmap per seed of a cell
+    grouped = passkey.groupby(GROUP + seed + ["length", "depth"], sort=True, dropna=False).correct
     return grouped.agg(prompts="size", correct="sum", accuracy="mean").reset_index()
 
 
