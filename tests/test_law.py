@@ -140,3 +140,19 @@ def test_seeds_are_one_row_with_their_spread(tmp_path):
     assert row.seed_bound_min == pytest.approx(min(alone)) and row.seed_bound_max == pytest.approx(max(alone))
     assert row.seed_bound_sd == pytest.approx(np.std(alone, ddof=1))
     assert min(alone) < row.measured_bound < max(alone)
+
+
+def test_old_key_and_unknown_estimator_are_one_line_config_errors():
+    from pathlib import Path
+
+    from ropelaw.config import load_yaml, resolve
+
+    raw = load_yaml(Path(__file__).parent / "scenario" / "config.yaml")
+    raw["law"] = {"ppl_factor": 1.5}
+    with pytest.raises(UserError, match=r"unknown config key 'ppl_factor' \(did you mean 'factor'\?\) under 'law'"):
+        resolve(raw)
+    raw["law"] = {"estimator": "median"}
+    with pytest.raises(UserError, match="law.estimator"):
+        resolve(raw)
+    with pytest.raises(UserError, match="law.estimator must be one of segment, prefix"):
+        measure([], "median", 1.5, 10, 0)
