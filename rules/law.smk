@@ -170,7 +170,7 @@ rule passkey_heatmap:
         "ropelaw figures passkey_heatmap --evals {input.evals} --cells {input.cells} "
         "--passkey {input.passkey} --study {params.study:q} --model {wildcards.model} "
         "--method {wildcards.method} --base {wildcards.base} --tune-len {wildcards.length} "
-        "--seed-suffix {wildcards.seed:q} --out {output} > {log} 2>&1"
+        "--seed-suffix={wildcards.seed} --out {output} > {log} 2>&1"
 
 
 rule bound_vs_base:
