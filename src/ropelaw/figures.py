@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -295,15 +294,6 @@ def figure_names(cells: pd.DataFrame, passkey: pd.DataFrame | None) -> dict[str,
             names[f"passkey_heatmap_{model}_{method}_base{base}_len{tune_len}{suffix}"] = dict(
                 kind="passkey_heatmap", model=model, method=method, base=base, tune_len=tune_len, seed=seed)
     return names
-
-
-def draw_all(tables: Tables, study: str, out_dir: Path, formats: list[str]) -> list[Path]:
-    """Every figure of `figure_names`, in every format."""
-    written = []
-    for stem, args in figure_names(tables.cells, tables.passkey).items():
-        fig = draw(args.pop("kind"), tables, study, **args)
-        written += save(fig, [Path(out_dir) / f"{stem}.{fmt}" for fmt in formats])
-    return written
 
 
 def add_arguments(parser) -> None:
