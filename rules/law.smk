@@ -13,22 +13,13 @@ localrules:
 
 # The report shows one format of each figure (png, else svg, else the first); the others sit beside it.
 REPORTED = next((f for f in ("png", "svg") if f in FIGURE_FORMATS), FIGURE_FORMATS[0])
-
-
-def other_formats(stem):
-    return [
-        f"results/figures/{stem}.{fmt}" for fmt in FIGURE_FORMATS if fmt != REPORTED
-    ]
-
-
-def eval_docs_outputs():
-    return [f"{cell.path}/eval_docs.csv" for cell in CELLS]
+OTHER_FORMATS = [fmt for fmt in FIGURE_FORMATS if fmt != REPORTED]
 
 
 rule law:
     input:
         evals=cell_outputs(),
-        docs=eval_docs_outputs(),
+        docs=[f"{cell.path}/eval_docs.csv" for cell in CELLS],
         passkey=passkey_outputs(),
     output:
         cells=report(
@@ -76,7 +67,7 @@ rule ppl_vs_length:
         cells="results/law/cells.csv",
     output:
         figure=report(
-            "results/figures/ppl_vs_length_{model}_len{length}." + REPORTED,
+            f"results/figures/ppl_vs_length_{{model}}_len{{length}}.{REPORTED}",
             caption="../report/ppl_vs_length.rst",
             category="{model}",
             subcategory="every method",
@@ -88,7 +79,10 @@ rule ppl_vs_length:
                 "length": "{length}",
             },
         ),
-        others=other_formats("ppl_vs_length_{model}_len{length}"),
+        others=expand(
+            "results/figures/ppl_vs_length_{{model}}_len{{length}}.{fmt}",
+            fmt=OTHER_FORMATS,
+        ),
     log:
         "logs/figures/ppl_vs_length_{model}_len{length}.log",
     conda:
@@ -108,7 +102,7 @@ rule passkey_vs_length:
         passkey="results/law/passkey.csv",
     output:
         figure=report(
-            "results/figures/passkey_vs_length_{model}_len{length}." + REPORTED,
+            f"results/figures/passkey_vs_length_{{model}}_len{{length}}.{REPORTED}",
             caption="../report/passkey_vs_length.rst",
             category="{model}",
             subcategory="every method",
@@ -120,7 +114,10 @@ rule passkey_vs_length:
                 "length": "{length}",
             },
         ),
-        others=other_formats("passkey_vs_length_{model}_len{length}"),
+        others=expand(
+            "results/figures/passkey_vs_length_{{model}}_len{{length}}.{fmt}",
+            fmt=OTHER_FORMATS,
+        ),
     log:
         "logs/figures/passkey_vs_length_{model}_len{length}.log",
     conda:
@@ -141,8 +138,7 @@ rule passkey_heatmap:
     output:
         figure=report(
             # {seed}: empty, or _seed{s} for a cell of a grid block's seeds list
-            "results/figures/passkey_heatmap_{model}_{method}_base{base}_len{length}{seed,(_seed\\d+)?}."
-            + REPORTED,
+            f"results/figures/passkey_heatmap_{{model}}_{{method}}_base{{base}}_len{{length}}{{seed,(_seed\\d+)?}}.{REPORTED}",
             caption="../report/passkey_heatmap.rst",
             category="{model}",
             subcategory="{method}",
@@ -155,8 +151,9 @@ rule passkey_heatmap:
                 "seed": "{seed}",
             },
         ),
-        others=other_formats(
-            "passkey_heatmap_{model}_{method}_base{base}_len{length}{seed}"
+        others=expand(
+            "results/figures/passkey_heatmap_{{model}}_{{method}}_base{{base}}_len{{length}}{{seed}}.{fmt}",
+            fmt=OTHER_FORMATS,
         ),
     log:
         "logs/figures/passkey_heatmap_{model}_{method}_base{base}_len{length}{seed}.log",
@@ -181,7 +178,7 @@ rule bound_vs_base:
         bootstrap="results/law/bootstrap.csv",
     output:
         figure=report(
-            "results/figures/bound_vs_base." + REPORTED,
+            f"results/figures/bound_vs_base.{REPORTED}",
             caption="../report/bound_vs_base.rst",
             category="Law",
             subcategory="Figures",
@@ -193,7 +190,7 @@ rule bound_vs_base:
                 "length": "all",
             },
         ),
-        others=other_formats("bound_vs_base"),
+        others=expand("results/figures/bound_vs_base.{fmt}", fmt=OTHER_FORMATS),
     log:
         "logs/figures/bound_vs_base.log",
     conda:
@@ -214,7 +211,7 @@ rule critical_dimension:
         cells="results/law/cells.csv",
     output:
         figure=report(
-            "results/figures/critical_dimension." + REPORTED,
+            f"results/figures/critical_dimension.{REPORTED}",
             caption="../report/critical_dimension.rst",
             category="Law",
             subcategory="Figures",
@@ -226,7 +223,7 @@ rule critical_dimension:
                 "length": "all",
             },
         ),
-        others=other_formats("critical_dimension"),
+        others=expand("results/figures/critical_dimension.{fmt}", fmt=OTHER_FORMATS),
     log:
         "logs/figures/critical_dimension.log",
     conda:
