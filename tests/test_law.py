@@ -156,3 +156,11 @@ def test_old_key_and_unknown_estimator_are_one_line_config_errors():
         resolve(raw)
     with pytest.raises(UserError, match="law.estimator must be one of segment, prefix"):
         measure([], "median", 1.5, 10, 0)
+
+
+def test_a_variant_takes_the_regime_of_its_kind(tmp_path):
+    """A variant of a training-free kind (eval.json's method.kind) gets no prediction and no fit."""
+    path = write_cell(tmp_path, *eval_tables(kinked(200, 1.0), method="yarn8", base=10000, lengths=LENGTHS))
+    (tmp_path / "results/m/yarn8/base10000_len64/eval.json").write_text('{"method": {"name": "yarn8", "kind": "yarn"}}')
+    cells, fit, _ = measure([path], "segment", 1.5, 10, 0)
+    assert cells.iloc[0].regime == "training-free" and cells.iloc[0].kind == "yarn" and fit.empty

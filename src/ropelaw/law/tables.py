@@ -8,6 +8,7 @@ and fits the law. Rows are sorted by (model, method, base, tune_len).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ SEED_DIR = re.compile(r"_seed(\d+)$")
 class Measured:
     """One cell (one seed) as the law reads it."""
 
-    info: dict  # IDENTITY values, plus `kind` where the table has it
+    info: dict  # IDENTITY values, plus the method's `kind` where eval.csv or eval.json names it
     seed: int | None
     curve: Curve
     docs_key: tuple  # the evaluation set: (model, longest length, number of documents)
@@ -47,6 +48,21 @@ def _seed(table: pd.DataFrame, path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _kind(table: pd.DataFrame, path: Path) -> dict:
+    """{"kind": the method's kind} (a variant's built-in kind) from eval.csv or eval.json, where either says."""
+    if "kind" in table.columns:
+        return {"kind": str(table.kind.iloc[0])}
+    sidecar = path.with_name("eval.json")
+    if sidecar.is_file():
+        try:
+            kind = json.loads(sidecar.read_text()).get("method", {}).get("kind")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise UserError(f"{sidecar} is not the evaluation's JSON ({err}); re-run the cell's evaluate rule") from err
+        if kind:
+            return {"kind": str(kind)}
+    return {}
+
+
 def load_cell(eval_csv: str, estimator: str) -> Measured:
     path = Path(eval_csv)
     docs_path = path.with_name("eval_docs.csv")
@@ -57,8 +73,9 @@ def load_cell(eval_csv: str, estimator: str) -> Measured:
     prefix = table[table.scope == "prefix"].sort_values("end")
     if prefix.empty:
         raise UserError(f"{path} has no prefix rows; re-run the cell's evaluate rule")
-    info = {key: prefix[key].iloc[0] for key in IDENTITY + [k for k in ("kind",) if k in prefix.columns]}
+    info = {key: prefix[key].iloc[0] for key in IDENTITY}
     info = {k: (int(v) if isinstance(v, np.integer) else float(v) if isinstance(v, np.floating) else v) for k, v in info.items()}
+    info |= _kind(table, path)
     docs = pd.read_csv(docs_path)
     longest = prefix.iloc[-1]
     return Measured(
