@@ -169,14 +169,14 @@ def build_corpus(
     count, tok_info = token_counter(tokenizer)
     common = {"tokenizer": tok_info["sha256"], "exclude": [sha256_file(p) for p in exclude],
               "shard_chars": shard_chars, "n": N}
-    parts, prose_tokens, code_tokens = [], 0, 0
+    parts, resumed, prose_tokens, code_tokens = [], {}, 0, 0
     for inp in inputs:
         budget = None
         if inp.budget:
             budget = max(0, int(prose_tokens * (1 - prose_share) / prose_share) - code_tokens)
         path = source_path(inp, cache, embedded)
         part = Part(inp, path, cache / "parts" / inp.name, {**common, "budget": budget})
-        part.build(lambda: documents(inp, path), grams, count, budget)
+        resumed[inp.name] = part.build(lambda: documents(inp, path), grams, count, budget)
         parts.append(part)
         if inp.kind == "prose":
             prose_tokens += part.totals()["tokens"]
@@ -186,7 +186,7 @@ def build_corpus(
               file=sys.stderr, flush=True)
     info = _assemble(parts, out, grams, tok_info, min_tokens)
     info["build"] = {"seconds": round(time.time() - started, 1), "prose_share": prose_share,
-                     "shard_chars": shard_chars, "n": N, "max_overlap": MAX_OVERLAP,
+                     "shard_chars": shard_chars, "n": N, "max_overlap": MAX_OVERLAP, "resumed_shards": resumed,
                      "exclude": {str(p): sha256_file(p) for p in exclude}}
     write_json(out / MANIFEST, info)
     shutil.rmtree(cache / "parts", ignore_errors=True)

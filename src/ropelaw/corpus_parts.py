@@ -80,12 +80,13 @@ class Part:
         return sidecars
 
     def build(self, docs: Callable[[], Iterator[tuple[str, str]]], grams: EvalGrams,
-              count: Callable[[list[str]], list[int]], budget: int | None) -> None:
-        """Write the part's remaining shards and `done.json`; nothing to do when it is done."""
+              count: Callable[[list[str]], list[int]], budget: int | None) -> int:
+        """Write the part's remaining shards and `done.json`; return how many shards were already there."""
         done = self._read("done.json")
         if done is not None and self._read("state.json") == self.fingerprint:
-            return
+            return done["shards"]
         sidecars = self._prepare()
+        resumed = len(sidecars)
         consumed = sidecars[-1]["source_docs"] if sidecars else 0
         tokens = sum(s["tokens"] for s in sidecars)
         tail = dict.fromkeys(_COUNTS, 0)
@@ -102,24 +103,25 @@ class Part:
             if len(kept.strip()) < MIN_CHARS:
                 tail["dropped_documents"] += 1
                 continue
+            if budget is not None:
+                tokens += count([kept])[0]
+                if tokens > budget:  # the document that would pass the budget is left out
+                    capped = True
+                    break
             buffer.append({"text": kept, "meta": {"pile_set_name": self.inp.subset, "title": title,
                                                   "source": self.inp.name}})
             hits |= left
             tail["characters"] += len(kept)
             if tail["characters"] >= self.fingerprint["shard_chars"]:
-                sidecar = self._flush(len(sidecars), buffer, tail, seen, hits, count)
-                sidecars.append(sidecar)
-                tokens += sidecar["tokens"]
+                sidecars.append(self._flush(len(sidecars), buffer, tail, seen, hits, count))
                 buffer, tail, hits = [], dict.fromkeys(_COUNTS, 0), set()
-                if budget is not None and tokens >= budget:
-                    capped = True
-                    break
         if buffer:
             sidecars.append(self._flush(len(sidecars), buffer, tail, seen, hits, count))
             tail = dict.fromkeys(_COUNTS, 0)
         totals = {k: sum(s[k] for s in sidecars) + tail[k] for k in _COUNTS}
         write_json(self.folder / "done.json", {**totals, "shards": len(sidecars), "budget": budget,
                                                "capped": capped})
+        return resumed
 
     def _flush(self, index: int, records: list[dict[str, Any]], tail: dict[str, int],
                source_docs: int, hits: set[int], count: Callable[[list[str]], list[int]]) -> dict:

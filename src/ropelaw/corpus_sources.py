@@ -203,6 +203,7 @@ def _member_documents(inp: Input, path: Path) -> Iterator[tuple[str, str]]:
                 raise tarfile.ReadError(f"no member matching {inp.nested}")
             tar = tarfile.open(fileobj=_decompressed(tar.extractfile(member), member.name), mode="r|")
         for member in tar:
+            tar.members = []  # a stream's TarFile keeps every header it has read otherwise
             if not (member.isfile() and pattern.search(member.name)):
                 continue
             if inp.max_member_bytes and member.size > inp.max_member_bytes:
