@@ -212,7 +212,8 @@ def test_killed_build_resumes_to_identical_output(world, tokenizer):
     big = deb_input(debs, "big", "prose", {f"d/{i:03d}.txt": prose(1000 + i, 6).encode() for i in range(60)})
     inputs = world["inputs"][:1] + [big]
     reference = build(world, tokenizer, out="ref", cache="cache", inputs=inputs)
-    args = {"inputs": [asdict(i) for i in inputs], "out": str(world["tmp"] / "out"), "cache": str(world["tmp"] / "c2"),
+    args = {"inputs": [asdict(i) for i in inputs], "out": str(world["tmp"] / "out"),
+            "cache": str(world["tmp"] / "c2"),
             "embedded": str(world["embedded"]), "val": str(world["embedded"] / "val/00.jsonl.zst"),
             "tokenizer": str(tokenizer)}
     (world["tmp"] / "c2").mkdir()

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> None:
     info = build_corpus(INPUTS, args.out, args.cache, args.embedded, args.exclude or [args.embedded / EMBEDDED_VAL],
                         tokenizer, args.prose_share, args.min_tokens, eval_subsets=args.eval_subsets)
     for subset, stats in info["subsets"].items():
-        print(f"{subset} ({stats['kind']}): {stats['documents']} documents, {stats['tokens']:,} tokens", file=sys.stderr)
+        print(f"{subset} ({stats['kind']}): {stats['documents']} documents, {stats['tokens']:,} tokens",
+              file=sys.stderr)
     print(f"{args.out / CORPUS_FILE}: {info['total_tokens']:,} tokens, prose {info['prose_fraction']:.1%}")
 
 
@@ -209,7 +210,9 @@ def _assemble(parts: list, out: Path, grams: EvalGrams, tok_info: dict, min_toke
         raise UserError(f"build-corpus: the corpus has {total:,} tokens, fewer than --min-tokens {min_tokens:,}; "
                         f"add inputs to ropelaw.corpus_sources.INPUTS or raise --prose-share's code budget")
     overlap = check_overlap(grams, found)
-    shards = sorted(((i + 0.5) / len(p.shards()), n, s) for n, p in enumerate(parts) for i, s in enumerate(p.shards()))
+    # interleaved: each shard at its relative position within its input
+    shards = sorted(((i + 0.5) / len(p.shards()), n, s)
+                    for n, p in enumerate(parts) for i, s in enumerate(p.shards()))
     with atomic_path(out / CORPUS_FILE) as tmp, open(tmp, "wb") as sink:
         for _, _, shard in shards:
             with open(shard, "rb") as fh:

@@ -267,7 +267,8 @@ def _group_entries(stream: BinaryIO, entries: list) -> Iterator[tuple[str, str]]
 
 
 _ROFF_TEXT_MACROS = {"SH", "SS", "B", "I", "BR", "BI", "IB", "IR", "RB", "RI", "SM", "SB", "TP", "IP", "UR", "MT"}
-_ROFF_ESCAPES = [(re.compile(r"\\\[aq\]"), "'"), (re.compile(r"\\f(\[[^\]]*\]|\(..|.)"), ""), (re.compile(r"\\\((em|en)"), "-"),
+_ROFF_ESCAPES = [(re.compile(r"\\\[aq\]"), "'"),
+                 (re.compile(r"\\f(\[[^\]]*\]|\(..|.)"), ""), (re.compile(r"\\\((em|en)"), "-"),
                  (re.compile(r"\\\(.."), ""), (re.compile(r"\\\*(\[[^\]]*\]|\(..|.)"), ""),
                  (re.compile(r"\\[-]"), "-"), (re.compile(r"\\[&|^%:]"), ""), (re.compile(r"\\e"), r"\\"),
                  (re.compile(r"\\ "), " "), (re.compile(r"\\\[[^\]]*\]"), "")]
