@@ -2,6 +2,10 @@
 # the Pile (docs/corpus/README.md). A study points data.train.shards at its output.
 
 
+def embedded_folder(wildcards, input):
+    return os.path.dirname(input.embedded)
+
+
 rule build_corpus:
     input:
         train=f"{EMBEDDED_DIR}/train/00.jsonl.zst",
@@ -17,8 +21,8 @@ rule build_corpus:
     conda:
         "../envs/ropelaw.yaml"
     params:
-        embedded=EMBEDDED_DIR,
-        out="resources/corpus",
+        embedded=embedded_folder,
+        out=folder_of_manifest,
         cache="resources/cache/corpus",
     shell:
         "ropelaw build-corpus --embedded {params.embedded} --exclude {input.val} "
