@@ -292,3 +292,15 @@ def test_roff_and_member_documents(tmp_path):
     inp = deb_input(tmp_path, "m", "prose", {"a/x.txt": b"y" * 100, "a/bin.txt": b"\0" * 100,
                                              "a/short.txt": b"tiny", "a/skip.md": b"z" * 100})
     assert [t for t, _ in documents(inp, tmp_path / "test-m_1.0-1_all.deb")] == ["a/x.txt"]
+
+
+def test_committed_manifest_meets_issue_15():
+    """docs/corpus/manifest.json, the record of the real build: size, prose share, pins, no eval text."""
+    saved = read_manifest(Path(__file__).resolve().parents[1] / "docs/corpus/manifest.json")
+    assert saved.total_tokens >= 100_000_000 and saved.prose_fraction >= 0.40
+    assert saved.total_tokens == sum(s["tokens"] for s in saved.subsets.values())
+    assert len(saved.subsets) >= 5 and not any("bible" in s.lower() or "kjv" in s.lower() for s in saved.subsets)
+    for inp in saved.inputs:
+        assert inp["version"] and len(inp["sha256"]) == 64 and len(inp["file_sha256"]) == 64, inp["name"]
+    assert set(saved.overlap) == {"KJV", "Shakespeare-Modern"}
+    assert all(o["fraction"] <= MAX_OVERLAP and o["grams"] > 100_000 for o in saved.overlap.values())
