@@ -172,3 +172,18 @@ def test_predict_takes_several_bases_after_one_flag(capsys):
     assert main([*geometry, "--base", "500", "--base", "1e6", "--target-len", "1e5", "--target-len", "2e5"]) == 0
     assert capsys.readouterr().out == several
     assert '"base": 1000000' in several and '"target_len": 200000' in several
+
+
+def test_workflow_catalog_usage_runs(repo_copy):
+    """.snakemake-workflow-catalog.yml: the catalog's keys, and its mandatory flags dry-run."""
+    import yaml
+
+    usage = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    assert set(usage["software-stack-deployment"]) == {"conda", "apptainer", "apptainer+conda"}
+    assert all(isinstance(v, bool) for v in usage["software-stack-deployment"].values())
+    if usage["software-stack-deployment"]["conda"]:
+        assert list((ROOT / "envs").glob("*.yaml"))
+    line = f"snakemake -n --cores 1 {usage['mandatory-flags']['flags']}"
+    result = subprocess.run(["bash", "-c", line], cwd=repo_copy, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
