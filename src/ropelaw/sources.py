@@ -169,13 +169,13 @@ def hub_config(spec: dict, key: str) -> Path:
 
 def convert_gguf(gguf_path: str | Path, out: str | Path) -> dict:
     """Dequantize a GGUF model into a safetensors directory with its tokenizer; return the manifest."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
     gguf_path = Path(gguf_path).resolve()
     if not gguf_path.is_file():
         raise UserError(f"--gguf: {gguf_path} does not exist; give the .gguf file")
     header = gguf_metadata(str(gguf_path))  # a truncated file stops here, before transformers reads it
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
     kwargs = dict(gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32, **kwargs
