@@ -89,7 +89,11 @@ def _skip_array(fh, file_size: int) -> None:
 
 def _tensor_data_end(fh, n_tensors: int, alignment: int, file_size: int) -> int:
     """The byte where the last tensor's data ends, from the tensor infos that follow the key-values."""
-    from gguf.constants import GGML_QUANT_SIZES
+    try:
+        from gguf.constants import GGML_QUANT_SIZES
+    except ImportError:
+        raise UserError("a GGUF model needs the gguf package: pip install -e '.[gguf]' "
+                        "(scripts/setup.sh does it)") from None
 
     ends = [0]
     for _ in range(n_tensors):
