@@ -36,7 +36,8 @@ DRY = {
     "make test": "the test suite itself",
     ".venv/bin/snakemake --cores 2": "the main job trains (minutes)",
     "snakemake --cores 2 results/tiny/base/base1500000_len64/eval.csv": "trains a cell",
-    "snakemake --cores 2 --forcerun figures": "needs the main job's results",
+    "snakemake --cores 2 --forcerun ppl_vs_length passkey_vs_length passkey_heatmap bound_vs_base critical_dimension":
+        "needs the main job's results",
     "snakemake --profile profiles/slurm --configfile config/paper.yaml": "the paper's grid on a cluster",
     ".venv/bin/snakemake --cores 2 --configfile config/smollm2_cpu.yaml": "SmolLM2 at 16K on CPU (20 min)",
 }
