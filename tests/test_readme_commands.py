@@ -130,11 +130,11 @@ SHOWN = shown_commands()
 
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> Path:
-    """A copy of the repository without generated files; `.venv` links to this interpreter's venv and empty
+    """A copy of the repository without what git ignores (results, the venv, ...); `.venv` links to this interpreter's venv and empty
     files stand in for the Pile shards of config/paper.yaml (the README's "once" step before its commands)."""
     work = tmp_path_factory.mktemp("repo") / "ropelaw"
-    generated = {".git", ".venv", "results", "logs", "benchmarks", "resources", ".snakemake", "__pycache__",
-                 ".pytest_cache", "report.html"}
+    ignored = {line.strip().strip("/") for line in (ROOT / ".gitignore").read_text().splitlines()}
+    generated = {".git"} | {name for name in ignored if name and "*" not in name}
     shutil.copytree(ROOT, work, ignore=lambda folder, names: [n for n in names if n in generated], symlinks=True)
     (work / ".venv").symlink_to(sys.prefix)
     for shard in ("resources/pile/train/00.jsonl.zst", "resources/pile/val.jsonl.zst"):
