@@ -43,7 +43,6 @@ localrules:
     fetch_embedded,
     eval_sets,
     law,
-    figures,
 
 
 def cell_outputs():

@@ -36,7 +36,7 @@ def test_defaults_and_overrides(raw):
     args = training_args(cfg, cells[-1])
     assert args["lr"] == 5e-4 and args["max_grad_norm"] == 2.5
     assert args["steps"] == 4 and args["weight_decay"] == 0.0 and args["warmup_steps"] == 0
-    assert cfg["law"]["ppl_factor"] == 1.5
+    assert cfg["law"]["factor"] == 1.5 and cfg["law"]["estimator"] == "segment"
 
 
 def test_cells_resolve_symbolic_bases(raw):

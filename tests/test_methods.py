@@ -279,26 +279,28 @@ def test_method_options_are_checked(raw):
 
 def test_law_and_figures_take_every_method(tmp_path):
     """Training-free cells get a measured bound but no prediction; every figure draws."""
-    from ropelaw.figures import draw_all
-    from ropelaw.law import cell_table, fit_table
+    from synthetic import eval_tables, write_cell
 
-    rows = []
-    lengths = [32, 64, 128, 256]
-    cells = [("untuned", 10000, 64), ("base", 10, 64), ("base", 10000, 64), ("base", 1000000, 64),
-             ("base_logn", 10, 64), ("yarn", 10000, 64), ("dynamic_ntk", 10000, 64)]
-    for method, base, tune_len in cells:
-        for i, end in enumerate(lengths):
-            ppl = 10.0 * (1.6 if i >= 2 and method in ("untuned", "base") and base == 10000 else 1.0)
-            rows.append({"model": "mini", "method": method, "base": base, "tune_len": tune_len, "head_dim": 32,
-                         "train_len": 64, "orig_base": 10000.0, "eval_set": "synthetic", "scope": "prefix",
-                         "start": 0, "end": end, "ppl": ppl + i, "accuracy": 0.3})
-    evals = pd.DataFrame(rows)
-    table = cell_table(evals, factor=1.5).set_index("method")
+    from ropelaw.figures import Tables, draw, figure_names, prefix_rows
+    from ropelaw.law import load_evals, measure
+
+    paths = []
+    for method, base in (("untuned", 10000), ("base", 10), ("base", 10000), ("base", 1000000), ("base_logn", 10),
+                         ("yarn", 10000), ("dynamic_ntk", 10000)):
+        rises = method in ("untuned", "base") and base == 10000  # 1.6x from 128 on
+        curve = lambda x, p, r=rises: math.log(10.0) + (math.log(1.6) if r and x > 128 else 0.0)  # noqa: E731
+        paths.append(write_cell(tmp_path, *eval_tables(curve, model="mini", method=method, base=base,
+                                                       lengths=[32, 64, 128, 256], one_pass=method != "dynamic_ntk")))
+    cells, fit, boot = measure(paths, "segment", 1.5, 20, 0)
+    table = cells.set_index("method")
     assert table.loc["yarn", "regime"] == "training-free" and np.isnan(table.loc["yarn", "predicted_bound"])
-    assert table.loc["yarn", "measured_bound"] == 256 and table.loc["untuned", "measured_bound"] == 64
-    assert set(fit_table(table.reset_index()).method) == {"base", "base_logn"}
-    written = draw_all(evals, table.reset_index(), "test", tmp_path, ["png"])
-    assert {p.name for p in written} == {"ppl_vs_length_mini_len64.png", "bound_vs_base.png", "critical_dimension.png"}
+    assert table.loc["yarn", "censored"] == "right" and table.loc["untuned", "censored"] == "no"
+    assert set(fit.method) == {"base", "base_logn"}
+    tables = Tables(prefix_rows(load_evals(paths)), cells, fit, boot)
+    names = figure_names(cells, None)
+    assert set(names) == {"ppl_vs_length_mini_len64", "bound_vs_base", "critical_dimension"}
+    for args in names.values():
+        draw(args.pop("kind"), tables, "test", **args)
 
 
 def test_editing_a_method_block_changes_only_its_cells(tmp_path):

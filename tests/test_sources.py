@@ -55,6 +55,21 @@ def test_gguf_errors_name_the_fix(tmp_path):
         sources.locate_gguf({"path": str(tmp_path / "missing.gguf")}, "models.m")
 
 
+def test_a_gguf_cut_anywhere_is_refused(tmp_path):
+    """The header's lengths are bounded by the file, and the tensor data it describes must all be there."""
+    data = write_gguf(tmp_path / "m.gguf").read_bytes()
+    assert sources.gguf_geometry(tmp_path / "m.gguf") == (128, 4096, 500000.0)
+    for size, says in ((len(data) - 1, "truncated: its tensors need"), (200, "malformed GGUF header")):
+        (tmp_path / f"cut{size}.gguf").write_bytes(data[:size])
+        with pytest.raises(UserError, match=says):
+            sources.gguf_metadata(str(tmp_path / f"cut{size}.gguf"))
+    # A string length of 2**60 after the magic: refused without allocating it.
+    huge = b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") + (1).to_bytes(8, "little")
+    (tmp_path / "huge.gguf").write_bytes(huge + (2**60).to_bytes(8, "little") + b"x" * 64)
+    with pytest.raises(UserError, match="malformed GGUF header"):
+        sources.gguf_metadata(str(tmp_path / "huge.gguf"))
+
+
 def test_a_gguf_model_in_the_config(tmp_path):
     raw = load_yaml(ROOT / "tests/scenario/config.yaml")
     raw["models"]["g"] = {"source": "gguf", "path": str(write_gguf(tmp_path / "g.gguf", context_length=2048)),

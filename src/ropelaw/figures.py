@@ -1,230 +1,327 @@
 """Every figure, drawn from the result tables alone (so they can be regenerated at will).
 
-    ropelaw figures --evals results/*/*/*/eval.csv --cells results/law/cells.csv \
-        [--passkey results/law/passkey.csv] --study NAME --out-dir results/figures --formats png pdf
+    ropelaw figures KIND --evals results/*/*/*/eval.csv --cells results/law/cells.csv \
+        --fit results/law/fit.csv --bootstrap results/law/bootstrap.csv [--passkey results/law/passkey.csv] \
+        --study NAME [--model M --tune-len T --method X --base B] --out FILE.png FILE.pdf
 
-- `ppl_vs_length`: perplexity and accuracy against context length, one column
-  for bases <= beta0 and one for bases > beta0 (the paper's two sweeps), the
-  untuned model and the training-free methods dashed in both, log-scaled
-  attention on a tuned base dotted; one figure per (model, T_tune).
-- `passkey_vs_length` (where passkey retrieval ran): the same panels with
-  perplexity above passkey retrieval accuracy (mean over depths), to read together.
-- `passkey_heatmap`: retrieval accuracy of one cell, depth x length, with its
-  measured perplexity bound marked; one figure per cell.
-- `bound_vs_base`: the theory's T_extra = 2*pi*beta^(d_extra/d) against the
-  measured bound of every cell (censored bounds drawn as up-triangles).
-- `critical_dimension`: the period 2*pi*beta^(2n/d) of every dimension pair
-  against T_train, for the original base and the grid's bases.
-Every figure names its evaluation set (the Books3 substitute, where one is used).
+One KIND per call (one Snakemake job per figure, so the report can label each by its cell):
+- `ppl_vs_length` (per model and T_tune): perplexity and accuracy against context length, bases
+  <= beta0 left and > beta0 right (the paper's two sweeps), the untuned model and the
+  training-free methods dashed in both, log-scaled attention dotted; seeds pooled.
+- `passkey_vs_length` (where passkey retrieval ran): perplexity above retrieval accuracy.
+- `passkey_heatmap` (per cell): retrieval accuracy, depth x length, its measured bound dashed.
+- `bound_vs_base`: the theory's T_extra against the measured bounds with their 90% intervals,
+  censored bounds as open triangles with arrows, the fitted line with its bootstrap band.
+- `critical_dimension`: the period 2*pi*beta^(2n/d) of every dimension pair against T_train.
+Every figure names its evaluation set; the law's figures name the bound rule and its factor.
+Styling (colours per base, tick labels, fixed file metadata) lives in `ropelaw.plotstyle`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from dataclasses import dataclass
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from ropelaw import provenance, theory  # noqa: E402
-from ropelaw.law import GROUP, load_evals  # noqa: E402
-from ropelaw.methods import ON_TUNED  # noqa: E402
+from ropelaw import UserError, theory
+from ropelaw.law import GROUP, load_evals
+from ropelaw.methods import ON_TUNED
+from ropelaw.plotstyle import (BETA, BETA0, T_EXTRA, T_TRAIN, T_TUNE, base_colors, base_label, interval_text,
+                               length_label, log_axis, new_figure, save, suptitle, wrap)
 
 UNTUNED = "untuned"
+KINDS = ("ppl_vs_length", "passkey_vs_length", "passkey_heatmap", "bound_vs_base", "critical_dimension")
 METRICS = {"ppl": "perplexity", "accuracy": "next-token accuracy", "retrieval": "passkey retrieval accuracy"}
+CONVENTION = "targets 1..L-1, no BOS"  # the evaluation's convention where eval.csv does not name one
 
 
-def _save(fig, out_dir: Path, name: str, formats: list[str]) -> list[Path]:
-    paths = []
-    for fmt in formats:
-        path = out_dir / f"{name}.{fmt}"
-        with provenance.atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
+@dataclass(frozen=True)
+class Tables:
+    evals: pd.DataFrame  # prefix rows, seeds pooled
+    cells: pd.DataFrame
+    fit: pd.DataFrame | None = None
+    boot: pd.DataFrame | None = None
+    passkey: pd.DataFrame | None = None
+
+    @property
+    def colors(self) -> dict:
+        return base_colors(self.cells.base)
 
 
-def _base_label(base: int) -> str:
-    """20, 10,000 below 1e5; 1.5e5, 1e6 above."""
-    if base < 100000:
-        return f"{base:,}"
-    mantissa, exponent = f"{base:.2e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+def prefix_rows(evals: pd.DataFrame) -> pd.DataFrame:
+    """Prefix perplexity and accuracy per cell and length, the seeds of a cell pooled (sums, then division)."""
+    prefix = evals[evals.scope == "prefix"]
+    keys = GROUP + ["end"]
+    sums = prefix.groupby(keys, as_index=False)[["nll_sum", "tokens", "correct"]].sum()
+    first = prefix.drop_duplicates(keys)[keys + ["head_dim", "train_len", "orig_base", "eval_set"]
+                                         + [c for c in ("convention",) if c in prefix.columns]]
+    table = first.merge(sums, on=keys)
+    return table.assign(ppl=np.exp(table.nll_sum / table.tokens), accuracy=table.correct / table.tokens, scope="prefix")
 
 
-def ppl_vs_length(evals: pd.DataFrame, cells: pd.DataFrame, model: str, tune_len: int, study: str, metrics=("ppl", "accuracy")):
-    prefix = evals[(evals.scope == "prefix") & (evals.model == model)]
-    untuned = prefix[prefix.method == UNTUNED]
-    # Training-free methods act on the untuned model: references in both panels, like it.
+def convention(tables: Tables) -> str:
+    column = tables.evals.get("convention")
+    return CONVENTION if column is None else ", ".join(sorted(column.astype(str).unique()))
+
+
+def rule_note(first: pd.Series) -> str:
+    """The bound rule of a law table's row, as the figures state it."""
+    return f"bound: law.estimator = {first.estimator}, law.factor = {first.factor:g}; 90% bootstrap intervals"
+
+
+def _curves(ax, data, metric, colors, tune_len):
+    for base in sorted(data.base.unique()):
+        for method, style in (("base", "-"), ("base_logn", ":")):
+            part = data[(data.base == base) & (data.method == method)].dropna(subset=[metric]).sort_values("end")
+            if len(part):
+                extra = " + log-scaled attention" if method == "base_logn" else ""
+                ax.plot(part.end, part[metric], ls=style, marker="o", ms=3, color=colors[int(base)],
+                        label=f"{BETA} = {base_label(base)}{extra}")
+
+
+def _references(ax, prefix, metric, orig_base):
+    untuned = prefix[prefix.method == UNTUNED].dropna(subset=[metric]).sort_values("end")
+    if len(untuned):
+        ax.plot(untuned.end, untuned[metric], "k--", marker="x", ms=4, label=f"untuned ({BETA} = {base_label(orig_base)})")
     baselines = prefix[~prefix.method.isin((*ON_TUNED, UNTUNED))]
+    groups = list(baselines.groupby("method", sort=True))
+    for (method, part), color, marker in zip(groups, sns.color_palette("Dark2", len(groups)), "sv^Dp*h"):
+        part = part.dropna(subset=[metric]).sort_values("end")
+        ax.plot(part.end, part[metric], ls="--", marker=marker, ms=3, color=color, label=f"{method} (training-free)")
+
+
+def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics=("ppl", "accuracy")):
+    prefix = tables.evals[tables.evals.model == model]
     tuned = prefix[prefix.method.isin(ON_TUNED) & (prefix.tune_len == tune_len)]
-    info = cells[(cells.model == model)].iloc[0]
+    info = tables.cells[tables.cells.model == model].iloc[0]
     beta0 = theory.critical_base(info.train_len, tune_len, info.orig_base)
-    fig, axes = plt.subplots(len(metrics), 2, figsize=(12, 4 * len(metrics)), sharex=True, sharey="row", squeeze=False)
-    panels = [("smaller", tuned[tuned.base <= beta0], "Blues_r"), ("larger", tuned[tuned.base > beta0], "Reds")]
-    for col, (regime, data, palette) in enumerate(panels):
-        bases = sorted(data.base.unique())
-        colors = dict(zip(bases, sns.color_palette(palette, max(len(bases), 1) + 1)))
+    fig, axes = new_figure(len(metrics), 2, (12, 3.8 * len(metrics) + 0.6), sharex=True, sharey="row")
+    panels = [(f"{BETA} $\\leq$ {BETA0} = {beta0:,.0f}", tuned[tuned.base <= beta0]),
+              (f"{BETA} > {BETA0} = {beta0:,.0f}", tuned[tuned.base > beta0])]
+    for col, (title, data) in enumerate(panels):
         for row, metric in enumerate(metrics):
             ax = axes[row, col]
-            for base in bases:
-                for method, style in (("base", "-"), ("base_logn", ":")):
-                    part = data[(data.base == base) & (data.method == method)].dropna(subset=[metric]).sort_values("end")
-                    if len(part):
-                        label = f"base {_base_label(base)}" + (" + log-scaled attention" if method == "base_logn" else "")
-                        ax.plot(part.end, part[metric], ls=style, marker="o", ms=3, color=colors[base], label=label)
-            if len(untuned):
-                part = untuned.dropna(subset=[metric]).sort_values("end")
-                ax.plot(part.end, part[metric], "k--", marker="x", ms=4, label=f"untuned (base {_base_label(int(info.orig_base))})")
-            groups = list(baselines.groupby("method", sort=True))
-            for (method, part), color, marker in zip(groups, sns.color_palette("Dark2", len(groups)), "sv^Dp*h"):
-                part = part.dropna(subset=[metric]).sort_values("end")
-                ax.plot(part.end, part[metric], ls="--", marker=marker, ms=3, color=color, label=f"{method} (untuned, training-free)")
+            _curves(ax, data, metric, tables.colors, tune_len)
+            _references(ax, prefix, metric, info.orig_base)
             ax.axvline(info.train_len, color="grey", lw=1, ls=":")
             if tune_len != info.train_len:
                 ax.axvline(tune_len, color="grey", lw=1, ls="-.")
-            if regime == "larger" and metric in ("ppl", "retrieval"):
-                for base in bases:
+            if col == 1 and metric in ("ppl", "retrieval"):
+                for base in sorted(data.base.unique()):
                     bound = theory.t_extra(base, info.head_dim, info.train_len, info.orig_base)
-                    ax.axvline(bound, color=colors[base], lw=0.8, alpha=0.6)
+                    ax.axvline(bound, color=tables.colors[int(base)], lw=0.8, alpha=0.6)
             ax.set_xscale("log", base=2)
-            if metric == "ppl":
-                ax.set_yscale("log")
-                ax.set_title(f"{regime} bases (beta {'<=' if regime == 'smaller' else '>'} beta0 = {beta0:,.0f})")
+            ax.set_yscale("log" if metric == "ppl" else "linear")
             if metric == "retrieval":
                 ax.set_ylim(-0.05, 1.05)
-            ax.set_xlabel("context length (tokens)")
             ax.set_ylabel(METRICS[metric])
-            ax.grid(True, which="both", alpha=0.3)
+            ax.grid(True, which="major", alpha=0.3)
+        axes[0, col].set_title(title, fontsize=10)
+        axes[-1, col].set_xlabel("context length (tokens)")
         axes[0, col].legend(fontsize=7, loc="upper left")
-    fig.suptitle(
-        f"{study}: {model}, T_train = {info.train_len}, T_tune = {tune_len}; evaluated on {info.eval_set}\n"
-        "dotted: T_train; thin lines (right): predicted bound 2*pi*beta^(d_extra/d)",
-        fontsize=10,
-    )
+    log_axis(axes[0, 0].xaxis, "length")
+    if "ppl" in metrics:
+        log_axis(axes[list(metrics).index("ppl"), 0].yaxis, "value")
+    suptitle(fig, [
+        f"{study}: {model}, {T_TRAIN} = {length_label(info.train_len)}, {T_TUNE} = {length_label(tune_len)}; "
+        f"evaluated on {info.eval_set} ({convention(tables)})",
+        f"dotted: {T_TRAIN}; dash-dotted: {T_TUNE}; thin lines (right): predicted bound {T_EXTRA}"], 12)
     return fig
 
 
 def with_retrieval(evals: pd.DataFrame, passkey: pd.DataFrame) -> pd.DataFrame:
-    """Prefix rows of `evals` with a `retrieval` column: passkey accuracy over depths, by length."""
+    """Prefix rows with a `retrieval` column: passkey accuracy over depths, by length."""
     sums = passkey.groupby(GROUP + ["length"], as_index=False)[["correct", "prompts"]].sum()
     retrieval = sums.assign(retrieval=sums.correct / sums.prompts).rename(columns={"length": "end"})
-    prefix = evals[evals.scope == "prefix"]
-    return prefix.merge(retrieval[GROUP + ["end", "retrieval"]], on=GROUP + ["end"], how="outer").assign(scope="prefix")
+    return evals.merge(retrieval[GROUP + ["end", "retrieval"]], on=GROUP + ["end"], how="outer").assign(scope="prefix")
 
 
 def passkey_heatmap(passkey: pd.DataFrame, cell: pd.Series, study: str):
     """Retrieval accuracy of one cell, depth x length; dashed: its measured perplexity bound."""
     grid = passkey.pivot(index="depth", columns="length", values="accuracy")
-    fig, ax = plt.subplots(figsize=(2 + 0.9 * grid.shape[1], 1.5 + 0.45 * grid.shape[0]))
-    sns.heatmap(grid, vmin=0, vmax=1, cmap="RdYlGn", annot=True, fmt=".2f", ax=ax,
-                cbar_kws={"label": "retrieval accuracy"})
-    columns_within = int((grid.columns <= cell.measured_bound).sum())
+    grid.columns = [length_label(c) for c in grid.columns]
+    lengths = passkey.length.drop_duplicates().sort_values().to_numpy()
+    width = max(5.0, 2.5 + 0.9 * grid.shape[1])
+    fig, axes = new_figure(1, 1, (width, 2.6 + 0.45 * grid.shape[0]))
+    ax = axes[0, 0]
+    sns.heatmap(grid, vmin=0, vmax=1, cmap="RdYlGn", annot=True, fmt=".2f", ax=ax, cbar_kws={"label": "retrieval accuracy"})
+    columns_within = int((lengths <= cell.measured_bound).sum())
     if 0 < columns_within < grid.shape[1]:
         ax.axvline(columns_within, color="k", ls="--", lw=1.5)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("depth of the key")
-    bound = f"{'>= ' if cell.censored else ''}{int(cell.measured_bound)}"
-    ax.set_title(
-        f"{study}: {cell.model}, {cell.method}, base {_base_label(int(cell.base))}, T_tune = {cell.tune_len}\n"
-        f"{int(passkey.prompts.max())} prompts per square; perplexity bound {bound} (dashed)"
-        f"{'' if np.isnan(cell.predicted_bound) else f', predicted {cell.predicted_bound:,.0f}'}; filler: {cell.eval_set}",
-        fontsize=8,
-    )
+    sign = {"right": r"$\geq$ ", "left": r"$\leq$ "}.get(cell.censored, "")
+    predicted = "" if np.isnan(cell.predicted_bound) else f", predicted {length_label(cell.predicted_bound)}"
+    ax.set_title(wrap([
+        f"{study}: {cell.model}, {cell.method}, {BETA} = {base_label(cell.base)}, {T_TUNE} = {length_label(cell.tune_len)}",
+        f"prompts per square: {int(passkey.prompts.max())}; perplexity bound {sign}{length_label(cell.measured_bound)} "
+        f"(dashed){predicted}", f"{rule_note(cell)}; filler: {cell.eval_set}"], width, 8), fontsize=8)
     return fig
 
 
-def bound_vs_base(cells: pd.DataFrame, study: str):
-    tuned = cells[cells.method == "base"]
+def _fit_band(ax, fit: pd.Series, boot: pd.DataFrame | None, bases: np.ndarray):
+    """The fitted line over the fitted bases, with the pointwise 90% band of the bootstrap fits."""
+    grid = np.geomspace(bases.min(), bases.max(), 100)
+    label = f"fit: slope {interval_text(fit.fitted_slope, fit.fitted_slope_lo, fit.fitted_slope_hi)}"
+    ax.plot(grid, np.exp(fit.fitted_intercept) * grid ** fit.fitted_slope, color="tab:blue", lw=1.5, label=label)
+    if boot is not None:
+        reps = boot[(boot.model == fit.model) & (boot.method == fit.method) & (boot.tune_len == fit.tune_len)].dropna()
+        if len(reps):
+            lines = np.exp(reps.intercept.to_numpy()[:, None] + reps.slope.to_numpy()[:, None] * np.log(grid))
+            lo, hi = np.percentile(lines, [5, 95], axis=0)
+            ax.fill_between(grid, lo, hi, color="tab:blue", alpha=0.15, lw=0, label="fit: 90% bootstrap band")
+
+
+def _bounds(ax, group: pd.DataFrame, colors: dict):
+    """Measured bounds with their intervals; censored ones open, with an arrow the way the bound can go."""
+    for row in group.itertuples():
+        color = colors[int(row.base)]
+        if row.censored == "no":
+            yerr = [[row.measured_bound - row.bound_lo], [row.bound_hi - row.measured_bound]]
+            ax.errorbar([row.base], [row.measured_bound], yerr=yerr, fmt="o", color=color, ms=6, capsize=3, zorder=3)
+            continue
+        up = row.censored == "right"
+        ax.scatter([row.base], [row.measured_bound], marker="^" if up else "v", s=60, facecolors="none",
+                   edgecolors=[color], linewidths=1.5, zorder=3)
+        tip = row.measured_bound * (1.6 if up else 1 / 1.6)
+        ax.annotate("", xy=(row.base, tip), xytext=(row.base, row.measured_bound), annotation_clip=False,
+                    arrowprops=dict(arrowstyle="->", color=color, lw=1.2))
+        ax.update_datalim([(row.base, tip * (1.2 if up else 1 / 1.2))])
+
+
+def bound_vs_base(tables: Tables, study: str):
+    tuned = tables.cells[tables.cells.method == "base"]
     groups = list(tuned.groupby(["model", "tune_len"], sort=True))
-    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(6 * max(len(groups), 1), 5), squeeze=False)
+    width = 6.2 * max(len(groups), 1)
+    fig, axes = new_figure(1, max(len(groups), 1), (width, 6.4))
     for ax, ((model, tune_len), group) in zip(axes[0], groups):
         first = group.iloc[0]
-        lo, hi = group.base.min() / 2, group.base.max() * 2
-        grid = np.geomspace(max(first.beta0, lo), hi, 200)
-        law = [theory.t_extra(b, first.head_dim, first.train_len, first.orig_base) for b in grid]
-        ax.plot(grid, law, "k-", label="theory: 2*pi*beta^(d_extra/d)")
-        ax.axhline(tune_len, color="grey", ls=":", label="T_tune")
-        ax.axvline(first.beta0, color="grey", ls="--", label=f"beta0 = {first.beta0:,.0f}")
-        for censored, marker, label in ((False, "o", "measured bound"), (True, "^", "measured (censored: >= longest length)")):
-            part = group[group.censored == censored]
-            if len(part):
-                ax.scatter(part.base, part.measured_bound, marker=marker, s=40, label=label, zorder=3)
+        grid = np.geomspace(max(first.beta0, group.base.min() / 2), group.base.max() * 2, 200)
+        ax.plot(grid, [theory.t_extra(b, first.head_dim, first.train_len, first.orig_base) for b in grid],
+                "k-", label=f"theory: {T_EXTRA}, slope {first.d_extra / first.head_dim:.3f}")
+        ax.axhline(tune_len, color="grey", ls=":", label=T_TUNE)
+        ax.axvline(first.beta0, color="grey", ls="--", label=f"{BETA0} = {first.beta0:,.0f}")
+        fit = None if tables.fit is None else tables.fit[(tables.fit.model == model) & (tables.fit.method == "base")
+                                                         & (tables.fit.tune_len == tune_len)]
+        fitted = group[(group.regime == "larger") & (group.censored == "no")]
+        if fit is not None and len(fit) and np.isfinite(fit.iloc[0].fitted_slope):
+            _fit_band(ax, fit.iloc[0], tables.boot, fitted.base.to_numpy(dtype=float))
+            c = fit.iloc[0]
+            ax.plot([], [], " ", label=f"C = measured/predicted: {interval_text(c.c_geomean, c.c_geomean_lo, c.c_geomean_hi)}")
+        _bounds(ax, group, tables.colors)
+        ax.autoscale_view()
+        ax.plot([], [], "o", color="grey", label="measured bound, 90% interval")
+        ax.plot([], [], "^", mfc="none", color="grey", label="censored (arrow: the bound lies beyond)")
         ax.set_xscale("log")
         ax.set_yscale("log", base=2)
-        ax.set_xlabel("rotary base beta")
+        log_axis(ax.xaxis, "base")
+        log_axis(ax.yaxis, "length")
+        ax.set_xlabel(f"rotary base {BETA}")
         ax.set_ylabel("extrapolation bound (tokens)")
-        ax.set_title(f"{model}, T_tune = {tune_len}", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    factor_note = "bound: largest length with ppl <= factor x ppl(T_tune) (law.ppl_factor)"
-    fig.suptitle(f"{study}: predicted vs measured bound; evaluated on {cells.eval_set.iloc[0]}\n{factor_note}", fontsize=10)
+        ax.set_title(f"{model}, {T_TUNE} = {length_label(tune_len)}", fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    suptitle(fig, [f"{study}: predicted vs measured bound; evaluated on {tables.cells.eval_set.iloc[0]} "
+                   f"({convention(tables)})", rule_note(tables.cells.iloc[0])], width)
     return fig
 
 
-def critical_dimension(cells: pd.DataFrame, study: str):
-    models = list(cells.groupby("model", sort=True))
-    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.5), squeeze=False)
+def critical_dimension(tables: Tables, study: str):
+    models = list(tables.cells.groupby("model", sort=True))
+    fig, axes = new_figure(1, len(models), (7.5 * len(models), 4.8))
     for ax, (model, group) in zip(axes[0], models):
         first = group.iloc[0]
         d, t_train, b0 = int(first.head_dim), int(first.train_len), float(first.orig_base)
         d_extra = theory.critical_dim(d, t_train, b0)
-        pairs = np.arange(d // 2)
-        bases = sorted({b0, *group.base.astype(float)})
-        colors = sns.color_palette("viridis", len(bases))
-        for color, base in zip(colors, bases):
-            style = dict(lw=2.5, color="k") if base == b0 else dict(lw=1, color=color)
-            ax.plot(pairs, theory.periods(d, base), label=f"base {_base_label(int(base))}", **style)
-        ax.axhline(t_train, color="red", ls="--", label=f"T_train = {t_train}")
-        ax.axvline(d_extra / 2 - 0.5, color="red", ls=":", label=f"d_extra = {d_extra} (pair {d_extra // 2})")
+        for base in sorted({int(b0), *group.base.astype(int)}):
+            style = dict(lw=2.5, color="k") if base == int(b0) else dict(lw=1, color=tables.colors[base])
+            ax.plot(np.arange(d // 2), theory.periods(d, base), label=f"{BETA} = {base_label(base)}", **style)
+        ax.axhline(t_train, color="red", ls="--", label=f"{T_TRAIN} = {length_label(t_train)}")
+        ax.axvline(d_extra / 2 - 0.5, color="red", ls=":", label=f"$d_\\mathrm{{extra}}$ = {d_extra} (pair {d_extra // 2})")
         ax.set_yscale("log")
+        log_axis(ax.yaxis, "value")
         ax.set_xlabel("dimension pair n (dims 2n, 2n+1)")
-        ax.set_ylabel("period 2*pi*beta^(2n/d) (tokens)")
-        ax.set_title(f"{model}: d = {d}; pairs left of the dotted line complete a period within T_train", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
+        ax.set_ylabel(f"period $2\\pi\\beta^{{2n/d}}$ (tokens)")
+        ax.set_title(f"{model}: d = {d}; pairs left of the dotted line complete a period within {T_TRAIN}", fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{study}: the critical dimension", fontsize=10)
+    suptitle(fig, [f"{study}: the critical dimension"], 7.5 * len(models))
     return fig
 
 
-def draw_all(evals: pd.DataFrame, cells: pd.DataFrame, study: str, out_dir: Path, formats: list[str], passkey: pd.DataFrame | None = None) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sns.set_theme(style="whitegrid", context="paper")
-    written = []
-    tuned = cells[cells.method != UNTUNED]
-    for (model, tune_len), _ in tuned.groupby(["model", "tune_len"], sort=True):
-        fig = ppl_vs_length(evals, cells, model, tune_len, study)
-        written += _save(fig, out_dir, f"ppl_vs_length_{model}_len{tune_len}", formats)
+def _seed_rows(passkey: pd.DataFrame, seed: int | None) -> pd.DataFrame:
+    """The passkey rows of one seed of a cell (the rows without a seed when `seed` is None)."""
+    if "seed" not in passkey.columns:
+        return passkey
+    return passkey[passkey.seed.isna()] if seed is None else passkey[passkey.seed == seed]
+
+
+def draw(kind: str, tables: Tables, study: str, model=None, tune_len=None, method=None, base=None, seed=None):
+    """One figure of `kind` (KINDS); model/tune_len pick a ppl_vs_length, with method/base (and seed) a heatmap's cell."""
+    if kind in ("ppl_vs_length", "passkey_vs_length"):
+        if kind == "ppl_vs_length":
+            return ppl_vs_length(tables, model, int(tune_len), study)
+        both = Tables(with_retrieval(tables.evals, tables.passkey), tables.cells)
+        return ppl_vs_length(both, model, int(tune_len), study, metrics=("ppl", "retrieval"))
+    if kind == "passkey_heatmap":
+        key = (model, method, int(base), int(tune_len))
+        part = _seed_rows(tables.passkey, seed).merge(tables.cells, on=GROUP)
+        part = part[[tuple(r) == key for r in part[GROUP].itertuples(index=False)]]
+        if part.empty:
+            raise UserError(f"no passkey rows for cell {key} in the passkey table")
+        return passkey_heatmap(part, part.iloc[0], study)
+    if kind == "bound_vs_base":
+        return bound_vs_base(tables, study)
+    return critical_dimension(tables, study)
+
+
+def figure_names(cells: pd.DataFrame, passkey: pd.DataFrame | None) -> dict[str, dict]:
+    """{file stem: draw() arguments} of every figure the tables make (the workflow's names)."""
+    names = {"bound_vs_base": {"kind": "bound_vs_base"}, "critical_dimension": {"kind": "critical_dimension"}}
+    tuned = cells[cells.method != UNTUNED][["model", "tune_len"]].drop_duplicates()
+    kinds = ["ppl_vs_length"] + (["passkey_vs_length"] if passkey is not None and len(passkey) else [])
+    for kind in kinds:
+        for model, tune_len in tuned.itertuples(index=False):
+            names[f"{kind}_{model}_len{tune_len}"] = dict(kind=kind, model=model, tune_len=tune_len)
     if passkey is not None and len(passkey):
-        both = with_retrieval(evals, passkey)
-        for (model, tune_len), _ in tuned.groupby(["model", "tune_len"], sort=True):
-            fig = ppl_vs_length(both, cells, model, tune_len, study, metrics=("ppl", "retrieval"))
-            written += _save(fig, out_dir, f"passkey_vs_length_{model}_len{tune_len}", formats)
-        for _, part in passkey.merge(cells, on=GROUP).groupby(GROUP, sort=True):
-            cell = part.iloc[0]
-            name = f"passkey_heatmap_{cell.model}_{cell.method}_base{cell.base}_len{cell.tune_len}"
-            written += _save(passkey_heatmap(part, cell, study), out_dir, name, formats)
-    written += _save(bound_vs_base(cells, study), out_dir, "bound_vs_base", formats)
-    written += _save(critical_dimension(cells, study), out_dir, "critical_dimension", formats)
-    return written
+        keys = passkey.assign(seed=passkey.get("seed"))[GROUP + ["seed"]].drop_duplicates()
+        for model, method, base, tune_len, seed in keys.itertuples(index=False):
+            seed = None if pd.isna(seed) else int(seed)
+            suffix = "" if seed is None else f"_seed{seed}"
+            names[f"passkey_heatmap_{model}_{method}_base{base}_len{tune_len}{suffix}"] = dict(
+                kind="passkey_heatmap", model=model, method=method, base=base, tune_len=tune_len, seed=seed)
+    return names
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument("kind", choices=KINDS, help="which figure")
     parser.add_argument("--evals", required=True, nargs="+", help="per-cell eval.csv files")
     parser.add_argument("--cells", required=True, help="results/law/cells.csv")
-    parser.add_argument("--passkey", default=None, help="results/law/passkey.csv (retrieval figures when not empty)")
+    parser.add_argument("--fit", help="results/law/fit.csv (the fitted line of bound_vs_base)")
+    parser.add_argument("--bootstrap", help="results/law/bootstrap.csv (the fit's band)")
+    parser.add_argument("--passkey", help="results/law/passkey.csv (retrieval figures)")
     parser.add_argument("--study", default="ropelaw", help="study name for titles")
-    parser.add_argument("--out-dir", required=True, help="directory for the figures")
-    parser.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats")
+    for name, kind in (("--model", str), ("--method", str), ("--base", int), ("--tune-len", int)):
+        parser.add_argument(name, type=kind, help="the figure's model / cell (per-model and per-cell kinds)")
+    parser.add_argument("--seed-suffix", default="", help="a heatmap's seed as in its cell path: '' or _seed{s}")
+    parser.add_argument("--out", required=True, nargs="+", help="output files; the format is the suffix")
 
 
 def run(args) -> None:
-    passkey = pd.read_csv(args.passkey) if args.passkey else None
-    written = draw_all(load_evals(args.evals), pd.read_csv(args.cells), args.study, Path(args.out_dir), args.formats, passkey)
-    for path in written:
+    read = lambda path: pd.read_csv(path) if path else None  # noqa: E731
+    tables = Tables(prefix_rows(load_evals(args.evals)), pd.read_csv(args.cells), read(args.fit),
+                    read(args.bootstrap), read(args.passkey))
+    needs = {"ppl_vs_length": ("model", "tune_len"), "passkey_vs_length": ("model", "tune_len", "passkey"),
+             "passkey_heatmap": ("model", "method", "base", "tune_len", "passkey")}.get(args.kind, ())
+    missing = [f"--{n.replace('_', '-')}" for n in needs if getattr(args, n) is None]
+    if missing:
+        raise UserError(f"ropelaw figures {args.kind} needs {' '.join(missing)}")
+    if args.seed_suffix and not re.fullmatch(r"_seed\d+", args.seed_suffix):
+        raise UserError(f"--seed-suffix must be empty or _seed<number> (got {args.seed_suffix!r})")
+    seed = int(args.seed_suffix.removeprefix("_seed")) if args.seed_suffix else None
+    fig = draw(args.kind, tables, args.study, args.model, args.tune_len, args.method, args.base, seed)
+    for path in save(fig, args.out):
         print(path)

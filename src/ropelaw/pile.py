@@ -3,13 +3,20 @@
 A shard is a `.jsonl` or `.jsonl.zst` file with one JSON object per line:
 `{"text": "...", "meta": {"pile_set_name": "Books3", ...}}`. Shards are read
 line by line (never whole), so real Pile shards of tens of GB work as they are.
+
+A shard must be whole. Every zstd frame must be complete (a file cut inside a frame is an
+error), and a file whose last line is not a complete record (a cut between two frames, or
+inside a line of a `.jsonl`) is an error naming the file: truncation would otherwise read as
+a smaller corpus. The Pile's shards and ours are one frame each, ending with a newline; a
+shard of several frames cut exactly between two frames at the end of a record cannot be told
+from a shorter shard, only by its checksum (the embedded manifest records each shard's sha256).
+A line that is not UTF-8 is reported with its own 1-based line number.
 Used by `ropelaw.embedded`, `ropelaw.tokenizer`, `ropelaw.data` and
 `ropelaw.evaldata`; there is no command of its own.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +65,46 @@ def check_shards(paths: Sequence[str | Path], key: str = "data") -> list[Path]:
     return checked
 
 
-def _lines(path: Path) -> Iterator[str]:
+READ_BYTES = 1 << 20
+
+
+def _zstd_chunks(path: Path, raw) -> Iterator[bytes]:
+    """The decompressed bytes of every zstd frame of `raw`, frame by frame; an incomplete frame is an error."""
+    dctx = zstandard.ZstdDecompressor(max_window_size=2**31)
+    frame, frames, in_frame = dctx.decompressobj(), 0, False
+    while data := raw.read(READ_BYTES):
+        while data:
+            in_frame = True
+            out = frame.decompress(data)
+            if out:
+                yield out
+            if not frame.eof:
+                break
+            data, frames = frame.unused_data, frames + 1
+            frame, in_frame = dctx.decompressobj(), False
+    if in_frame:
+        raise UserError(f"{path}: truncated: its last zstd frame is cut short (after {frames} complete "
+                        f"frame(s)); fetch or rebuild the shard")
+    if frames == 0:
+        raise UserError(f"{path}: empty, not a zstd stream; fetch or rebuild the shard")
+
+
+def _lines(path: Path) -> Iterator[tuple[bytes, bool]]:
+    """(line without its line feed, whether a line feed ended it) for each line of the shard."""
     with open(path, "rb") as raw:
-        if path.name.endswith(".zst"):
-            decompressor = zstandard.ZstdDecompressor(max_window_size=2**31)
-            raw = decompressor.stream_reader(raw, read_across_frames=True)
-        # newline="\n": split on line feeds only, as JSON Lines does
-        yield from io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+        chunks = _zstd_chunks(path, raw) if path.name.endswith(".zst") else iter(lambda: raw.read(READ_BYTES), b"")
+        pieces: list[bytes] = []  # the line being read, when it spans chunks
+        for chunk in chunks:
+            *ended, rest = chunk.split(b"\n")
+            if ended:
+                ended[0] = b"".join([*pieces, ended[0]])
+                for line in ended:
+                    yield line, True
+                pieces = []
+            pieces.append(rest)
+        last = b"".join(pieces)
+        if last:
+            yield last, False
 
 
 def _parse(line: str, path: Path, lineno: int) -> Document:
@@ -79,6 +119,34 @@ def _parse(line: str, path: Path, lineno: int) -> Document:
     if not isinstance(meta, dict) or not isinstance(meta.get("pile_set_name"), str):
         raise UserError(f"{where} (no string field meta.pile_set_name)")
     return Document(record["text"], meta["pile_set_name"], str(path), lineno, meta)
+
+
+def _documents(path: Path) -> Iterator[Document]:
+    """Every record of one shard, in order."""
+    lineno = 0
+    try:
+        for lineno, (line, ended) in enumerate(_lines(path), start=1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not UTF-8 (byte {err.start} of the line); "
+                                f"re-encode the shard as UTF-8") from None
+            if not text.strip():
+                continue
+            if not ended:
+                _check_last_line(text, path, lineno)
+            yield _parse(text, path, lineno)
+    except (zstandard.ZstdError, OSError) as err:
+        raise UserError(f"{path}: cannot read the shard after line {lineno} ({err}); fetch or rebuild it") from None
+
+
+def _check_last_line(text: str, path: Path, lineno: int) -> None:
+    """A last line without a line feed must be a whole JSON value, or the file was cut inside it."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        raise UserError(f"{path}:{lineno}: truncated: the file ends inside a record (cut short, or a zstd "
+                        f"frame missing); fetch or rebuild the shard") from None
 
 
 def iter_documents(
@@ -99,21 +167,14 @@ def iter_documents(
     for path in paths:
         if max_docs is not None and n_yielded >= max_docs:
             return
-        lineno = 0
-        try:
-            for lineno, line in enumerate(_lines(path), start=1):
-                if not line.strip():
-                    continue
-                doc = _parse(line, path, lineno)
-                present.add(doc.subset)
-                if wanted is not None and doc.subset not in wanted:
-                    continue
-                yield doc
-                n_yielded += 1
-                if max_docs is not None and n_yielded >= max_docs:
-                    return
-        except (UnicodeDecodeError, zstandard.ZstdError, OSError) as err:
-            raise UserError(f"{path}:{lineno + 1}: cannot read the shard ({err})") from None
+        for doc in _documents(path):
+            present.add(doc.subset)
+            if wanted is not None and doc.subset not in wanted:
+                continue
+            yield doc
+            n_yielded += 1
+            if max_docs is not None and n_yielded >= max_docs:
+                return
     if n_yielded == 0 and wanted is not None:
         raise UserError(
             f"{key}.subsets: no document in {[str(p) for p in paths]} has pile_set_name in "

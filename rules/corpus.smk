@@ -1,0 +1,29 @@
+# The tuning corpus: 100M+ SmolLM2 tokens of Debian packages and Shakespeare, a substitute for
+# the Pile (docs/corpus/README.md). A study points data.train.shards at its output.
+
+
+def embedded_folder(wildcards, input):
+    return os.path.dirname(input.embedded)
+
+
+rule build_corpus:
+    input:
+        train=f"{EMBEDDED_DIR}/train/00.jsonl.zst",
+        val=f"{EMBEDDED_DIR}/val/00.jsonl.zst",
+        embedded=f"{EMBEDDED_DIR}/manifest.json",
+    output:
+        corpus="resources/corpus/corpus.jsonl.zst",
+        manifest="resources/corpus/manifest.json",
+    log:
+        "logs/build_corpus.log",
+    benchmark:
+        "benchmarks/build_corpus.tsv"
+    conda:
+        "../envs/ropelaw.yaml"
+    params:
+        embedded=embedded_folder,
+        out=folder_of_manifest,
+        cache="resources/cache/corpus",
+    shell:
+        "ropelaw build-corpus --embedded {params.embedded} --exclude {input.val} "
+        "--cache {params.cache} --out {params.out} > {log} 2>&1"
