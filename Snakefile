@@ -18,6 +18,7 @@ include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
 include: "rules/passkey.smk"
 include: "rules/law.smk"
+include: "rules/corpus.smk"
 
 
 rule all:

@@ -2,15 +2,11 @@
 # the Pile (docs/corpus/README.md). A study points data.train.shards at its output.
 
 
-def embedded_folder(wildcards, input):
-    return os.path.dirname(input.embedded)
-
-
 rule build_corpus:
     input:
         train=f"{EMBEDDED_DIR}/train/00.jsonl.zst",
         val=f"{EMBEDDED_DIR}/val/00.jsonl.zst",
-        embedded=f"{EMBEDDED_DIR}/manifest.json",
+        manifest=f"{EMBEDDED_DIR}/manifest.json",
     output:
         corpus="resources/corpus/corpus.jsonl.zst",
         manifest="resources/corpus/manifest.json",
@@ -21,9 +17,9 @@ rule build_corpus:
     conda:
         "../envs/ropelaw.yaml"
     params:
-        embedded=embedded_folder,
-        out=folder_of_manifest,
+        embedded=ruleargs.folder_of_input_manifest,
+        out=ruleargs.folder_of_manifest,
         cache="resources/cache/corpus",
     shell:
-        "ropelaw build-corpus --embedded {params.embedded} --exclude {input.val} "
-        "--cache {params.cache} --out {params.out} > {log} 2>&1"
+        "ropelaw build-corpus --embedded {params.embedded:q} --exclude {input.val:q} "
+        "--cache {params.cache:q} --out {params.out:q} > {log:q} 2>&1"

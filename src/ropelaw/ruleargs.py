@@ -49,6 +49,11 @@ def json_of(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
+def folder_of_input_manifest(wildcards, input) -> str:
+    """The folder of a rule's input named `manifest`."""
+    return os.path.dirname(input.manifest)
+
+
 def folder_of_manifest(wildcards, output) -> str:
     """A params function: the folder of the rule's `manifest` output."""
     return os.path.dirname(output.manifest)
