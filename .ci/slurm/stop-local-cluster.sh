@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# stop-local-cluster.sh - stop the single-node SLURM cluster started by
-# start-local-cluster.sh (a copy of the team's recipe, shared/slurm/stop-local-slurm.sh).
+# stop-local-cluster.sh - stop the SLURM cluster started by start-local-cluster.sh (a
+# copy of the team's recipe, shared/slurm/stop-local-slurm.sh, plus the namespaced nodes:
+# their slurmd, then their network namespaces and bridge, netns-nodes.sh).
 #
 # Only daemons recorded in /run/local-slurm/started (i.e. started by
 # start-local-cluster.sh) are stopped, one by one via their PID files; a PID is
@@ -21,7 +22,10 @@ log() { echo "local-slurm: $*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || { log "ERROR: must run as root"; exit 1; }
 
+# shellcheck source=netns-nodes.sh
+. "$(dirname "$0")/netns-nodes.sh"
 if [ ! -s "$STARTED_FILE" ]; then
+    netns_down
     log "nothing to stop (no daemons recorded in $STARTED_FILE)"
     exit 0
 fi
@@ -53,7 +57,7 @@ fi
 # Stop in reverse dependency order: compute node, controller, accounting
 # daemon, database, authentication.
 stopped=()
-for name in slurmd slurmctld slurmdbd mariadb munged; do
+for name in $(cut -d' ' -f1 "$STARTED_FILE" | grep -E '^slurmd(-|$)') slurmctld slurmdbd mariadb munged; do
     line=$(grep "^$name " "$STARTED_FILE" || true)
     [ -n "$line" ] || continue
     read -r _ pidfile comm <<<"$line"
@@ -76,4 +80,5 @@ for name in slurmd slurmctld slurmdbd mariadb munged; do
 done
 
 [ -s "$STARTED_FILE" ] || rm -f "$STARTED_FILE"
+netns_down
 echo "local-slurm: stopped ${stopped[*]:-nothing (daemons had already exited)}"
