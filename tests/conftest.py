@@ -14,6 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # Rules call `ropelaw` by name: the interpreter's bin directory (the venv's) goes first on PATH,
 # also when pytest runs as .venv/bin/python without the venv activated (.ci/run).
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+# In CI every capability a test needs is set up (.ci/run: setup.sh, the SLURM clusters), so a skip there
+# means a capability went missing: it fails, with the skip's reason, instead of passing unnoticed.
+IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true and this test was skipped, so a capability CI must have is missing: {reason}"
 
 
 @pytest.fixture(scope="session")

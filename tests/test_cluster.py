@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from ropelaw import UserError
-from ropelaw.launch import launch_prefix, node_command, srun_command
+from ropelaw.launch import launch_prefix, node_command, parse_node_addr, srun_command
 from ropelaw.plan import STEP_EFFICIENCY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +44,17 @@ def test_launch_prefix_follows_the_profile():
 
 
 def test_srun_starts_one_task_per_node_with_all_its_cpus():
-    cmd = srun_command(["srun"], nodes=4, cpus_per_node=64, command=["finetune", "--base", "500"])
-    assert cmd[:7] == ["srun", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1", "--cpus-per-task=64",
-                       "--kill-on-bad-exit=1", sys.executable]
-    assert cmd[-5:] == ["--node", "--", "finetune", "--base", "500"]
+    cmd = srun_command(["srun"], nodes=4, cpus_per_node=64, rendezvous="10.0.0.7:21234",
+                       command=["finetune", "--base", "500"])
+    assert cmd[:8] == ["srun", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1", "--cpus-per-task=64",
+                       "--kill-on-bad-exit=1", "--job-name=finetune@10.0.0.7:21234", sys.executable]
+    assert cmd[-7:] == ["--node", "--master-addr", "10.0.0.7", "--", "finetune", "--base", "500"]
+
+
+def test_the_rendezvous_is_the_first_nodes_address():
+    shown = "NodeName=rlnode1 Arch=x86_64 CoresPerSocket=1\n   NodeAddr=10.199.77.11 NodeHostName=rlnode1 Version=22.05.8\n"
+    assert parse_node_addr(shown, "rlnode1") == "10.199.77.11"
+    assert parse_node_addr("NodeName=gpu001 Arch=x86_64", "gpu001") == "gpu001"
 
 
 def test_each_node_runs_torchrun_with_one_worker_per_gpu():

@@ -9,8 +9,9 @@ resource that the SLURM profile sets for fine-tuning (`mpi: srun`), which tells 
 SLURM executor plugin to run the rule's shell in the batch step and leave the launch
 to it. `ropelaw launch` then starts one task per node with `srun` (all of the node's
 CPUs and GPUs to that task), and each task runs `torchrun` with one worker per GPU of
-its node (static rendezvous at the first node of the step), or the command itself
-when its node has no GPU and it is the only node.
+its node (static rendezvous at the first node of the step, at the address SLURM reaches
+it by: its `NodeAddr`, which the step's name records, `finetune@ADDR:PORT` in `sacct`),
+or the command itself when its node has no GPU and it is the only node.
 
 Why one step of our own: `--signal=USR1@T` and `scancel --signal=USR1` reach the
 processes of every job step but not the batch step, so the training workers hear it
@@ -46,8 +47,13 @@ def master_port(job_id: str) -> int:
     return 20000 + int(job_id) % 20000
 
 
-def srun_command(launcher: list[str], nodes: int, cpus_per_node: int, command: list[str]) -> list[str]:
-    """One task per node, holding every CPU of its node; each task runs `ropelaw launch --node`."""
+def srun_command(
+    launcher: list[str], nodes: int, cpus_per_node: int, rendezvous: str, command: list[str]
+) -> list[str]:
+    """One task per node, holding every CPU of its node; each task runs `ropelaw launch --node`.
+
+    `rendezvous` is the first node's address and port; the step is named after it (`sacct`).
+    """
     return [
         *launcher,
         f"--nodes={nodes}",
@@ -55,7 +61,9 @@ def srun_command(launcher: list[str], nodes: int, cpus_per_node: int, command: l
         "--ntasks-per-node=1",
         f"--cpus-per-task={cpus_per_node}",
         "--kill-on-bad-exit=1",
-        sys.executable, "-m", "ropelaw.cli", "launch", "--node", "--", *command,
+        f"--job-name={command[0]}@{rendezvous}",
+        sys.executable, "-m", "ropelaw.cli", "launch", "--node", "--master-addr", rendezvous.rsplit(":", 1)[0],
+        "--", *command,
     ]
 
 
@@ -86,9 +94,20 @@ def _job_size(job_id: str) -> tuple[int, int]:
     return nodes, cpus // nodes
 
 
-def _first_host(nodelist: str) -> str:
-    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-    return out.stdout.split()[0]
+def _first_address(nodelist: str) -> str:
+    """The address SLURM reaches the first node of `nodelist` by (`NodeAddr`, often its host name)."""
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    first = hosts.stdout.split()[0]
+    node = subprocess.run(["scontrol", "show", "node", first], capture_output=True, text=True, check=True).stdout
+    return parse_node_addr(node, first)
+
+
+def parse_node_addr(scontrol_node: str, name: str) -> str:
+    """`NodeAddr=` of one node's `scontrol show node` text; the node's name where it has none."""
+    for word in scontrol_node.split():
+        if word.startswith("NodeAddr="):
+            return word.removeprefix("NodeAddr=")
+    return name
 
 
 def _exec(argv: list[str]) -> None:
@@ -99,6 +118,7 @@ def _exec(argv: list[str]) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--launcher", help="the job-step launcher and its options (the profile's `mpi` resource, e.g. srun)")
     parser.add_argument("--node", action="store_true", help="(internal) run as the task of one node, inside the step")
+    parser.add_argument("--master-addr", help="(internal, with --node) the first node's address: the rendezvous")
     parser.add_argument("command", nargs="+", help="the ropelaw subcommand and its arguments, after --")
 
 
@@ -106,7 +126,9 @@ def run(args) -> None:
     env = os.environ
     if args.node:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited through exec: torchrun ignores it
-        _exec(node_command(env, _first_host(env["SLURM_STEP_NODELIST"]), args.command))
+        if not args.master_addr:
+            raise UserError("ropelaw launch --node needs --master-addr (ropelaw launch --launcher passes it)")
+        _exec(node_command(env, args.master_addr, args.command))
     if not args.launcher:
         raise UserError("ropelaw launch needs --launcher (e.g. srun) or --node")
     if "SLURM_JOB_ID" not in env:
@@ -115,4 +137,5 @@ def run(args) -> None:
             "for a local run leave `mpi` unset"
         )
     nodes, cpus_per_node = _job_size(env["SLURM_JOB_ID"])
-    _exec(srun_command(shlex.split(args.launcher), nodes, cpus_per_node, args.command))
+    rendezvous = f"{_first_address(env['SLURM_JOB_NODELIST'])}:{master_port(env['SLURM_JOB_ID'])}"
+    _exec(srun_command(shlex.split(args.launcher), nodes, cpus_per_node, rendezvous, args.command))
