@@ -84,14 +84,17 @@ def node_command(env: dict, first_host: str, command: list[str]) -> list[str]:
     ]
 
 
-def _job_size(job_id: str) -> tuple[int, int]:
-    """(nodes, CPUs per node) of a running job, as SLURM allocated them."""
+def _job_size(job_id: str) -> tuple[int, int, str]:
+    """(nodes, CPUs per node, node list) of a running job, as SLURM allocated them.
+
+    From squeue: the SLURM executor plugin removes the allocation's SLURM_* variables but the job id.
+    """
     out = subprocess.run(
-        ["squeue", "--noheader", "--jobs", job_id, "--format", "%D %C"],
+        ["squeue", "--noheader", "--jobs", job_id, "--format", "%D %C %N"],
         capture_output=True, text=True, check=True,
     ).stdout.split()
     nodes, cpus = int(out[0]), int(out[1])
-    return nodes, cpus // nodes
+    return nodes, cpus // nodes, out[2]
 
 
 def _first_address(nodelist: str) -> str:
@@ -136,6 +139,6 @@ def run(args) -> None:
             "ropelaw launch --launcher runs inside a SLURM job (the profile's `mpi` resource); "
             "for a local run leave `mpi` unset"
         )
-    nodes, cpus_per_node = _job_size(env["SLURM_JOB_ID"])
-    rendezvous = f"{_first_address(env['SLURM_JOB_NODELIST'])}:{master_port(env['SLURM_JOB_ID'])}"
+    nodes, cpus_per_node, nodelist = _job_size(env["SLURM_JOB_ID"])
+    rendezvous = f"{_first_address(nodelist)}:{master_port(env['SLURM_JOB_ID'])}"
     _exec(srun_command(shlex.split(args.launcher), nodes, cpus_per_node, rendezvous, args.command))
