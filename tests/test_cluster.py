@@ -229,3 +229,20 @@ def test_plan_interpolates_in_length_and_names_missing_rows(tmp_path):
     assert at(32768) > at(16384)  # extrapolated along the same line
     assert seconds_per_token(rows, "llama2-13b", "finetune", "a100", 16384) == pytest.approx(1 / 600)
     assert seconds_per_token(rows, "smollm2", "finetune", "a100", 4096) is None  # listed as not measured
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_in_ci_a_skipped_test_fails_with_its_reason(tmp_path, ci):
+    """tests/conftest.py: with CI=true (.ci/run) a skip is a failure; elsewhere it stays a skip."""
+    (tmp_path / "conftest.py").write_text((ROOT / "tests/conftest.py").read_text())
+    (tmp_path / "test_one.py").write_text(
+        "import pytest\n\n@pytest.mark.skipif(True, reason='no frobnicator')\ndef test_needs_it():\n    pass\n\n"
+        "def test_other():\n    pytest.skip('not here either')\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "CI": ci})
+    if ci:
+        assert done.returncode == 1, done.stdout
+        assert done.stdout.count("a capability CI must have is missing") == 2 and "no frobnicator" in done.stdout
+    else:
+        assert done.returncode == 0 and "2 skipped" in done.stdout and "no frobnicator" in done.stdout, done.stdout
