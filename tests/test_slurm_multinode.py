@@ -17,9 +17,10 @@ the same two numbers whichever node holds them. (Against one process with accumu
 sums run in another order: tests/test_deepspeed.py measures that at about 1e-6.)
 
 Failure across nodes, in one re-submitted run: `scancel --signal=USR1` of the job stops both
-nodes at the same step with one checkpoint; then one node's worker is killed (SIGKILL): its
-torchrun fails, `--kill-on-bad-exit` ends the whole step, the job fails, Snakemake re-submits
-it, and the cell resumes from its last checkpoint to the same bitwise result.
+nodes at the same step with one checkpoint; then one node's worker is killed (SIGKILL) while the
+other node's is frozen (SIGSTOP, a rank that would never notice): the killed node's torchrun
+fails, `--kill-on-bad-exit` ends the whole step, the job fails, Snakemake re-submits it, and the
+cell resumes from its last checkpoint to the same bitwise result.
 
 Without the two-node cluster every test here skips with the reason (fails in CI: conftest.py).
 """
@@ -211,9 +212,23 @@ def _interrupt(work: Path, proc: subprocess.Popen, output_file: Path) -> dict:
     while log.is_file() and "stopped by SIGUSR1" in log.read_text():  # until the new attempt rewrites the log
         time.sleep(0.2)
     _wait_for_losses(log, 4, proc, output_file, deadline)
+    # rlnode1's worker is frozen first, so it cannot notice its peer's death itself (as a rank hung in a
+    # collective would not): only SLURM's --kill-on-bad-exit can end its task, and with it the step.
+    os.kill(_worker_on(second, "rlnode1"), signal.SIGSTOP)
     os.kill(_worker_on(second, "rlnode2"), signal.SIGKILL)
+    killed = time.monotonic()
+    while _running(second):
+        if time.monotonic() - killed > 120:
+            subprocess.run(["scancel", second])
+            raise AssertionError(f"job {second} still runs 120 s after one node's worker was killed")
+        time.sleep(0.5)
     return {"first_job": first, "second_job": second, "log_at_usr1": log_at_usr1,
             "checkpoints_at_usr1": checkpoints_at_usr1}
+
+
+def _running(job_id: str) -> bool:
+    return bool(subprocess.run(["squeue", "--noheader", "--jobs", job_id, "--states", "RUNNING,COMPLETING"],
+                               capture_output=True, text=True).stdout.strip())
 
 
 def _worker_on(job_id: str, node: str) -> int:
