@@ -164,8 +164,16 @@ def runs(scenario, tmp_path_factory):
     procs = {"clean": snakemake(clean, profile, base / "clean.out"),
              "interrupted": snakemake(broken, profile, base / "interrupted.out"),
              "one_node": _one_node_reference(clean, spec, base)}
-    interruptions = _interrupt(broken, procs["interrupted"], base / "interrupted.out")
-    codes = {name: proc.wait(timeout=900) for name, proc in procs.items()}
+    try:
+        interruptions = _interrupt(broken, procs["interrupted"], base / "interrupted.out")
+        codes = {name: proc.wait(timeout=900) for name, proc in procs.items()}
+    finally:  # on a failure, leave no Snakemake, job or worker of this test behind
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        subprocess.run(["scancel", "--name", ",".join(re.findall(r"SLURM run ID: (\S+)", "".join(
+            (base / f"{name}.out").read_text() for name in procs)))], capture_output=True)
     print(f"two-node runs: {time.monotonic() - started:.0f} s")
     output = {name: (base / f"{name}.out").read_text() for name in procs}
     for name, code in codes.items():
