@@ -172,8 +172,9 @@ def runs(scenario, tmp_path_factory):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        subprocess.run(["scancel", "--name", ",".join(re.findall(r"SLURM run ID: (\S+)", "".join(
-            (base / f"{name}.out").read_text() for name in procs)))], capture_output=True)
+        run_ids = re.findall(r"SLURM run ID: (\S+)", "".join((base / f"{name}.out").read_text() for name in procs))
+        if run_ids:
+            subprocess.run(["scancel", "--name", ",".join(run_ids)], capture_output=True)
     print(f"two-node runs: {time.monotonic() - started:.0f} s")
     output = {name: (base / f"{name}.out").read_text() for name in procs}
     for name, code in codes.items():
