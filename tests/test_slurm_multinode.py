@@ -60,9 +60,11 @@ def _cluster_problem() -> str | None:
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
     nodes = subprocess.run(["sinfo", "-h", "-N", "-p", "multi", "-o", "%N %T"], capture_output=True, text=True)
+    if nodes.returncode:
+        return f"`sinfo` fails: {nodes.stderr.strip().splitlines()[-1]}"
     states = dict(line.split() for line in nodes.stdout.splitlines())
     if sorted(states) != list(NODES) or not all(s in ("idle", "mixed") for s in states.values()):
-        return f"no idle partition `multi` of {', '.join(NODES)} (sinfo: {states or nodes.stderr.strip()})"
+        return f"no idle partition `multi` of {', '.join(NODES)} (sinfo: {states})"
     if subprocess.run(["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True).returncode:
         return "`sacct` fails: no slurmdbd accounting"
     return None
