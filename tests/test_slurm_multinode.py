@@ -132,27 +132,27 @@ def snakemake(work: Path, profile: Path, out: Path) -> subprocess.Popen:
     )
 
 
-def _one_node_reference(work: Path, spec: dict, base: Path) -> subprocess.Popen:
-    """The same spec on one node: torchrun with two workers, the same world size as the two nodes'."""
+def _one_node_reference(rule_words: list[str], work: Path, base: Path) -> subprocess.Popen:
+    """The rule's command on one node: torchrun with two workers, the same world size as the two nodes'."""
+    words = list(rule_words)
+    words[words.index("--checkpoints") + 1] = str(base / "one_node/checkpoints")
+    words[words.index("--out") + 1] = str(base / "one_node/model")
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ropelaw.cli",
-         "finetune", "--model", "results/mini/pretrained", "--data", "results/mini/data/train_len64",
-         "--base", "1000000", "--spec", json.dumps(spec), "--checkpoints", str(base / "one_node/checkpoints"),
-         "--out", str(base / "one_node/model")],
+         *words],
         cwd=work, env={**os.environ, **ENV, "GLOO_SOCKET_IFNAME": "lo"},
         stdout=(base / "one_node.out").open("w"), stderr=subprocess.STDOUT, text=True,
     )
 
 
-def _spec(work: Path) -> dict:
-    """The training spec the rule passes (Snakemake's dry run prints the shell line)."""
+def _rule_words(work: Path) -> list[str]:
+    """The fine-tune's arguments as the rule passes them (`finetune --model ... --out ...`, from a dry run)."""
     dry = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "-p", "--cores", "1",
          f"{CELL}/model", "--forcerun", f"{CELL}/model"], cwd=work, capture_output=True, text=True, check=True,
     ).stdout
-    line = next(line for line in dry.splitlines() if " finetune --model " in line)
-    words = shlex.split(line)
-    return json.loads(words[words.index("--spec") + 1])
+    words = shlex.split(next(line for line in dry.splitlines() if " finetune --model " in line))
+    return words[words.index("finetune"):words.index(">")]
 
 
 @pytest.fixture(scope="module")
@@ -161,11 +161,12 @@ def runs(scenario, tmp_path_factory):
     base = tmp_path_factory.mktemp("multinode")
     profile = two_node_profile(base / "profile")
     clean, broken = _work(scenario, base / "clean"), _work(scenario, base / "interrupted")
-    spec = _spec(clean)
+    rule_words = _rule_words(clean)
+    spec = json.loads(rule_words[rule_words.index("--spec") + 1])
     started = time.monotonic()
     procs = {"clean": snakemake(clean, profile, base / "clean.out"),
              "interrupted": snakemake(broken, profile, base / "interrupted.out"),
-             "one_node": _one_node_reference(clean, spec, base)}
+             "one_node": _one_node_reference(rule_words, clean, base)}
     try:
         interruptions = _interrupt(broken, procs["interrupted"], base / "interrupted.out")
         codes = {name: proc.wait(timeout=900) for name, proc in procs.items()}
