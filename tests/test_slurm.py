@@ -86,6 +86,11 @@ def sacct(*args: str) -> list[dict]:
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
 
 
+def is_cell_job(comment: str) -> bool:
+    """A fine-tune of CELL: the plugin's comment is `rule_finetune_wildcards_` + the wildcards' values."""
+    return comment.startswith("rule_finetune_wildcards_mini_base_") and "1000000" in comment
+
+
 def rule_of(comment: str) -> str:
     """The executor plugin comments each job `rule_<rule>[_wildcards_<values>]`."""
     return comment.removeprefix("rule_").split("_wildcards_")[0]
@@ -191,7 +196,7 @@ def side_runs(slurm_scenario, profile, tmp_path_factory):
         assert runs["stopped"].poll() is None and time.monotonic() < deadline, (base / "stopped.out").read_text()
         time.sleep(0.2)
     queue = subprocess.run(["squeue", "--noheader", "--format", "%i %k"], capture_output=True, text=True).stdout
-    job_id = next(line.split()[0] for line in queue.splitlines() if "rule_finetune_wildcards_mini_base_1000000_64" in line)
+    job_id = next(line.split()[0] for line in queue.splitlines() if is_cell_job(line.split()[-1]))
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)  # what SLURM does before the time limit
     codes = {name: run.wait(timeout=600) for name, run in runs.items()}
     for out in outputs.values():
@@ -212,7 +217,7 @@ def test_finetune_stopped_through_slurm_resumes_to_the_uninterrupted_result(side
     assert first[side_runs.first_job]["State"] == "FAILED" and first[f"{side_runs.first_job}.0"]["ExitCode"] != "0:0"
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
     attempts = [job["State"] for job in sacct("--allocations", "--name", run_id)
-                if job["Comment"] == "rule_finetune_wildcards_mini_base_1000000_64"]
+                if is_cell_job(job["Comment"])]
     assert attempts == ["FAILED", "COMPLETED"], attempts
     resumed = json.loads((side_runs.stopped / CELL / "model/ropelaw_manifest.json").read_text())
     straight = json.loads((side_runs.straight / "model/ropelaw_manifest.json").read_text())
@@ -236,5 +241,5 @@ def test_a_failed_job_shows_its_cause_and_log_paths(side_runs):
     assert side_runs.codes["failing"] != 0
     assert "Error in rule finetune" in output and "SLURM status is: 'FAILED'" in output
     assert "logs/finetune/mini/base/base10_len64.log" in output  # the rule's log ...
-    assert re.search(r"\.snakemake/slurm_logs/rule_finetune/mini_base_10_64/\d+\.log", output)  # ... and SLURM's
+    assert re.search(r"\.snakemake/slurm_logs/rule_finetune/mini_base_\w*?10_\w*?64/\d+\.log", output)  # ... and SLURM's
     assert "not a valid JSON file" in output or "JSONDecodeError" in output  # the cause: show-failed-logs

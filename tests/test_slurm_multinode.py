@@ -41,12 +41,12 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from test_slurm import is_cell_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = "results/mini/base/base1000000_len64"
-COMMENT = "rule_finetune_wildcards_mini_base_1000000_64"
 NODES = ("rlnode1", "rlnode2")
-FINETUNE = {"steps": 10, "global_batch_size": 8, "micro_batch_size": 2, "checkpoint_every": 3, "logging_steps": 1,
+FINETUNE = {"steps": 60, "global_batch_size": 8, "micro_batch_size": 2, "checkpoint_every": 20, "logging_steps": 1,
             "deepspeed": "config/deepspeed/zero3.json"}
 # The nodes' workers find each other on the namespaces' interface (a site sets NCCL_SOCKET_IFNAME alike);
 # the shims of .ci/slurm/cpu-deepspeed let DeepSpeed run without a GPU.
@@ -191,19 +191,19 @@ def _job_of(output_file: Path, proc: subprocess.Popen, deadline: float) -> str:
         assert proc.poll() is None and time.monotonic() < deadline, output_file.read_text()[-5000:]
         queue = subprocess.run(["squeue", "--noheader", "--states", "RUNNING", "--format", "%i %k"],
                                capture_output=True, text=True).stdout
-        jobs = [line.split()[0] for line in queue.splitlines() if line.endswith(COMMENT)]
+        jobs = [line.split()[0] for line in queue.splitlines() if is_cell_job(line.split()[-1])]
         run_id = re.search(r"SLURM run ID: (\S+)", output_file.read_text())
         mine = {j["JobID"] for j in sacct("--allocations", "--name", run_id.group(1))} if run_id else set()
         if mine & set(jobs):
             return (mine & set(jobs)).pop()
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def _wait_for_losses(log: Path, count: int, proc, output_file: Path, deadline: float) -> None:
     """Until this attempt's log has `count` optimizer steps (rank 0 logs each: `{'loss': ...}`)."""
     while not (log.is_file() and log.read_text().count("{'loss'") >= count):
         assert proc.poll() is None and time.monotonic() < deadline, output_file.read_text()[-5000:]
-        time.sleep(0.3)
+        time.sleep(0.1)
 
 
 def _interrupt(work: Path, proc: subprocess.Popen, output_file: Path) -> dict:
@@ -274,7 +274,7 @@ def _assert_bitwise(result: tuple[dict, dict], reference: tuple[dict, dict]) -> 
 
 def test_the_step_ran_on_both_nodes_with_the_rendezvous_at_the_first(runs):
     run_id = re.search(r"SLURM run ID: (\S+)", runs.output["clean"]).group(1)
-    (job,) = [j for j in sacct("--allocations", "--name", run_id) if j["Comment"] == COMMENT]
+    (job,) = [j for j in sacct("--allocations", "--name", run_id) if is_cell_job(j["Comment"])]
     assert job["State"] == "COMPLETED" and job["NNodes"] == "2" and job["NodeList"] == "rlnode[1-2]", job
     steps = {j["JobID"]: j for j in sacct("--jobs", job["JobID"])}
     step = steps[f"{job['JobID']}.0"]  # ropelaw launch's srun step: one task per node
@@ -314,7 +314,7 @@ def test_a_node_killed_ends_the_step_and_the_cell_resumes_to_the_same_result(run
     # rlnode2's worker was killed; --kill-on-bad-exit ended rlnode1's task too: the step failed as a whole.
     assert second[f"{runs.second_job}.0"]["State"] in ("FAILED", "CANCELLED"), second
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
-    attempts = [j["State"] for j in sacct("--allocations", "--name", run_id) if j["Comment"] == COMMENT]
+    attempts = [j["State"] for j in sacct("--allocations", "--name", run_id) if is_cell_job(j["Comment"])]
     assert attempts == ["FAILED", "FAILED", "COMPLETED"], attempts
     resumed, one_node = _result(runs.interrupted / CELL / "model"), _result(runs.base / "one_node/model")
     assert re.fullmatch(r".*/checkpoint-\d+", resumed[0]["resumed_from"] or ""), resumed[0]["resumed_from"]
