@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ropelaw import UserError, theory
+from ropelaw import UserError, methods, theory
 from ropelaw.law import GROUP, load_evals
 from ropelaw.methods import ON_TUNED
 from ropelaw.plotstyle import (BETA, BETA0, T_EXTRA, T_TRAIN, T_TUNE, base_colors, base_label, interval_text,
@@ -82,7 +82,7 @@ def _curves(ax, data, metric, colors, tune_len):
                         label=f"{BETA} = {base_label(base)}{extra}")
 
 
-def _references(ax, prefix, metric, orig_base):
+def _references(ax, prefix, metric, orig_base, kinds: dict):
     untuned = prefix[prefix.method == UNTUNED].dropna(subset=[metric]).sort_values("end")
     if len(untuned):
         ax.plot(untuned.end, untuned[metric], "k--", marker="x", ms=4, label=f"untuned ({BETA} = {base_label(orig_base)})")
@@ -90,13 +90,16 @@ def _references(ax, prefix, metric, orig_base):
     groups = list(baselines.groupby("method", sort=True))
     for (method, part), color, marker in zip(groups, sns.color_palette("Dark2", len(groups)), "sv^Dp*h"):
         part = part.dropna(subset=[metric]).sort_values("end")
-        ax.plot(part.end, part[metric], ls="--", marker=marker, ms=3, color=color, label=f"{method} (training-free)")
+        trained = methods.trains(kinds.get(method, method))
+        note = f"{BETA} = {base_label(part.base.iloc[0])}, tuned" if trained else "training-free"
+        ax.plot(part.end, part[metric], ls="--", marker=marker, ms=3, color=color, label=f"{method} ({note})")
 
 
 def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics=("ppl", "accuracy")):
     prefix = tables.evals[tables.evals.model == model]
     tuned = prefix[prefix.method.isin(ON_TUNED) & (prefix.tune_len == tune_len)]
     info = tables.cells[tables.cells.model == model].iloc[0]
+    kinds = dict(zip(tables.cells.method, tables.cells.get("kind", tables.cells.method).fillna(tables.cells.method)))
     beta0 = theory.critical_base(info.train_len, tune_len, info.orig_base)
     fig, axes = new_figure(len(metrics), 2, (12, 3.8 * len(metrics) + 0.6), sharex=True, sharey="row")
     panels = [(f"{BETA} $\\leq$ {BETA0} = {beta0:,.0f}", tuned[tuned.base <= beta0]),
@@ -105,7 +108,7 @@ def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics
         for row, metric in enumerate(metrics):
             ax = axes[row, col]
             _curves(ax, data, metric, tables.colors, tune_len)
-            _references(ax, prefix, metric, info.orig_base)
+            _references(ax, prefix, metric, info.orig_base, kinds)
             ax.axvline(info.train_len, color="grey", lw=1, ls=":")
             if tune_len != info.train_len:
                 ax.axvline(tune_len, color="grey", lw=1, ls="-.")
