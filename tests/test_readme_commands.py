@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "config/README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 PROGRAMS = {"ropelaw", "snakemake", "bash", "sudo", "make", "pip", "python", "python3", "pytest",
             "sacct", "scancel", "torchrun", "kill", "apt-get"}
-CHEAP_SUBCOMMANDS = {"predict", "check-config", "plan", "config-doc"}
+CHEAP_SUBCOMMANDS = {"predict", "check-config", "plan", "config-doc", "cell"}
 
 # Shown commands that would train: run with `-n` added (the DAG, config and flags are checked;
 # for make, the Makefile's commands are printed, not run).
@@ -54,7 +54,12 @@ SKIP = {
     "pip install -e '.[test]'": "installs packages",
     "pip install --no-deps": "installs packages (a fragment of pip's options)",
     "pytest tests/test_slurm.py": "needs the local SLURM cluster (root)",
-    "sudo bash scripts/slurm/start-local-cluster.sh": "root: starts SLURM daemons",
+    "sudo bash .ci/slurm/start-local-cluster.sh": "root: starts SLURM daemons",
+    "sudo LOCAL_SLURM_NS_NODES=2 bash .ci/slurm/start-local-cluster.sh": "root: SLURM daemons and network namespaces",
+    "sudo bash .ci/slurm/stop-local-cluster.sh": "root: stops SLURM daemons",
+    "ropelaw launch --launcher srun": "runs inside a SLURM job (srun)",
+    "torchrun --nnodes 2": "what each node's task runs inside a SLURM job",
+    "snakemake --profile": "a fragment: the cluster run shown in full above",
     "sacct -o JobID,Comment%60,State,ExitCode,AllocTRES%60": "needs a SLURM cluster",
     "scancel --signal=USR1 JOBID": "needs a SLURM cluster and a job",
     "scancel --signal=USR1": "needs a SLURM cluster and a job",
