@@ -16,6 +16,7 @@ import math
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -133,8 +134,12 @@ def test_finetuned_cell_reloads_with_its_new_base(work):
 
 
 def _dry_run(*configfiles: str) -> str:
-    command = [sys.executable, "-m", "snakemake", "-n", "--cores", "16", "--configfile", *configfiles]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    """A dry run in a fresh working directory: what the checkout's results/ holds must not matter (issue 11)."""
+    with tempfile.TemporaryDirectory() as work:
+        (Path(work) / "config").symlink_to(ROOT / "config")
+        command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", work, "-n",
+                   "--cores", "16", "--configfile", *configfiles]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
