@@ -13,3 +13,17 @@ class UserError(ValueError):
 
     The CLI prints it as one line (no traceback) and exits with status 2.
     """
+
+
+def json_object(text: str, source: str, fix: str) -> dict:
+    """A JSON object given on the command line; bad JSON or another JSON value is one `UserError`
+    naming `source` (the option) and the fix."""
+    import json
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{source}: not valid JSON ({err.msg} at character {err.pos}); {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: not a JSON object but {type(data).__name__}; {fix}")
+    return data

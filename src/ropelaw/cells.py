@@ -22,7 +22,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import PurePosixPath
 
-from ropelaw import UserError, methods
+from ropelaw import UserError, json_object, methods
 from ropelaw.paths import CELL_DIR, EVAL_ROWS, LEAF_PATTERN, TRAIN_ROWS, cell_file
 
 UNTUNED = "untuned"
@@ -158,13 +158,7 @@ class Cell:
     @classmethod
     def from_json(cls, text: str, source: str = "--cell-json") -> "Cell":
         """A cell from `to_json`'s text; bad JSON or a missing or mistyped field is one `UserError`."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{source} is not valid JSON ({err.msg} at character {err.pos}); "
-                            "pass the text `ropelaw cell --configfile ... PATH` prints") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{source} must be a JSON object (a cell), not {type(data).__name__}")
+        data = json_object(text, source, "pass the text `ropelaw cell --configfile ... PATH` prints")
         hints = typing.get_type_hints(cls)
         names = [f.name for f in fields(cls)]
         missing, unknown = [n for n in names if n not in data], sorted(set(data) - set(names))

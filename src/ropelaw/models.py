@@ -14,13 +14,12 @@ and `rope.verify_inv_freq` confirms the inv_freq in effect.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from ropelaw import UserError, methods, provenance, rope
+from ropelaw import UserError, json_object, methods, provenance, rope
 
 MANIFEST = "ropelaw_manifest.json"
 
@@ -134,11 +133,8 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     from ropelaw.tokenizer import check_trained
 
-    try:
-        spec = json.loads(args.spec)
-    except json.JSONDecodeError as err:
-        raise UserError(f"--spec: not valid JSON ({err.msg} at character {err.pos}); pass the model's config "
-                        "block as the workflow writes it (rule init_model's params.spec)") from None
+    spec = json_object(args.spec, "--spec", "pass the model's config block as the workflow writes it "
+                       "(rule init_model's params.spec)")
     if not isinstance(spec, dict) or spec.get("source") != "scratch":
         raise UserError("init-model only makes scratch models (--spec with source: scratch); an hf_dir model is used in place")
     if not (Path(args.tokenizer) / "tokenizer.json").is_file():

@@ -29,7 +29,6 @@ Output: one row per (length, depth, trial), with the key's token span in the pro
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ropelaw import UserError, provenance, rope
+from ropelaw import UserError, json_object, provenance, rope
 
 KEY = "{key}"
 EXTRA_TOKENS = 2  # decoded beyond the key's own tokens, so a longer number is caught as wrong
@@ -80,13 +79,10 @@ class PasskeySpec:
 
     @classmethod
     def from_json(cls, text: str) -> PasskeySpec:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"--spec: not valid JSON ({err}); pass the passkey config block as JSON") from None
+        raw = json_object(text, "--spec", "pass the passkey config block as JSON")
         fields = set(cls.__dataclass_fields__)
-        if not isinstance(raw, dict) or set(raw) != fields:
-            raise UserError(f"--spec needs exactly the keys {sorted(fields)}, got {sorted(raw) if isinstance(raw, dict) else raw!r}")
+        if set(raw) != fields:
+            raise UserError(f"--spec needs exactly the keys {sorted(fields)}, got {sorted(raw)}")
         return cls(**{**raw, "lengths": tuple(raw["lengths"]), "depths": tuple(raw["depths"])})
 
 

@@ -16,11 +16,10 @@ global batch is refused.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields
 
-from ropelaw import UserError
+from ropelaw import UserError, json_object
 
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -82,13 +81,8 @@ class TrainSpec:
     @classmethod
     def from_json(cls, text: str) -> "TrainSpec":
         """The spec of `--spec`; bad JSON, an unknown or missing key, or a bad value is one UserError."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"--spec: not valid JSON ({err.msg} at character {err.pos}); pass the JSON object "
-                            "the workflow writes (rule finetune's params.spec)") from None
-        if not isinstance(data, dict):
-            raise UserError("--spec: not a JSON object of training keys; pass the workflow's finetune spec")
+        data = json_object(text, "--spec", "pass the JSON object the workflow writes (the finetune spec, "
+                           "rule finetune's params.spec)")
         required = {f.name for f in fields(cls) if f.name != "fused_loss"}
         unknown, missing = set(data) - {f.name for f in fields(cls)}, required - set(data)
         if unknown or missing:
