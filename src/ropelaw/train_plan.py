@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, fields
 
 from ropelaw import UserError, json_object
+from ropelaw.specs import TrainingSpec
 
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -28,34 +29,12 @@ KEY = "finetune.{0} (or models.<slug>.pretrain.{0})"
 
 
 @dataclass(frozen=True)
-class TrainSpec:
-    """Resolved hyper-parameters of one training run (each field is the config key of the same name
-    in `finetune`, `models.<slug>.finetune`, `grid[].finetune` or `models.<slug>.pretrain`)."""
+class TrainSpec(TrainingSpec):
+    """`ropelaw.specs.TrainingSpec` as `ropelaw finetune --spec` reads it: the same fields (the config
+    keys of `finetune`, `models.<slug>.finetune`, `grid[].finetune` or `models.<slug>.pretrain`),
+    each also checked for its type and range, since the JSON may not come from the workflow."""
 
-    steps: int
-    global_batch_size: int
-    micro_batch_size: int
-    lr: float
-    lr_schedule: str
-    warmup_steps: int
-    weight_decay: float
-    max_grad_norm: float
-    adam_beta1: float
-    adam_beta2: float
-    adam_epsilon: float
-    seed: int
-    precision: str
-    gradient_checkpointing: bool
-    attn_implementation: str
-    deepspeed: str | None
-    checkpoint_every: int
-    length_multiple: int
-    logging_steps: int
-    compile: bool
-    fused_loss: bool = True
-    """Chunked lm_head + cross-entropy (no logits of the whole vocabulary): `ropelaw.fastloss`."""
-
-    def __post_init__(self) -> None:
+    def __post_init__(self, key: str) -> None:
         for name in ("steps", "global_batch_size", "micro_batch_size", "checkpoint_every", "length_multiple",
                      "logging_steps"):
             self._check(name, int, lambda v: v >= 1, "an integer >= 1")
@@ -72,6 +51,7 @@ class TrainSpec:
             self._check(name, str, lambda v: v in allowed, f"one of {', '.join(allowed)}")
         if self.deepspeed is not None:
             self._check("deepspeed", str, lambda v: bool(v), "a path or null")
+        super().__post_init__(key)
 
     def _check(self, name: str, kind: type, ok, what: str) -> None:
         value = getattr(self, name)
