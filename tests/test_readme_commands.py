@@ -50,6 +50,7 @@ SKIP = {
     ".venv/bin/python -m pytest -q": "the test suite itself",
     "apt-get install make python3-venv": "installs packages (root)",
     "bash scripts/setup.sh": "installs packages (network)",
+    "make setup": "installs packages (scripts/setup.sh)",
     ".venv/bin/snakemake --cores 2 --report report.html": "needs the main job's results",
     "pip install -e '.[test]'": "installs packages",
     "pip install --no-deps": "installs packages (a fragment of pip's options)",
