@@ -36,7 +36,7 @@ def leaf(base: int, tune_len: int, seed: int | None = None) -> str:
 
 
 def heatmap_figure(model: str, method: str, base: int, tune_len: int, seed: int | None = None) -> str:
-    """The file stem of a cell's passkey heatmap (figures.py and the `figures` rule share it)."""
+    """The file stem of a cell's passkey heatmap (the workflow's outputs and figures.figure_names share it)."""
     return f"passkey_heatmap_{model}_{method}_{leaf(base, tune_len, seed)}"
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 import seaborn as sns
 
 from ropelaw import UserError, methods, theory
+from ropelaw.cells import heatmap_figure, length_figure
 from ropelaw.law import GROUP, load_evals
 from ropelaw.methods import ON_TUNED
 from ropelaw.plotstyle import (BETA, BETA0, T_EXTRA, T_TRAIN, T_TUNE, base_colors, base_label, interval_text,
@@ -288,13 +289,12 @@ def figure_names(cells: pd.DataFrame, passkey: pd.DataFrame | None) -> dict[str,
     kinds = ["ppl_vs_length"] + (["passkey_vs_length"] if passkey is not None and len(passkey) else [])
     for kind in kinds:
         for model, tune_len in tuned.itertuples(index=False):
-            names[f"{kind}_{model}_len{tune_len}"] = dict(kind=kind, model=model, tune_len=tune_len)
+            names[length_figure(kind, model, tune_len)] = dict(kind=kind, model=model, tune_len=tune_len)
     if passkey is not None and len(passkey):
         keys = passkey.assign(seed=passkey.get("seed"))[GROUP + ["seed"]].drop_duplicates()
         for model, method, base, tune_len, seed in keys.itertuples(index=False):
             seed = None if pd.isna(seed) else int(seed)
-            suffix = "" if seed is None else f"_seed{seed}"
-            names[f"passkey_heatmap_{model}_{method}_base{base}_len{tune_len}{suffix}"] = dict(
+            names[heatmap_figure(model, method, base, tune_len, seed)] = dict(
                 kind="passkey_heatmap", model=model, method=method, base=base, tune_len=tune_len, seed=seed)
     return names
 
