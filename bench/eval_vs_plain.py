@@ -1,21 +1,30 @@
 """The default evaluation path against plain transformers, side by side in one process.
 
     python bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 2   # one GPU
-    python bench/eval_vs_plain.py --tiny                                               # CPU, a small shape
+    python bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --cap-gib 80
+    python bench/eval_vs_plain.py --tiny --variants whole:1 256:2                       # CPU, a small shape
 
-For each length, one row of random token ids is scored twice on a model of the given shape with
-random weights (bf16 on a GPU, fp32 on CPU):
-- `default`: what `ropelaw evaluate` runs with `evaluation.chunk_size: auto` — the chunk chosen
-  by `ropelaw.chunking.choose_chunk` from the free memory, then `ropelaw.scoring.score_window`;
-- `plain`: `model(ids, labels=ids)`, the forward a transformers user would write.
-Each is timed (best of --repeat, after a warm-up at a short length) with its peak allocated
-memory (GPU only), and the row records time and memory ratios (default / plain), the chunk and
-why, and the relative difference of the two perplexities. A plain forward that runs out of
-memory is recorded as such. Issue 14's goal: ratio of time <= 1 and of memory <= 0.5 wherever
-plain fits. Results: JSON lines in $OUT/eval_vs_plain.jsonl (bench/results/ without $OUT).
+For each length, one row of random token ids is scored on a model of the given shape with
+random weights (bf16 on a GPU, fp32 on CPU), by each path in turn:
+- `plain`: `model(ids, labels=ids)`, the forward a transformers user would write;
+- `default`: what `ropelaw evaluate` runs with `evaluation.chunk_size: auto` — the chunk and
+  head groups chosen by `ropelaw.chunking.choose_chunk` from the free memory, then
+  `ropelaw.scoring.score_window`;
+- `--variants`: the same with a fixed chunk and/or number of head groups (`CHUNK:GROUPS`, `auto`
+  for either; `whole:1` is the previous default with memory to spare: no chunk, no groups).
+Every path runs once untimed at each length before it is timed (the first call at a new shape pays
+for cuDNN's attention plan; a path timed first would carry it), then --repeat times; the best time
+and the peak allocated memory (GPU only) are kept. Rows record the ratios to plain of time and of
+memory, and of memory above the weights (at 32K a 7B's bf16 weights alone are more than half of
+plain's peak, so only this ratio can be halved), the chunk, the groups and why, and the relative
+difference of the perplexities. A path that runs out of memory is recorded as such.
+`--cap-gib 80` caps the process (`torch.cuda.set_per_process_memory_fraction`) like an A100-80GB.
+Issue 14's goal: ratio of time <= 1 and of memory <= 0.5 wherever plain fits.
+Results: JSON lines in $OUT/eval_vs_plain.jsonl (bench/results/ without $OUT).
 """
 
 import argparse
+import json
 import time
 
 import torch
@@ -35,9 +44,9 @@ def _sync(device):
 
 
 def measure(fn, device: str, repeat: int) -> tuple[float, float | None, object]:
-    """(best seconds, peak allocated GiB or None on CPU, the last result)."""
+    """(best seconds, peak allocated GiB or None on CPU, the last result), after one untimed call."""
     times, peak, result = [], None, None
-    for _ in range(repeat):
+    for attempt in range(repeat + 1):
         _sync(device)
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -45,15 +54,17 @@ def measure(fn, device: str, repeat: int) -> tuple[float, float | None, object]:
         start = time.perf_counter()
         result = fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        if attempt:  # the first call warms this shape up
+            times.append(time.perf_counter() - start)
         if device == "cuda":
             peak = max(peak or 0.0, gib(torch.cuda.max_memory_allocated()))
     return min(times), peak, result
 
 
-def default_path(model, ids_bl, length, budget_gib):
-    chunk, why = choose_chunk(model, length, 1, "auto", budget_gib)
-    stats = score_window(model, ids_bl, length, Scoring(), chunk_size=chunk)
+def scored_path(model, ids_bl, length, budget_gib, chunk="auto", groups="auto"):
+    chunk_size, why = choose_chunk(model, length, 1, "auto" if chunk == "auto" else chunk, budget_gib,
+                                   None if groups == "auto" else groups)
+    stats = score_window(model, ids_bl, length, Scoring(), chunk_size=chunk_size, head_groups=why["head_groups"])
     return float(torch.exp(torch.as_tensor(stats["nll"]).mean())), why
 
 
@@ -62,22 +73,50 @@ def plain_path(model, ids_bl):
         return float(torch.exp(model(input_ids=ids_bl, labels=ids_bl, use_cache=False).loss.float()))
 
 
-def compare(model, ids_bl, length, device, repeat, budget_gib) -> dict:
-    ids = ids_bl[:, :length]
-    row = {"tokens": length}
-    row["default_s"], row["default_peak_gib"], (ppl_default, why) = measure(
-        lambda: default_path(model, ids, length, budget_gib), device, repeat)
-    row.update(chunk_size=why["chunk_size"], chunk_reason=why["reason"], chunking=why)
+def parse_variant(text: str) -> tuple[str, int | str, int | str]:
+    """`CHUNK:GROUPS` -> (name, chunk: a number, 'whole' or 'auto', groups: a number or 'auto')."""
+    chunk, _, groups = text.partition(":")
+    chunk, groups = chunk or "auto", groups or "auto"
     try:
-        row["plain_s"], row["plain_peak_gib"], ppl_plain = measure(lambda: plain_path(model, ids.to(device)), device, repeat)
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return {**row, "plain": "out of memory"}
-    row.update(time_ratio=row["default_s"] / row["plain_s"], ppl_default=ppl_default, ppl_plain=ppl_plain,
-               ppl_rel_diff=abs(ppl_default / ppl_plain - 1))
-    if row["default_peak_gib"] is not None:
-        row["memory_ratio"] = row["default_peak_gib"] / row["plain_peak_gib"]
-    return row
+        return (text, chunk if chunk in ("auto", "whole") else int(chunk), groups if groups == "auto" else int(groups))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use CHUNK:GROUPS, e.g. whole:1, 8192:2, auto:4") from None
+
+
+def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=True) -> list[dict]:
+    """One row per path at this length: plain, default, then each variant."""
+    ids = ids_bl[:, :length]
+    weights_gib = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
+    rows, reference = [], None
+    paths = [("default", "auto", "auto"), *variants]
+    if plain:
+        paths.insert(0, ("plain", None, None))
+    for name, chunk, groups in paths:
+        row = {"tokens": length, "path": name, "weights_gib": weights_gib}
+        try:
+            if name == "plain":
+                row["seconds"], row["peak_gib"], ppl = measure(lambda: plain_path(model, ids.to(device)), device, repeat)
+            else:
+                fixed = length if chunk == "whole" else chunk
+                row["seconds"], row["peak_gib"], (ppl, why) = measure(
+                    lambda: scored_path(model, ids, length, budget_gib, fixed, groups), device, repeat)
+                row.update(chunk_size=why["chunk_size"], head_groups=why["head_groups"], chunk_reason=why["reason"],
+                           chunking=why)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            rows.append({**row, "result": "out of memory"})
+            continue
+        row["ppl"] = ppl
+        reference = reference or row
+        if row is not reference:
+            row.update(time_ratio=row["seconds"] / reference["seconds"], ppl_rel_diff=abs(ppl / reference["ppl"] - 1),
+                       compared_with=reference["path"])
+            if row["peak_gib"] is not None:
+                row["memory_ratio"] = row["peak_gib"] / reference["peak_gib"]
+                row["above_weights_ratio"] = (row["peak_gib"] - weights_gib) / (reference["peak_gib"] - weights_gib)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "chunking"}), flush=True)
+    return rows
 
 
 def main() -> None:
@@ -85,13 +124,19 @@ def main() -> None:
     parser.add_argument("--shape", default="llama2-7b", choices=sorted(SHAPES))
     parser.add_argument("--tokens", type=int, nargs="+", default=None, help="lengths (default 32768 100000; --tiny 1024 4096)")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer shape with LLaMA's vocabulary, on CPU")
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="timed calls per path and length, after one untimed")
     parser.add_argument("--budget-gib", type=float, default=None, help="evaluation.memory_budget_gib")
+    parser.add_argument("--variants", nargs="*", default=[], type=parse_variant, metavar="CHUNK:GROUPS",
+                        help="more paths: a fixed chunk (a number, whole, auto) and head groups (a number, auto)")
+    parser.add_argument("--no-plain", action="store_true", help="skip plain transformers (where it cannot fit)")
+    parser.add_argument("--cap-gib", type=float, default=None, help="cap this process's GPU memory (an A100-80GB: 80)")
     args = parser.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    if args.cap_gib and device == "cuda":
+        torch.cuda.set_per_process_memory_fraction(args.cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory)
     if args.tiny:
         spec = dict(TINY)
         theta = spec.pop("rope_theta")
@@ -105,14 +150,12 @@ def main() -> None:
         model = LlamaForCausalLM._from_config(config, dtype=torch.float32 if device == "cpu" else torch.bfloat16)
     model.eval()
     ids_bl = torch.randint(0, config.vocab_size, (1, max(lengths)), generator=torch.Generator().manual_seed(1))
-    warm = min(lengths[0], 2048)
-    default_path(model, ids_bl[:, :warm], warm, args.budget_gib)  # warm-up: kernels, handles
-    plain_path(model, ids_bl[:, :warm].to(device))
     for length in lengths:
-        row = compare(model, ids_bl, length, device, args.repeat, args.budget_gib)
-        write_record(out_path("eval_vs_plain.jsonl"), {"bench": "eval_vs_plain", **environment(),
-                                                        "shape": "tiny" if args.tiny else args.shape,
-                                                        "weights": "random", **row})
+        for row in compare(model, ids_bl, length, device, args.repeat, args.budget_gib, args.variants,
+                           plain=not args.no_plain):
+            write_record(out_path("eval_vs_plain.jsonl"), {"bench": "eval_vs_plain", **environment(),
+                                                            "shape": "tiny" if args.tiny else args.shape,
+                                                            "weights": "random", "cap_gib": args.cap_gib, **row})
 
 
 if __name__ == "__main__":

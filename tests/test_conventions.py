@@ -199,19 +199,23 @@ def test_cli_writes_doc_sums_that_add_up_to_the_table(kit, tmp_path):
 
 
 def test_cli_auto_chunk_is_recorded_and_changes_no_number(kit, tmp_path):
-    tables = {}
-    for chunk in ("auto", "16"):
-        out = tmp_path / chunk / "eval.csv"
+    tables, sidecars = {}, {}
+    # auto with room to spare; a fixed chunk; auto with a budget too small for anything: the most head groups.
+    for name, chunk, budget in (("auto", "auto", "1"), ("16", "16", "1"), ("tight", "auto", "1e-5")):
+        out = tmp_path / name / "eval.csv"
         assert main(["evaluate", "--model", str(kit.model_dir), "--cell-json", cell_json(), "--eval-data",
                      str(kit.eval_dir), "--tokenizer", str(kit.tokenizer_dir), "--lengths", "64", str(ROW),
-                     "--chunk-size", chunk, "--memory-budget-gib", "1", "--precision", "fp32", "--out", str(out)]) == 0
-        tables[chunk] = pd.read_csv(out)
-        sidecar = json.loads(out.with_suffix(".json").read_text())
-        assert sidecar["chunk_size"] == (ROW if chunk == "auto" else 16)
-    assert sidecar["chunking"]["reason"] == "fixed by evaluation.chunk_size"
-    auto = json.loads((tmp_path / "auto" / "eval.json").read_text())["chunking"]
+                     "--chunk-size", chunk, "--memory-budget-gib", budget, "--precision", "fp32", "--out", str(out)]) == 0
+        tables[name] = pd.read_csv(out)
+        sidecars[name] = json.loads(out.with_suffix(".json").read_text())
+    assert sidecars["auto"]["chunk_size"] == ROW and sidecars["16"]["chunk_size"] == 16
+    assert sidecars["16"]["chunking"]["reason"] == "fixed by evaluation.chunk_size"
+    auto, tight = sidecars["auto"]["chunking"], sidecars["tight"]["chunking"]
     assert auto["budget_source"] == "evaluation.memory_budget_gib" and auto["budget_bytes"] == 2**30
-    np.testing.assert_allclose(tables["auto"].nll_sum, tables["16"].nll_sum, rtol=1e-6)
+    assert auto["head_groups"] == 1 and len(tight["head_groups_possible"]) > 1
+    assert tight["head_groups"] == tight["head_groups_possible"][-1] and tight["chunk_size"] == 256
+    for name in ("16", "tight"):
+        np.testing.assert_allclose(tables[name].nll_sum, tables["auto"].nll_sum, rtol=1e-6)
 
 
 def test_sentencepiece_bytes_count_byte_fallback_and_the_word_marker():

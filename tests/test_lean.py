@@ -7,8 +7,12 @@ difference is a bug, not rounding; run with `pytest -q tests/test_lean.py`.
 import torch
 import transformers
 
-from ropelaw.chunking import SLACK, choose_chunk, memory_costs
-from ropelaw.lean import chunked_mlp
+import pytest
+
+from ropelaw import UserError
+from ropelaw.chunking import CHUNK_CAP, SLACK, choose_chunk, memory_costs
+from ropelaw.lean import chunked_mlp, group_counts, grouped_attention
+from ropelaw.methods import register_logn_attention
 from ropelaw.perplexity import token_stats
 
 
@@ -21,6 +25,69 @@ def tiny_gqa_llama():
     )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).double().eval()
+
+
+def tiny_mha_llama(attn_implementation="sdpa", **extra):
+    config = transformers.LlamaConfig(
+        vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=8, max_position_embeddings=32,
+        tie_word_embeddings=False, attn_implementation=attn_implementation, attention_bias=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **extra,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).double().eval()
+
+
+def _hidden(model, ids_bl):
+    with torch.no_grad():
+        return model.get_decoder()(ids_bl, use_cache=False).last_hidden_state
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "logn_sdpa"])
+def test_grouped_attention_matches_the_model_attention_and_restores_it(attention):
+    """Every possible number of groups gives the model's own numbers (float64: any difference is a bug),
+    with grouped-query heads (6 query heads on 2 KV heads) and with biases and log-scaled attention."""
+    if attention.startswith("logn"):
+        register_logn_attention()
+    ids_bl = torch.randint(0, 61, (2, 203), generator=torch.Generator().manual_seed(1))
+    for model in (tiny_gqa_llama(), tiny_mha_llama()):
+        model.config._attn_implementation = attention
+        model.config.logn_t_ref = 16  # read by log-scaled attention only: positions >= 16 are scaled
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        plain_bld = _hidden(model, ids_bl)
+        seen = []
+        hook = model.model.layers[0].self_attn.o_proj.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+        for groups in group_counts(model)[1:]:
+            with grouped_attention(model, groups, 64):  # 203 = 3 x 64 + 11: a ragged last chunk
+                grouped_bld = _hidden(model, ids_bl)
+            torch.testing.assert_close(grouped_bld, plain_bld, rtol=1e-12, atol=1e-12)
+        hook.remove()
+        assert seen and set(seen) == {64, 11}  # the output projection ran over chunks of positions
+        assert torch.equal(_hidden(model, ids_bl), plain_bld)
+        assert all("forward" not in vars(layer.self_attn) for layer in model.model.layers)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(UserError, match="does not divide"), grouped_attention(tiny_gqa_llama(), 3, 64):
+        pass
+
+
+def test_grouped_attention_runs_one_group_at_a_time(monkeypatch):
+    """The q/k/v products of one layer: one per group, each over that group's heads only."""
+    model = tiny_mha_llama()
+    shapes, linear = [], torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: shapes.append(tuple(w.shape)) or linear(x, w, b))
+    with grouped_attention(model, 4, 64):
+        _hidden(model, torch.zeros(1, 20, dtype=torch.long))
+    # 2 layers x 4 groups x (q, k, v) of 1 head x 8 dims each; then the MLP and o_proj run as modules.
+    assert shapes.count((8, 32)) == 2 * 4 * 3
+
+
+def test_token_stats_with_head_groups_equals_the_plain_path():
+    model = tiny_mha_llama()
+    ids_bl = torch.randint(0, 61, (1, 150), generator=torch.Generator().manual_seed(5))
+    nll_plain, correct_plain = token_stats(model, ids_bl, chunk_size=1000)
+    nll_grouped, correct_grouped = token_stats(model, ids_bl, chunk_size=32, head_groups=4)
+    torch.testing.assert_close(nll_grouped, nll_plain, rtol=1e-12, atol=1e-12)
+    assert torch.equal(correct_grouped, correct_plain)
 
 
 def test_chunked_mlp_matches_plain_forward_and_restores_the_model():
@@ -60,8 +127,8 @@ def test_token_stats_with_small_chunks_equals_one_chunk():
 
 
 def test_compiled_layers_give_the_eager_numbers():
-    """evaluation.compile: every decoder layer compiled (the chunked MLP kept out of the layer's
-    graph and compiled on its own) scores as the eager model does, at two lengths (a recompile)."""
+    """evaluation.compile: every decoder layer compiled (the chunked MLP and the head groups kept out of
+    the layer's graph and compiled on their own) scores as the eager model does, at two lengths (a recompile)."""
     from ropelaw.models import compile_layers
 
     model = tiny_gqa_llama()
@@ -70,11 +137,13 @@ def test_compiled_layers_give_the_eager_numbers():
     assert compile_layers(model, "evaluation.compile") == 3
     assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
     compiled = [token_stats(model, ids_bl[:, :n], chunk_size=32, compiled=True) for n in (150, 97)]
-    for (nll_e, correct_e), (nll_c, correct_c) in zip(eager, compiled):
+    # With the attention over two head groups too (each group's work compiled on its own).
+    compiled += [token_stats(model, ids_bl[:, :n], chunk_size=32, compiled=True, head_groups=2) for n in (150, 97)]
+    for (nll_e, correct_e), (nll_c, correct_c) in zip(eager * 2, compiled):
         # The log-softmax runs in float32 (token_stats): 1-ulp flips of the fused float64 hidden state show there.
         torch.testing.assert_close(nll_c, nll_e, rtol=1e-6, atol=1e-6)
         assert torch.equal(correct_c, correct_e)
-    assert all("forward" not in vars(layer.mlp) for layer in model.model.layers)
+    assert all("forward" not in vars(layer.mlp) and "forward" not in vars(layer.self_attn) for layer in model.model.layers)
 
 
 def test_fixed_chunk_is_kept():
@@ -98,16 +167,42 @@ def test_auto_chunk_follows_the_budget():
     chosen = []
     for positions in (300, 1000, 5000, 40_000, 200_000):
         budget_gib = (fixed + positions * per_position) / SLACK / 2**30
-        chunk, why = choose_chunk(model, length, 1, "auto", budget_gib)
+        chunk, why = choose_chunk(model, length, 1, "auto", budget_gib, head_groups=1)
         assert why["chunk_size"] == chunk and why["budget_source"] == "evaluation.memory_budget_gib"
-        if positions >= length:
-            assert chunk == length and "no chunking" in why["reason"]
+        assert why["head_groups"] == 1
+        if positions >= CHUNK_CAP:  # never more than the cap, however much memory is free
+            assert chunk == CHUNK_CAP and "cap" in why["reason"]
         else:  # the largest multiple of 256 that fits (one position of rounding slack)
             assert chunk % 256 == 0 and chunk <= positions < chunk + 256 + 1
         chosen.append(chunk)
     assert chosen == sorted(chosen) and chosen[0] == 256
-    small, why = choose_chunk(model, length, 1, "auto", fixed / 2**30 / 4)
+    small, why = choose_chunk(model, length, 1, "auto", fixed / 2**30 / 4, head_groups=1)
     assert small == 256 and "smallest" in why["reason"]
+    whole, why = choose_chunk(model, 5000, 1, "auto", 1.0)
+    assert whole == 5000 and "no chunking" in why["reason"] and why["head_groups"] == 1
+
+
+def test_auto_adds_head_groups_only_as_memory_requires():
+    """The fewest groups whose whole-sequence tensors leave room for a chunk of CHUNK_CAP positions."""
+    model, length = tiny_mha_llama(), 1_000_000
+    assert group_counts(model) == [1, 2, 4] and group_counts(tiny_gqa_llama()) == [1, 2]
+    costs = {g: memory_costs(model, length, 1, g) for g in (1, 2, 4)}
+    assert costs[1][0] > costs[2][0] > costs[4][0] and len({c[1] for c in costs.values()}) == 1
+    # float64, d = 32, 4 + 2 x 4 heads of 8 dims: the buffers of G > 1 groups, and the model's own attention.
+    assert costs[2][0] == length * (3 * 32 + 2 * (4 + 2 * 4) * 8 // 2) * 8
+    assert costs[1][0] == length * (5 * 32 + (4 + 2 * 4) * 8) * 8
+    for groups in (1, 2, 4):
+        need = costs[groups][0] + CHUNK_CAP * costs[groups][1]
+        chunk, why = choose_chunk(model, length, 1, "auto", need / SLACK / 2**30 * 1.0001)
+        assert (chunk, why["head_groups"]) == (CHUNK_CAP, groups), why
+    # Too little even for 4 groups: 4 groups and a smaller chunk. A fixed chunk keeps its size.
+    tight = (costs[4][0] + 1000 * costs[4][1]) / SLACK / 2**30
+    chunk, why = choose_chunk(model, length, 1, "auto", tight)
+    assert why["head_groups"] == 4 and chunk == 768
+    assert choose_chunk(model, length, 1, 100, tight)[0] == 100
+    assert choose_chunk(model, length, 1, "auto", 1e6, head_groups=2)[1]["head_groups"] == 2
+    with pytest.raises(UserError, match="does not divide"):
+        choose_chunk(model, length, 1, "auto", None, head_groups=3)
 
 
 def test_auto_chunk_gives_the_numbers_of_any_chunk():

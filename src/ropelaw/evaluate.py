@@ -145,6 +145,7 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
     table, doc_sums = evaluate_docs(
         model, docs, lengths, scoring=scoring, text=text, train_len=cell.train_len, one_pass=one_pass,
         chunk_size=chunk, buckets=bucket_edges, batch_size=batch_size, compiled=compile,
+        head_groups=chunking["head_groups"],
     )
     seconds = time.perf_counter() - started
     table.insert(0, "convention", scoring.convention)

@@ -1,20 +1,22 @@
-"""Memory-lean long-context forward: each decoder layer's MLP runs over slices of the sequence.
+"""Memory-lean long-context forward: MLPs over slices of the sequence, attention over groups of heads.
 
-    with chunked_mlp(model, 4096):
-        hidden = model.get_decoder()(input_ids).last_hidden_state
+    with chunked_mlp(model, 4096), grouped_attention(model, groups=8, chunk=4096):
+        hidden = model.get_decoder()(input_ids, use_cache=False).last_hidden_state
 
 Why: at long contexts the largest activations of a LLaMA forward are the MLP's
 [L, intermediate] tensors. For a 7B at 100K tokens, gate, act(gate) and up are
 100K x 11008 x 2 bytes = 2.2 GB each, three alive at once; at 1M tokens 66 GB.
 The MLP is row-wise (token t's output depends on token t's input alone), so
 running it on `chunk` positions at a time gives the same numbers while holding
-only `chunk` rows of those tensors. Attention and the residual stream are
-untouched: they stay whole-sequence, with the SDPA/flash kernel.
+only `chunk` rows of those tensors. The residual stream stays whole-sequence;
+attention stays whole-sequence too, with the model's SDPA/flash kernel, but can run
+over groups of heads (`grouped_attention`): then Q, K and V exist for one group at a
+time, and the output projection writes in place (see its docstring).
 
-The patch sets an instance `forward` on each MLP and removes it on exit, so the
+Each patch sets an instance `forward` on each MLP (attention) and removes it on exit, so the
 model's modules, parameters and state dict are unchanged. A model whose decoder
-has no `layers[i].mlp` runs unchanged (only memory differs, never results). It is for inference
-(no autograd through the slices is intended or tested).
+has no `layers[i].mlp` (no LLaMA attention) runs unchanged (only memory differs, never results).
+It is for inference (no autograd through the slices is intended or tested).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from ropelaw import UserError
 
@@ -73,3 +76,106 @@ def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False) -> I
     finally:
         for mlp in mlps:
             del mlp.forward
+
+
+def _attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The `self_attn` of every decoder layer if each is LLaMA's attention (whose forward `_grouped`
+    reproduces); else none."""
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    layers = getattr(model.get_decoder(), "layers", None) or []
+    found = [getattr(layer, "self_attn", None) for layer in layers]
+    return found if found and all(isinstance(attn, LlamaAttention) for attn in found) else []
+
+
+def group_counts(model: torch.nn.Module) -> list[int]:
+    """The numbers of head groups this model's attention can run in: the divisors of its KV heads."""
+    kv_heads = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
+    return [g for g in range(1, kv_heads + 1) if kv_heads % g == 0] if _attentions(model) else [1]
+
+
+def _group_attention(attn, kernel, hidden_bld, weights, cos, sin, attention_mask, kwargs):
+    """One group's attention output [B, L, q_heads_of_group x head_dim]: its projections, rotation and kernel."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    batch, length, _ = hidden_bld.shape
+    q, k, v = (F.linear(hidden_bld, w, b).view(batch, length, -1, attn.head_dim).transpose(1, 2) for w, b in weights)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    piece, _ = kernel(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling, **kwargs)
+    return piece.reshape(batch, length, -1)
+
+
+def _grouped(attn: torch.nn.Module, forward, groups: int, chunk: int, compiled: bool):
+    """`attn.forward` over `groups` groups of KV heads (with their query heads), one group at a time."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    head_dim = attn.head_dim
+    q_rows = attn.q_proj.out_features // groups
+    kv_rows = attn.k_proj.out_features // groups
+    # Compiled layers: the loops stay out of the layer's graph (torch.compile would unroll them) and one
+    # group's work is compiled on its own (the group's weights are arguments: one graph serves every group).
+    one_group = torch.compile(_group_attention) if compiled else _group_attention
+
+    def rows(proj, group, n):
+        part = slice(group * n, (group + 1) * n)
+        return proj.weight[part], None if proj.bias is None else proj.bias[part]
+
+    def run(hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None or position_embeddings is None or attn.training:
+            return forward(hidden_states, position_embeddings, attention_mask, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}
+        implementation = attn.config._attn_implementation
+        kernel = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        cos, sin = position_embeddings
+        out_blh = hidden_states.new_empty(*hidden_states.shape[:-1], attn.q_proj.out_features)
+        for group in range(groups):
+            weights = (rows(attn.q_proj, group, q_rows), rows(attn.k_proj, group, kv_rows),
+                       rows(attn.v_proj, group, kv_rows))
+            out_blh[..., group * q_rows:(group + 1) * q_rows] = one_group(
+                attn, kernel, hidden_states, weights, cos, sin, attention_mask, kwargs)
+        o_proj = attn.o_proj
+        if o_proj.out_features != out_blh.shape[-1]:
+            return o_proj(out_blh), None
+        # The output projection in place, `chunk` positions at a time: row t of its output depends on row t
+        # of its input alone, so no second [B, L, d] tensor is needed.
+        for start in range(0, out_blh.shape[1], chunk):
+            rows_blh = out_blh[:, start:start + chunk]
+            rows_blh.copy_(o_proj(rows_blh))
+        return out_blh, None
+
+    return torch.compiler.disable(run) if compiled else run
+
+
+@contextlib.contextmanager
+def grouped_attention(model: torch.nn.Module, groups: int, chunk: int, compiled: bool = False) -> Iterator[None]:
+    """Within the block, every decoder layer's attention runs over `groups` groups of heads, one at a time.
+
+    Exact, not an approximation: heads are independent until the output projection, so the
+    queries, keys and values of one group (its KV heads and the query heads that share them)
+    are projected, rotated and attended, and written into one [B, L, heads x head_dim] buffer;
+    the output projection then runs over `chunk` positions at a time into that same buffer.
+    Q, K and V never exist for all heads at once: for a 13B (40 heads of 128) at 1M tokens each
+    is 10.5 GB in bf16, and with the rotated copies they were what did not fit an 80 GB GPU.
+    The attention function is the model's own (`config._attn_implementation`: SDPA, flash,
+    log-scaled), so the kernel and its numbers per head are unchanged. `groups` must divide the
+    KV heads (`group_counts`); 1 leaves the model as it is. Inference only: a layer in training
+    mode, or called with a KV cache, runs its own forward. `compiled` as for `chunked_mlp`.
+    """
+    if groups == 1:
+        yield
+        return
+    if groups not in group_counts(model):
+        raise UserError(f"attention head groups: {groups} does not divide the model's KV heads "
+                        f"(possible: {group_counts(model)})")
+    if chunk < 1:
+        raise UserError(f"output-projection chunk must be >= 1 positions, got {chunk}")
+    attentions = _attentions(model)
+    for attn in attentions:
+        attn.forward = _grouped(attn, attn.forward, groups, chunk, compiled)
+    try:
+        yield
+    finally:
+        for attn in attentions:
+            del attn.forward

@@ -9,7 +9,8 @@ Why chunks: at 1M tokens with a 49K vocabulary the full logits would take
 So the backbone runs once over the whole sequence and the lm_head, log-softmax and
 argmax run over `chunk_size` positions at a time; the [B, L, V] logits never exist.
 The decoder's MLPs also run over `chunk_size` positions at a time (`ropelaw.lean`), so
-their [L, intermediate] activations never exist whole either.
+their [L, intermediate] activations never exist whole either, and the attention can run
+over groups of heads (`head_groups`), so that Q, K and V never exist for all heads at once.
 
 Why one pass serves every length: in a causal model whose positions enter only
 through a position-only RoPE, the prediction at position t depends on tokens
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ropelaw import UserError
-from ropelaw.lean import chunked_mlp
+from ropelaw.lean import chunked_mlp, grouped_attention
 
 # Config attributes that change logits after the lm_head; we do not reproduce them.
 _SOFTCAPS = ("final_logit_softcapping", "output_logit_soft_cap", "logits_soft_cap")
@@ -77,7 +78,8 @@ def reset_dynamic_rope(model) -> None:
             module.max_seq_len_cached = module.original_max_seq_len
 
 
-def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = False, targets_bl=None):
+def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = False, targets_bl=None,
+                head_groups: int = 1):
     """Per-position NLL (float64) and argmax correctness (bool) of the next token.
 
     Returns `(nll_bt, correct_bt)`, both [B, T] on CPU. By default T = L-1 and column j scores
@@ -86,6 +88,7 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     `targets_bl[:, j]`. Logits are taken in the model's dtype, as the model's own forward gives
     them, then upcast to float32 for the log-softmax.
     `compiled`: the decoder layers were compiled (`ropelaw.models.compile_layers`).
+    `head_groups`: the attention runs over this many groups of heads, one at a time (`ropelaw.lean`).
     """
     _check_plain_logits(model)
     device = next(model.parameters()).device
@@ -104,7 +107,8 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     nll_bt = torch.empty(batch, n_targets, dtype=torch.float64)
     correct_bt = torch.empty(batch, n_targets, dtype=torch.bool)
     # The MLPs run in chunks of the same size: their [L, intermediate] activations dominate memory at 100K+.
-    with torch.inference_mode(), chunked_mlp(model, chunk_size, compiled):
+    with torch.inference_mode(), chunked_mlp(model, chunk_size, compiled), \
+            grouped_attention(model, head_groups, chunk_size, compiled):
         hidden_bld = backbone(input_ids=input_ids_bl, use_cache=False).last_hidden_state
     with torch.inference_mode():
         for start in range(0, n_targets, chunk_size):

@@ -122,7 +122,8 @@ def _targets(text: TokenText | None, scoring: Scoring, ids_bt: np.ndarray):
     return text.bytes_of(ids_bt), words
 
 
-def score_window(model, rows_bn, length: int, scoring: Scoring, text=None, *, chunk_size=4096, compiled=False):
+def score_window(model, rows_bn, length: int, scoring: Scoring, text=None, *, chunk_size=4096, compiled=False,
+                 head_groups=1):
     """Per-target sums of one window of `length` tokens: dict of [B, T] arrays over positions 1..T."""
     rows_bn = torch.as_tensor(np.asarray(rows_bn), dtype=torch.long)
     if scoring.prefix_id is not None:
@@ -131,7 +132,8 @@ def score_window(model, rows_bn, length: int, scoring: Scoring, text=None, *, ch
     if rows_bn.shape[1] < end:
         raise UserError(f"a window of {length} tokens needs rows of {row_tokens_needed(length, scoring)} tokens")
     targets = rows_bn[:, 1:end] if scoring.extra else None
-    nll_bt, correct_bt = token_stats(model, rows_bn[:, :length], chunk_size, compiled, targets_bl=targets)
+    nll_bt, correct_bt = token_stats(model, rows_bn[:, :length], chunk_size, compiled, targets_bl=targets,
+                                   head_groups=head_groups)
     ids_bt = rows_bn[:, 1:end].numpy()
     n_bytes, words = _targets(text, scoring, ids_bt)
     return {"nll": nll_bt.numpy(), "tokens": np.ones(ids_bt.shape, np.int64),
@@ -197,7 +199,7 @@ def default_bucket_edges(length: int) -> list[int]:
 
 def evaluate_docs(model, docs_nl, lengths, *, scoring: Scoring = Scoring(), text: TokenText | None = None,
                   train_len: int | None = None, one_pass=True, chunk_size=4096, buckets=None, batch_size=1,
-                  progress=True, compiled=False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  progress=True, compiled=False, head_groups=1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table, per-document segments) of `docs_nl` ([n_docs, >= longest] ids) at each of `lengths`.
 
     one_pass=True: one forward per batch at the longest length, shorter lengths read from its
@@ -220,7 +222,8 @@ def evaluate_docs(model, docs_nl, lengths, *, scoring: Scoring = Scoring(), text
     for first in tqdm(range(0, docs_nl.shape[0], batch_size), desc="docs", disable=not progress):
         batch_nl = docs_nl[first : first + batch_size]
         for n in [longest] if one_pass else lengths:
-            stats = score_window(model, batch_nl, n, scoring, text, chunk_size=chunk_size, compiled=compiled)
+            stats = score_window(model, batch_nl, n, scoring, text, chunk_size=chunk_size, compiled=compiled,
+                                 head_groups=head_groups)
             segments.append(doc_segments(stats, edges, n, first))
             if n == longest:
                 bucket_parts.extend(bucket_sums(stats, buckets))
