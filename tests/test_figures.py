@@ -61,6 +61,8 @@ def _labels(axis) -> list[str]:
     (85, 112, "value", ["90", "100", "110"]),
     (2048, 131072, "length", ["2K", "4K", "8K", "16K", "32K", "64K", "128K"]),
     (1.5e5, 4.8e6, "base", ["2e5", "5e5", "1e6", "2e6"]),
+    (500, 2e6, "base", ["1e3", "1e4", "1e5", "1e6"]),  # one form along the axis: no "10,000" beside "1e5"
+    (500, 5e4, "base", ["1,000", "10,000"]),
 ])
 def test_log_axes_have_readable_ticks(lo, hi, kind, expected):
     fig, ax = plt.subplots()
@@ -69,6 +71,8 @@ def test_log_axes_have_readable_ticks(lo, hi, kind, expected):
     ax.set_ylim(lo, hi)
     log_axis(ax.yaxis, kind)
     assert set(expected) <= set(_labels(ax.yaxis)) and len(_labels(ax.yaxis)) >= 3
+    if kind == "base":
+        assert len({"e" in label for label in _labels(ax.yaxis)}) == 1, _labels(ax.yaxis)
     plt.close(fig)
     assert [length_label(v) for v in (64, 1536, 8192, 131072, 2**20)] == ["64", "1.5K", "8K", "128K", "1M"]
 

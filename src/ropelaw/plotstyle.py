@@ -36,10 +36,10 @@ def base_colors(bases) -> dict[int, tuple]:
     return {base: cmap(spot) for base, spot in zip(bases, spots)}
 
 
-def base_label(base: float) -> str:
-    """20, 10,000 below 1e5; 1.5e5, 1e6 above."""
+def base_label(base: float, scientific: bool | None = None) -> str:
+    """20, 10,000 below 1e5; 1.5e5, 1e6 above (`scientific` forces one form: 5e2, 1e4)."""
     base = int(base)
-    if base < 100000:
+    if not (base >= 100000 if scientific is None else scientific):
         return f"{base:,}"
     mantissa, exponent = f"{base:.2e}".split("e")
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
@@ -74,7 +74,11 @@ def log_axis(axis, kind: str) -> None:
         nice = ticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
         locator = ticker.FixedLocator([v for v in nice if lo <= v <= hi and v > 0])
     axis.set_major_locator(locator)
-    axis.set_major_formatter(ticker.FuncFormatter(length_label if kind == "length" else _value_label))
+    if kind == "base":  # one form along the axis: 500, 10,000 or 5e2, 1e4, 1e6, never both
+        formatter = ticker.FuncFormatter(lambda value, _pos=None: base_label(value, scientific=hi >= 1e5))
+    else:
+        formatter = ticker.FuncFormatter(length_label if kind == "length" else _value_label)
+    axis.set_major_formatter(formatter)
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
