@@ -6,7 +6,7 @@ from operator import attrgetter
 
 from ropelaw import UserError, grid, paths, ruleargs
 from ropelaw.cells import Cell, figure_names, index, lookup
-from ropelaw.config import EMBEDDED_DIR, resolve
+from ropelaw.config import CORPUS_DIR, EMBEDDED_DIR, resolve
 from ropelaw.launch import launch_prefix
 from ropelaw.lengths import passkey_args
 from ropelaw.sources import locate_gguf

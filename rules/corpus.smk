@@ -8,8 +8,8 @@ rule build_corpus:
         val=f"{EMBEDDED_DIR}/val/00.jsonl.zst",
         manifest=f"{EMBEDDED_DIR}/manifest.json",
     output:
-        corpus="resources/corpus/corpus.jsonl.zst",
-        manifest="resources/corpus/manifest.json",
+        corpus=f"{CORPUS_DIR}/corpus.jsonl.zst",
+        manifest=f"{CORPUS_DIR}/manifest.json",
     log:
         "logs/build_corpus.log",
     benchmark:

@@ -28,7 +28,7 @@ import yaml
 
 from ropelaw import UserError, grid, lengths, methods, sources, specs
 from ropelaw.cells import Cell
-from ropelaw.grid import EMBEDDED_DIR, geometry  # noqa: F401  (re-exported for the rules and plan)
+from ropelaw.grid import BUILT_DIRS, CORPUS_DIR, EMBEDDED_DIR, geometry  # noqa: F401  (re-exported for the rules and plan)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -166,7 +166,7 @@ def validate(raw: dict, schema: dict | None = None) -> dict:
 def _check_shards(cfg: dict) -> None:
     for split in ("train", "eval"):
         for k, shard in enumerate(cfg["data"][split]["shards"]):
-            if not shard.startswith(EMBEDDED_DIR + "/") and not Path(shard).is_file():
+            if not shard.startswith(tuple(d + "/" for d in BUILT_DIRS)) and not Path(shard).is_file():
                 raise UserError(
                     f"config key 'data.{split}.shards[{k}]': file {shard} does not exist; "
                     "fix the path (Pile-format .jsonl or .jsonl.zst)"

@@ -18,6 +18,8 @@ from ropelaw import UserError, lengths, methods, paths, sources, theory
 from ropelaw.cells import UNTUNED, Cell
 
 EMBEDDED_DIR = "resources/embedded"  # shards below it are built by the workflow (rule fetch_embedded)
+CORPUS_DIR = "resources/corpus"  # the tuning corpus, built by the workflow (rule build_corpus)
+BUILT_DIRS = (EMBEDDED_DIR, CORPUS_DIR)  # shards below these need not exist before a run
 Key = tuple[str, str, int, int, "int | None"]  # model, method, base, tune_len, seed
 
 
