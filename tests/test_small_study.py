@@ -1,0 +1,206 @@
+"""The small-base study (config/smollm2_small.yaml, issue 15): its parts are slices of it and dry-run,
+and its inputs reach the GPU machine in pieces that are checked on arrival (ropelaw.carry,
+scripts/gpu_study.sh take and unpack)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ropelaw import UserError
+from ropelaw.carry import INDEX, Index, check_piece, join, split
+from ropelaw.cli import main
+from ropelaw.config import load_configs, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "config" / "smollm2_small.yaml"
+PARTS = sorted((ROOT / "config" / "smollm2_small").glob("part_*.yaml"))
+SCRIPT = ROOT / "scripts" / "gpu_study.sh"
+
+
+# --- the parts ---------------------------------------------------------------------------------
+def _cells(*paths: Path) -> dict[str, str]:
+    """{cell path: the cell's JSON} of the configs merged in order."""
+    _, cells = resolve(load_configs([str(p) for p in paths]))
+    return {cell.path: cell.to_json() for cell in cells}
+
+
+def test_the_parts_are_the_study_cut_into_slices():
+    assert [p.stem for p in PARTS] == ["part_a", "part_b1", "part_b2", "part_c", "part_d"]
+    whole = _cells(STUDY)
+    union: dict[str, str] = {}
+    for part in PARTS:
+        mine = _cells(STUDY, part)
+        for path, cell in mine.items():
+            # the same training, method and evaluation lengths as in the whole study
+            assert whole.get(path) == cell, f"{part.name}: {path} differs from config/smollm2_small.yaml"
+        union.update(mine)
+    assert union == whole
+
+
+def test_the_parts_answer_what_the_plan_says():
+    part = {p.stem: _cells(STUDY, p) for p in PARTS}
+    assert sorted(part["part_a"]) == ["results/smollm2/lr1e3/base1304_len8192", "results/smollm2/lr1e4/base1304_len8192",
+                                      "results/smollm2/lr3e4/base1304_len8192", "results/smollm2/untuned/base100000_len8192"]
+    assert sorted(part["part_b1"]) == ["results/smollm2/base/base100000_len8192", "results/smollm2/base/base1304_len8192"]
+    assert sorted(part["part_b2"]) == ["results/smollm2/base/base100000_len8192", "results/smollm2/base/base500_len8192"]
+    assert sorted(part["part_c"]) == sorted(f"results/smollm2/base/base{b}_len16384"
+                                            for b in (100000, 200000, 304201, 500000, 1000000))  # 304201: beta0
+    assert sorted(part["part_d"]) == ["results/smollm2/base/base500_len16384", "results/smollm2/base_logn/base500_len16384"]
+    learning_rates = {json.loads(c)["training"]["lr"] for c in part["part_a"].values() if json.loads(c)["training"]}
+    assert learning_rates == {1e-4, 3e-4, 1e-3}
+    for name in ("part_b1", "part_b2", "part_d"):  # evaluated to 1M: one row of the KJV
+        assert {json.loads(c)["eval_lengths"][-1] for c in part[name].values()} == {1_000_000}
+
+
+@pytest.mark.parametrize("part", PARTS, ids=lambda p: p.stem)
+def test_each_part_dry_runs_and_builds_the_corpus_first(part, tmp_path):
+    # In a fresh working directory, as tests/test_workflow.py dry-runs the shipped configs.
+    (tmp_path / "config").symlink_to(ROOT / "config")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "1",
+         "--configfile", str(STUDY.relative_to(ROOT)), str(part.relative_to(ROOT))],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    jobs = dict(line.split()[:2] for line in result.stdout.splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit())
+    trained = sum(1 for cell in _cells(STUDY, part).values() if json.loads(cell)["training"])
+    assert jobs["build_corpus"] == "1" and jobs["finetune"] == str(trained)
+
+
+# --- the pieces --------------------------------------------------------------------------------
+def _files(tmp_path: Path) -> dict[str, bytes]:
+    """A folder (with a sub-folder and an empty file) and a single file: bytes that no piece boundary respects."""
+    rng = random.Random(0)
+    folder = {"a.whl": rng.randbytes(2500), "sub/b.whl": b"", "sub/c.whl": b"x"}
+    for rel, blob in folder.items():
+        (tmp_path / "src/wheels" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src/wheels" / rel).write_bytes(blob)
+    single = rng.randbytes(7777)
+    (tmp_path / "src/model.gguf").write_bytes(single)
+    return {**{f"wheels/{rel}": blob for rel, blob in folder.items()}, "gguf/model.gguf": single}
+
+
+def _split(tmp_path: Path, piece_bytes: int = 1000) -> Index:
+    return split([("wheels", tmp_path / "src/wheels"), ("gguf", tmp_path / "src/model.gguf")],
+                 tmp_path / "carry", piece_bytes)
+
+
+def test_split_then_join_gives_every_file_back(tmp_path):
+    data = _files(tmp_path)
+    index = _split(tmp_path)
+    total = sum(len(b) for b in data.values())
+    assert index.total_bytes == total and len(index.pieces) == -(-total // 1000)
+    assert all(p.size == 1000 for p in index.pieces[:-1]) and 0 < index.pieces[-1].size <= 1000
+    assert [e.name for e in index.files] == list(data)
+    join(tmp_path / "carry", tmp_path / "out")
+    for name, blob in data.items():
+        assert (tmp_path / "out" / name).read_bytes() == blob
+
+
+def test_the_cli_splits_checks_and_joins(tmp_path, capsys):
+    data = _files(tmp_path)
+    assert main(["carry", "split", "--out", str(tmp_path / "carry"), "--piece-mib", str(4000 / 2**20),
+                 f"wheels={tmp_path / 'src/wheels'}", f"gguf={tmp_path / 'src/model.gguf'}"]) == 0
+    assert main(["carry", "check", "--dir", str(tmp_path / "carry"), "--piece", "2"]) == 0
+    sha = hashlib.sha256(data["gguf/model.gguf"]).hexdigest()
+    assert main(["carry", "join", "--dir", str(tmp_path / "carry"), "--out", str(tmp_path / "out"),
+                 "--expect", f"gguf/model.gguf={sha}"]) == 0
+    assert (tmp_path / "out/gguf/model.gguf").read_bytes() == data["gguf/model.gguf"]
+    assert main(["carry", "join", "--dir", str(tmp_path / "carry"), "--out", str(tmp_path / "out2"),
+                 "--expect", "gguf/model.gguf=" + "0" * 64]) == 2
+    assert "--expect" in capsys.readouterr().err and not (tmp_path / "out2/gguf/model.gguf").exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "missing"])
+def test_a_damaged_piece_is_named_on_arrival(tmp_path, damage):
+    _files(tmp_path)
+    index = _split(tmp_path)
+    piece = tmp_path / "carry" / index.pieces[3].name
+    if damage == "flip":
+        blob = bytearray(piece.read_bytes())
+        blob[17] ^= 1
+        piece.write_bytes(bytes(blob))
+    elif damage == "truncate":
+        piece.write_bytes(piece.read_bytes()[:-1])
+    else:
+        piece.unlink()
+    check_piece(tmp_path / "carry", 2)  # the others are fine
+    for call in (lambda: check_piece(tmp_path / "carry", 3), lambda: join(tmp_path / "carry", tmp_path / "out")):
+        with pytest.raises(UserError, match="piece-03"):
+            call()
+
+
+def test_join_checks_every_file_and_removes_a_bad_one(tmp_path):
+    _files(tmp_path)
+    _split(tmp_path)
+    index = json.loads((tmp_path / "carry" / INDEX).read_text())
+    index["files"][0]["sha256"] = "0" * 64  # the pieces are intact, the recorded file is not what they hold
+    (tmp_path / "carry" / INDEX).write_text(json.dumps(index))
+    with pytest.raises(UserError, match="wheels/a.whl"):
+        join(tmp_path / "carry", tmp_path / "out")
+    assert not (tmp_path / "out/wheels/a.whl").exists()
+
+
+def test_split_refuses_to_mix_with_old_pieces(tmp_path):
+    _files(tmp_path)
+    _split(tmp_path)
+    with pytest.raises(UserError, match="already holds"):
+        _split(tmp_path)
+
+
+# --- scripts/gpu_study.sh on arrival ---------------------------------------------------------
+def _script(step: list[str], repo: Path, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPU_STUDY_ROOT": str(home), "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(SCRIPT), *step], cwd=repo, capture_output=True, text=True, env=env)
+
+
+@pytest.fixture
+def device_repo(tmp_path):
+    """A stand-in for the tree on the device: src/, .carry/ with a corpus and its manifest, as `payload` makes it."""
+    repo = tmp_path / "repo"
+    (repo / "docs/corpus").mkdir(parents=True)
+    (repo / "src").symlink_to(ROOT / "src")
+    corpus = tmp_path / "resources/corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "corpus.jsonl.zst").write_bytes(random.Random(1).randbytes(5000))
+    (corpus / "manifest.json").write_text("{}")
+    sha = hashlib.sha256((corpus / "corpus.jsonl.zst").read_bytes()).hexdigest()
+    (repo / "docs/corpus/manifest.json").write_text(json.dumps({"sha256": sha}))
+    split([("corpus", corpus)], repo / ".carry", 2048)
+    return repo
+
+
+def test_take_checks_each_piece_and_unpack_checks_the_corpus(device_repo, tmp_path):
+    home = tmp_path / "home"
+    for i in range(3):
+        result = _script(["take", str(i)], device_repo, home)
+        assert result.returncode == 0, result.stdout + result.stderr
+    result = _script(["unpack"], device_repo, home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (home / "payload/corpus/corpus.jsonl.zst").read_bytes() == (
+        tmp_path / "resources/corpus/corpus.jsonl.zst").read_bytes()
+
+
+def test_take_fails_on_a_damaged_piece(device_repo, tmp_path):
+    piece = device_repo / ".carry/piece-01"
+    piece.write_bytes(piece.read_bytes()[:-1] + b"!")
+    result = _script(["take", "1"], device_repo, tmp_path / "home")
+    assert result.returncode != 0 and "piece-01" in result.stderr
+
+
+def test_unpack_fails_on_a_corpus_that_is_not_the_recorded_one(device_repo, tmp_path):
+    (device_repo / "docs/corpus/manifest.json").write_text(json.dumps({"sha256": "0" * 64}))
+    home = tmp_path / "home"
+    for i in range(3):
+        assert _script(["take", str(i)], device_repo, home).returncode == 0
+    result = _script(["unpack"], device_repo, home)
+    assert result.returncode != 0 and "FAILED" in result.stdout + result.stderr
