@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from ropelaw import UserError
@@ -204,3 +205,39 @@ def test_unpack_fails_on_a_corpus_that_is_not_the_recorded_one(device_repo, tmp_
         assert _script(["take", str(i)], device_repo, home).returncode == 0
     result = _script(["unpack"], device_repo, home)
     assert result.returncode != 0 and "FAILED" in result.stdout + result.stderr
+
+
+# --- what a part's results go through: the law and every figure --------------------------------
+@pytest.mark.parametrize("part", PARTS, ids=lambda p: p.stem)
+def test_the_law_and_every_figure_take_a_parts_cells(part, tmp_path):
+    """Synthetic tables of the part's cells, shaped as the part's runs will write them: one document per
+    cell evaluated to 1M (the KJV holds one row of 1,000,000), four for 245,760; parts a, b1, b2 and d have
+    no base above beta0, so nothing to fit. The law tables and every figure of the part must come out."""
+    import math
+
+    import matplotlib.pyplot as plt
+    from synthetic import eval_tables, write_cell
+
+    from ropelaw.figures import Tables, draw, figure_names, prefix_rows
+    from ropelaw.law import join_passkey, load_evals, measure, passkey_table
+
+    _, cells = resolve(load_configs([str(STUDY), str(part)]))
+    paths, passkey = [], []
+    for cell in cells:
+        knee = 12000 if cell.base >= 100000 else 400000
+        curve = lambda x, p, k=knee: math.log(12) + 0.8 * max(0.0, math.log(x / k))  # noqa: E731
+        evals, docs = eval_tables(curve, model=cell.model, method=cell.method, base=cell.base, tune_len=cell.tune_len,
+                                  head_dim=64, train_len=8192, orig_base=100000.0, lengths=list(cell.eval_lengths),
+                                  n_docs=1 if cell.eval_lengths[-1] == 1_000_000 else 4, noise=0.05)
+        paths.append(write_cell(tmp_path, evals, docs))
+        passkey += [dict(model=cell.model, method=cell.method, base=cell.base, tune_len=cell.tune_len, seed=None,
+                         length=length, depth=depth, trial=trial, correct=length <= cell.tune_len)
+                    for length in (2048, 8192, 32768) for depth in (0.1, 0.9) for trial in (0, 1)]
+    measured, fit, boot = measure(paths, "segment", 1.5, 50, 0)
+    assert len(measured) == len(cells)
+    tables = Tables(prefix_rows(load_evals(paths)), join_passkey(measured, pd.DataFrame(passkey)), fit, boot,
+                    passkey_table(pd.DataFrame(passkey)))
+    for stem, args in figure_names(tables.cells, tables.passkey).items():
+        fig = draw(args["kind"], tables, "test", **{k: v for k, v in args.items() if k != "kind"})
+        assert fig.axes, stem
+        plt.close(fig)
