@@ -20,6 +20,15 @@ and change only what they name.
 Shipped configs: `config.yaml` (the embedded default, CPU, minutes), and one YAML per study.
 Several `--configfile`s are merged by Snakemake: nested mappings key by key, lists replaced.
 
+A study run in parts: `smollm2_small.yaml` (issue 15: small bases, the critical base at 16K and
+the 1M recipe, tuned on the tuning corpus of `rules/corpus.smk`; predictions and sizing in
+`docs/results/smollm2_small/PLAN.md`) is the whole study; each file of `smollm2_small/`
+(`part_a`, `part_b1`, `part_b2`, `part_c`, `part_d`, about 20 minutes of one H200 each) replaces its
+`grid` with one part's cells, so a part has its own law tables and figures. Give both files, the
+study first: `snakemake -n --cores 1 --configfile config/smollm2_small.yaml config/smollm2_small/part_a.yaml`
+(without `-n` it runs; `scripts/gpu_study.sh` runs a part on the GPU machine). The corpus needs
+no network once built: `resources/corpus/` (`ropelaw build-corpus`: 13-23 minutes on a 2-core machine).
+
 | key | type | default | meaning |
 |---|---|---|---|
 """
