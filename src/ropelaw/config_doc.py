@@ -36,7 +36,7 @@ no network once built: `resources/corpus/` (`ropelaw build-corpus`: 13-23 minute
 
 def _type(node: dict) -> str:
     if "enum" in node:
-        return " \\| ".join(f"`{v}`" for v in node["enum"])
+        return " \\| ".join(f"`{json.dumps(v) if isinstance(v, bool) else v}`" for v in node["enum"])
     kind = node.get("type", "object" if "properties" in node else "")
     return " or ".join(kind) if isinstance(kind, list) else str(kind)
 

@@ -30,7 +30,7 @@ from ropelaw import UserError, checkpoints, methods, provenance, rope
 from ropelaw.checkpoints import claim as _claim_checkpoints, newest_checkpoint  # noqa: F401 (the tests import them here)
 from ropelaw.manifests import PackManifest
 from ropelaw.train_plan import SCHEDULES, Plan, TrainSpec, make_plan  # noqa: F401
-from ropelaw.trainer import StopOnSignal, mean_step_loss
+from ropelaw.trainer import StopOnSignal, loss_path_of, mean_step_loss
 
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint saved; run again to resume
 
@@ -132,6 +132,7 @@ def model_manifest(trainer, spec: TrainSpec, plan: Plan, data: PackManifest, met
         data_tokens_sha256=data.tokens_bin_sha256,
         resumed_from=str(resume) if resume else None,
         optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+        loss_path=loss_path_of(spec, trainer.args),
         inv_freq=inv_freq_after.tolist(),
         inv_freq_sha256=rope.inv_freq_digest(inv_freq_after),
         inv_freq_before_training_sha256=rope.inv_freq_digest(inv_freq),

@@ -22,6 +22,9 @@ def _positive(key: str, value: float, *, strict: bool = True) -> None:
         raise UserError(f"config key '{key}' must be a finite number {'>' if strict else '>='} 0 (got {value})")
 
 
+LOSS_PATHS = ("grad_in_forward", "checkpointed")  # finetune.fused_loss besides true/false (ropelaw.fastloss)
+
+
 @dataclass(frozen=True)
 class TrainingSpec:
     """One training run: `finetune`, `models.<m>.pretrain`, merged with its override blocks."""
@@ -66,8 +69,9 @@ class TrainingSpec:
     """Log loss and learning rate every N steps."""
     compile: bool = False
     """torch.compile each decoder layer."""
-    fused_loss: bool = True
-    """The loss from the last hidden states in chunks, never the whole fp32 logits."""
+    fused_loss: bool | str = True
+    """The loss from the last hidden states in chunks, never the whole fp32 logits: true, false,
+    grad_in_forward or checkpointed (`ropelaw.fastloss.loss_path`)."""
     key: InitVar[str] = "finetune"
     """The config block it comes from, for error messages."""
 

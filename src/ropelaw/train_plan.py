@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, fields
 
 from ropelaw import UserError, json_object
-from ropelaw.specs import TrainingSpec
+from ropelaw.specs import LOSS_PATHS, TrainingSpec
 
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -45,17 +45,19 @@ class TrainSpec(TrainingSpec):
         self._check("weight_decay", float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
         for name in ("adam_beta1", "adam_beta2"):
             self._check(name, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-        for name in ("gradient_checkpointing", "compile", "fused_loss"):
+        for name in ("gradient_checkpointing", "compile"):
             self._check(name, bool, lambda v: True, "true or false")
+        self._check("fused_loss", None, lambda v: isinstance(v, bool) or v in LOSS_PATHS,
+                    f"true, false or one of {', '.join(LOSS_PATHS)}")
         for name, allowed in (("lr_schedule", SCHEDULES), ("precision", PRECISIONS), ("attn_implementation", ATTENTION)):
             self._check(name, str, lambda v: v in allowed, f"one of {', '.join(allowed)}")
         if self.deepspeed is not None:
             self._check("deepspeed", str, lambda v: bool(v), "a path or null")
         super().__post_init__(key)
 
-    def _check(self, name: str, kind: type, ok, what: str) -> None:
+    def _check(self, name: str, kind: type | None, ok, what: str) -> None:
         value = getattr(self, name)
-        if not _is(value, kind) or not ok(value):
+        if (kind is not None and not _is(value, kind)) or not ok(value):
             raise UserError(f"--spec: {name} = {value!r} must be {what}; fix {KEY.format(name)} in the config")
 
     @classmethod

@@ -106,9 +106,19 @@ def build_trainer(model, spec: TrainSpec, args: TrainingArguments, dataset, call
         if spec.deepspeed:
             print("warning: finetune.compile with DeepSpeed: ZeRO-3's parameter hooks split the compiled layers; "
                   "on one H200 it was slower than ZeRO-3 alone (BENCHMARKS.md)", flush=True)
-    if spec.fused_loss:
-        install_chunked_loss(model)
+    path = loss_path_of(spec, args)
+    if path != "plain":
+        install_chunked_loss(model, path)
     return Trainer(model=model, args=args, train_dataset=dataset, callbacks=[LastStep(), *callbacks])
+
+
+def loss_path_of(spec: TrainSpec, args: TrainingArguments) -> str:
+    """The loss `finetune.fused_loss` runs with these arguments (`ropelaw.fastloss.loss_path`: plain,
+    grad_in_forward or checkpointed, the last under ZeRO-3); the model manifest records it as `loss_path`."""
+    from ropelaw.fastloss import loss_path
+
+    plugin = args.deepspeed_plugin
+    return loss_path(spec.fused_loss, zero3=plugin is not None and plugin.zero_stage == 3)
 
 
 def mean_step_loss(log_history: list[dict], steps: int) -> float | None:
