@@ -104,6 +104,8 @@ def test_zero3_on_two_ranks_matches_the_plain_path(cell):
     )
     assert plain["manifest"]["gradient_accumulation_steps"] == 4 and plain["manifest"]["world_size"] == 1
     assert zero3["manifest"]["gradient_accumulation_steps"] == 2 and zero3["manifest"]["world_size"] == 2
+    # fused_loss: true (the default) runs grad_in_forward, and the checkpointed chunked loss under ZeRO-3
+    assert plain["manifest"]["loss_path"] == "grad_in_forward" and zero3["manifest"]["loss_path"] == "checkpointed"
 
     plain_steps, zero3_steps = _steps(plain["manifest"]), _steps(zero3["manifest"])
     assert [s for s, _, _ in plain_steps] == [s for s, _, _ in zero3_steps] == [1, 2, 3]

@@ -15,8 +15,11 @@ and one chunk's logits exist at a time, in one of two ways:
   (logits in the model's dtype, softmax in fp32, as transformers does), and keeps them; its
   backward only scales them by the incoming gradient. Three matmuls per chunk, as the plain loss
   (the Liger kernel / cut cross-entropy idea, in plain PyTorch). It reads `lm_head.weight`
-  outside the module's forward, so it cannot run under DeepSpeed ZeRO-3 (a partitioned weight
-  is gathered only inside the module's hooks); there `fused_loss: true` takes the next path.
+  outside the module's forward, where DeepSpeed ZeRO-3 does not promise a gathered weight (it
+  gathers a partitioned parameter in its module's hooks), so under ZeRO-3 `fused_loss: true`
+  takes the next path and `grad_in_forward` is refused. (Forced on in tests/test_deepspeed.py's
+  2-rank CPU run, it found the weight gathered and matched the plain path; why, and whether that
+  holds on GPUs, is not established.)
 - `checkpointed`: each chunk's logits and summed cross-entropy under activation
   checkpointing, recomputed one chunk at a time in the backward (four matmuls per chunk). The
   lm_head is called as a module, so ZeRO-3's parameter hooks gather its weight as usual.
