@@ -56,6 +56,14 @@ def _deepspeed_dir(config, tmp_path):
     return config
 
 
+def _deepspeed_file(text: str):
+    def edit(config, tmp_path):
+        (tmp_path / "ds.json").write_text(text)
+        config["finetune"]["deepspeed"] = str(tmp_path / "ds.json")
+        return config
+    return edit
+
+
 def _two_blocks(config, tmp_path):
     config["grid"] = [
         {"model": "mini", "tune_lengths": [64], "bases": [500], "finetune": {"lr": 1e-4}},
@@ -77,6 +85,11 @@ CASES = [
     ("passkey-lengths-unsorted", _with(("passkey.lengths", [256, 128])), ["passkey.lengths", "increasing"]),
     ("deepspeed-directory", _deepspeed_dir, ["finetune.deepspeed", "directory"]),
     ("deepspeed-missing", _with(("finetune.deepspeed", "no/such.json")), ["finetune.deepspeed", "does not exist"]),
+    ("deepspeed-not-json", _deepspeed_file("{not json"), ["finetune.deepspeed", "not a DeepSpeed JSON object"]),
+    ("fused-loss-unknown", _with(("finetune.fused_loss", "fast")), ["finetune.fused_loss", "grad_in_forward"]),
+    ("grad-in-forward-under-zero3", _with(("finetune.fused_loss", "grad_in_forward"),
+                                          ("finetune.deepspeed", str(ROOT / "config/deepspeed/zero3.json"))),
+     ["finetune.fused_loss", "not supported under DeepSpeed ZeRO-3", "true or checkpointed"]),
     ("two-blocks-one-cell", _two_blocks, ["grid[0].finetune", "grid[1].finetune", "base500_len64"]),
     ("empty-eval-subset", _real_eval_data(subsets=["Books3"]), ["data.eval.subsets", "Test"]),
     ("eval-length-beyond-docs", _real_eval_data(words=20), ["data.eval", "256", "short_docs"]),

@@ -25,6 +25,7 @@ from ropelaw.cli import main
 from ropelaw.pile import write_shard
 
 
+ZERO3 = Path(__file__).resolve().parents[1] / "config" / "deepspeed" / "zero3.json"
 PROGRESS = re.compile(r"\[\d+:\d\d[<,]")  # a tqdm progress update ("pack 32: 1doc [00:00, 5184.55doc/s]")
 
 
@@ -84,6 +85,13 @@ CASES = [
      ["lr_schedule = 'exponential'", "one of constant, cosine, linear", "fix finetune.lr_schedule"], "out"),
     ("finetune-lr-nan", lambda c, t: _finetune(c, t / "out", spec=_spec(lr=float("nan"))),
      ["lr = nan must be a finite number > 0", "fix finetune.lr"], "out"),
+    ("finetune-fused-loss-unknown", lambda c, t: _finetune(c, t / "out", spec=_spec(fused_loss="fast")),
+     ["fused_loss = 'fast' must be true, false or one of grad_in_forward, checkpointed", "fix finetune.fused_loss"],
+     "out"),
+    ("finetune-grad-in-forward-under-zero3", lambda c, t: _finetune(c, t / "out", spec=_spec(
+        fused_loss="grad_in_forward", deepspeed=str(ZERO3))),
+     ["'finetune.fused_loss' is grad_in_forward", "not supported under DeepSpeed ZeRO-3", "set it to true or checkpointed"],
+     "out"),
     ("finetune-base-nan", lambda c, t: _finetune(c, t / "out", base="nan"),
      ["--base must be a number > 1", "fix the cell's base"], "out"),
     ("finetune-method-not-json", lambda c, t: [*_finetune(c, t / "out"), "--method", "{not json"],

@@ -134,7 +134,8 @@ def test_the_loss_path_of_each_setting(tmp_path):
         "grad_in_forward", "plain", "grad_in_forward", "checkpointed"]
     assert [fastloss.loss_path(v, zero3=True) for v in (True, False, "checkpointed")] == [
         "checkpointed", "plain", "checkpointed"]
-    with pytest.raises(UserError, match="grad_in_forward cannot run under DeepSpeed ZeRO-3.*fused_loss: true"):
+    with pytest.raises(UserError, match="'finetune.fused_loss' is grad_in_forward, which is not supported under "
+                       "DeepSpeed ZeRO-3.*set it to true or checkpointed"):
         fastloss.loss_path("grad_in_forward", zero3=True)
     spec = TrainSpec(**{**SPEC, "fused_loss": True})
     zero3 = transformers.TrainingArguments(output_dir=str(tmp_path), deepspeed="config/deepspeed/zero3.json",
@@ -146,7 +147,7 @@ def test_the_loss_path_of_each_setting(tmp_path):
 def test_an_lm_head_with_a_bias_is_refused_by_grad_in_forward(model):
     biased = copy.deepcopy(model)
     biased.lm_head = torch.nn.Linear(32, VOCAB, bias=True)
-    with pytest.raises(UserError, match="lm_head has a bias.*checkpointed or false"):
+    with pytest.raises(UserError, match="lm_head with a bias.*set fused_loss: checkpointed or false"):
         fastloss.install_chunked_loss(biased, "grad_in_forward")
 
 

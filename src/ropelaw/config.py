@@ -195,14 +195,23 @@ def _check_models(cfg: dict) -> None:
             if spec["architecture"]["hidden_size"] % spec["architecture"]["num_heads"]:
                 raise UserError(f"config key 'models.{name}.architecture.hidden_size' must be divisible by num_heads")
             specs.build(specs.TrainingSpec, spec["pretrain"], f"models.{name}.pretrain")
-            _check_deepspeed(f"models.{name}.pretrain.deepspeed", spec["pretrain"]["deepspeed"])
+            _check_deepspeed(f"models.{name}.pretrain", spec["pretrain"])
 
 
-def _check_deepspeed(key: str, path: str | None) -> None:
-    if path and Path(path).is_dir():
+def _check_deepspeed(block: str, args: dict) -> None:
+    """The DeepSpeed JSON of training block `block` exists, and its ZeRO stage allows `fused_loss`."""
+    path, key = args["deepspeed"], f"{block}.deepspeed"
+    if not path:
+        return
+    if Path(path).is_dir():
         raise UserError(f"config key '{key}': {path} is a directory; point it at a DeepSpeed JSON file in it")
-    if path and not Path(path).is_file():
+    if not Path(path).is_file():
         raise UserError(f"config key '{key}': file {path} does not exist; fix the path (e.g. config/deepspeed/zero3.json)")
+    try:
+        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage")
+    except (ValueError, AttributeError) as err:
+        raise UserError(f"config key '{key}': {path} is not a DeepSpeed JSON object ({err}); fix the file") from None
+    specs.loss_path(args["fused_loss"], zero3=stage == 3, key=block)
 
 
 def _check_grid_models(cfg: dict) -> None:
@@ -221,7 +230,7 @@ def _check_trained(cell: Cell) -> None:
             f"finetune.length_multiple = {args['length_multiple']}; change 'grid[].tune_lengths' or the multiple"
         )
     specs.build(specs.TrainingSpec, args, "finetune")
-    _check_deepspeed("finetune.deepspeed", args["deepspeed"])
+    _check_deepspeed("finetune", args)
 
 
 def _check_typed_blocks(cfg: dict) -> None:

@@ -45,18 +45,6 @@ CHUNK_TOKENS = 4096  # positions per chunk: 4096 x 49,152 fp32 logits = 0.8 GB a
 IGNORE = -100  # transformers' ignore_index
 
 
-def loss_path(fused_loss: bool | str, zero3: bool) -> str:
-    """The loss a run computes for `finetune.fused_loss`: one of PATHS, or plain (the model's own loss)."""
-    if fused_loss is False:
-        return "plain"
-    if fused_loss is True:
-        return "checkpointed" if zero3 else "grad_in_forward"
-    if fused_loss == "grad_in_forward" and zero3:
-        raise UserError("finetune.fused_loss = grad_in_forward cannot run under DeepSpeed ZeRO-3 (the lm_head weight "
-                        "is gathered only inside its module); set fused_loss: true or checkpointed")
-    return fused_loss
-
-
 class LinearCrossEntropy(torch.autograd.Function):
     """sum of NLL(softmax(h @ W^T), targets) / divisor, with both gradients computed in the forward.
 
@@ -153,8 +141,8 @@ def install_chunked_loss(model, path: str = "grad_in_forward", chunk_tokens: int
     assert path in PATHS, path
     decoder, lm_head, plain = model.get_decoder(), model.get_output_embeddings(), model.forward
     if path == "grad_in_forward" and getattr(lm_head, "bias", None) is not None:
-        raise UserError("finetune.fused_loss = grad_in_forward: this model's lm_head has a bias, which it does not "
-                        "handle; set fused_loss: checkpointed or false")
+        raise UserError("finetune.fused_loss: the grad_in_forward loss (what true runs) does not handle an lm_head "
+                        "with a bias, and this model's has one; set fused_loss: checkpointed or false")
 
     def forward(input_ids=None, labels=None, num_items_in_batch=None, **kwargs):
         if labels is None:

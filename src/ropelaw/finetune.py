@@ -80,6 +80,7 @@ def train(
     plan = make_plan(spec, int(os.environ.get("WORLD_SIZE", "1")), data.n_sequences, data.seq_len)
     ckpt_dir = Path(checkpoints_dir)
     args = training_arguments(spec, plan, str(ckpt_dir), bf16=resolve_dtype(spec.precision) == torch.bfloat16)
+    loss_path_of(spec, args)  # fused_loss: grad_in_forward under ZeRO-3 is refused here, before the model loads
     model, inv_freq = load_causal_lm(model_dir, method_spec, precision="fp32", attn_implementation=spec.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = PackedDataset(data_dir, plan.rows_per_epoch)

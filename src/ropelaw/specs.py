@@ -25,6 +25,20 @@ def _positive(key: str, value: float, *, strict: bool = True) -> None:
 LOSS_PATHS = ("grad_in_forward", "checkpointed")  # finetune.fused_loss besides true/false (ropelaw.fastloss)
 
 
+def loss_path(fused_loss: bool | str, zero3: bool, key: str = "finetune") -> str:
+    """The loss a run computes for `<key>.fused_loss`: one of LOSS_PATHS, or plain (the model's own loss).
+    grad_in_forward reads the lm_head weight outside its module, where DeepSpeed ZeRO-3 does not promise it
+    gathered: under ZeRO-3, true means checkpointed and grad_in_forward is refused."""
+    if fused_loss is False:
+        return "plain"
+    if fused_loss is True:
+        return "checkpointed" if zero3 else "grad_in_forward"
+    if fused_loss == "grad_in_forward" and zero3:
+        raise UserError(f"config key '{key}.fused_loss' is grad_in_forward, which is not supported under DeepSpeed "
+                        "ZeRO-3 (it reads the lm_head weight outside its module); set it to true or checkpointed")
+    return fused_loss
+
+
 @dataclass(frozen=True)
 class TrainingSpec:
     """One training run: `finetune`, `models.<m>.pretrain`, merged with its override blocks."""

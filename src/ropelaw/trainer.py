@@ -16,6 +16,7 @@ import signal
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ropelaw.specs import loss_path
 from ropelaw.train_plan import SCHEDULES, Plan, TrainSpec
 
 
@@ -113,10 +114,8 @@ def build_trainer(model, spec: TrainSpec, args: TrainingArguments, dataset, call
 
 
 def loss_path_of(spec: TrainSpec, args: TrainingArguments) -> str:
-    """The loss `finetune.fused_loss` runs with these arguments (`ropelaw.fastloss.loss_path`: plain,
+    """The loss `finetune.fused_loss` runs with these arguments (`ropelaw.specs.loss_path`: plain,
     grad_in_forward or checkpointed, the last under ZeRO-3); the model manifest records it as `loss_path`."""
-    from ropelaw.fastloss import loss_path
-
     plugin = args.deepspeed_plugin
     return loss_path(spec.fused_loss, zero3=plugin is not None and plugin.zero_stage == 3)
 
