@@ -13,6 +13,7 @@ under ZeRO-3. `pytest -q tests/test_finetune_fast.py`: ~40 s.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +24,10 @@ from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ropelaw import UserError, fastloss
-from ropelaw.specs import LOSS_PATHS
+from ropelaw.specs import LOSS_PATHS, loss_path
 
 VOCAB = 211
+ZERO3 = Path(__file__).resolve().parents[1] / "config" / "deepspeed" / "zero3.json"
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
@@ -130,15 +132,15 @@ def test_the_loss_path_of_each_setting(tmp_path):
     from ropelaw.trainer import loss_path_of
     from ropelaw.train_plan import TrainSpec
 
-    assert [fastloss.loss_path(v, zero3=False) for v in (True, False, *LOSS_PATHS)] == [
+    assert [loss_path(v, zero3=False) for v in (True, False, *LOSS_PATHS)] == [
         "grad_in_forward", "plain", "grad_in_forward", "checkpointed"]
-    assert [fastloss.loss_path(v, zero3=True) for v in (True, False, "checkpointed")] == [
+    assert [loss_path(v, zero3=True) for v in (True, False, "checkpointed")] == [
         "checkpointed", "plain", "checkpointed"]
     with pytest.raises(UserError, match="'finetune.fused_loss' is grad_in_forward, which is not supported under "
                        "DeepSpeed ZeRO-3.*set it to true or checkpointed"):
-        fastloss.loss_path("grad_in_forward", zero3=True)
+        loss_path("grad_in_forward", zero3=True)
     spec = TrainSpec(**{**SPEC, "fused_loss": True})
-    zero3 = transformers.TrainingArguments(output_dir=str(tmp_path), deepspeed="config/deepspeed/zero3.json",
+    zero3 = transformers.TrainingArguments(output_dir=str(tmp_path), deepspeed=str(ZERO3),
                                            report_to=[])
     assert loss_path_of(spec, zero3) == "checkpointed"
     assert loss_path_of(spec, transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[])) == "grad_in_forward"
