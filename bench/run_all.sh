@@ -8,12 +8,13 @@
 #   bash bench/run_all.sh train2    # 1 GPU: 13B forward+backward at 4K/16K; ropelaw.finetune.train with finetune.compile
 #   bash bench/run_all.sh eval3     # 1 GPU: default evaluation path (auto chunk) vs plain model(ids, labels=ids), 7B and 13B at 32K/100K
 #   bash bench/run_all.sh train3    # 1 GPU: SmolLM2-135M at 8K, plain vs finetune.fused_loss (SMOLLM2_DIR: a converted model)
+#   bash bench/run_all.sh train4    # 1 GPU: SmolLM2-135M at 8K, the three losses (grad_in_forward, checkpointed, plain)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable.
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -100,14 +101,23 @@ eval3)
     step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 32768 100000 --repeat 2
     ;;
 train3)
-    # Both paths in one process each (bench/finetune_speed.py): steps/s, tokens/s, peak memory, per-step losses.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    # Plain vs the checkpointed chunked loss (then fused_loss: true) in one process each
+    # (bench/finetune_speed.py): steps/s, tokens/s, peak memory, per-step losses.
+    model="${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR} --paths plain checkpointed"
     step 240 python3 bench/finetune_speed.py $model --steps 30
     step 360 python3 bench/finetune_speed.py $model --steps 30 --compile
     step 360 python3 bench/finetune_speed.py $model --steps 30 --compile --micro-batch 8
     ;;
+train4)
+    # The three losses of finetune.fused_loss side by side, per micro-batch, in one process each
+    # (bench/finetune_speed.py; plain last: at micro-batch 16 it may run out of memory, recorded as such).
+    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    step 220 python3 bench/finetune_speed.py $model --steps 20 --micro-batch 4 8
+    step 170 python3 bench/finetune_speed.py $model --steps 20 --micro-batch 8 --compile
+    step 170 python3 bench/finetune_speed.py $model --steps 20 --micro-batch 16 --global-batch 16 --compile
+    ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3 or train3" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3 or train4" >&2
     exit 2
     ;;
 esac
