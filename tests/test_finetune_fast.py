@@ -1,13 +1,15 @@
 """The fast fine-tuning paths (`finetune.fused_loss`) compute what the plain path computes (fp32, CPU).
 
 Both chunked losses of `ropelaw.fastloss` (grad_in_forward, checkpointed) against transformers' own
-loss, on a tiny LLaMA with tied and with untied embeddings: the same loss and gradient for every
-parameter within 1e-6 relative (in norm), with ignored targets, `num_items_in_batch`, and chunks that do not
-divide the positions; never a chunk of logits wider than the chunk, and grad_in_forward never
-computes logits in the backward pass. Under CPU bf16 autocast, the same up to bf16 rounding. Through
-`ropelaw finetune`, the three paths give the same per-step losses (1e-5) and final weights over 5
-optimizer steps (torch's fused AdamW, the Trainer's default); `true` runs grad_in_forward, except
-under ZeRO-3. `pytest -q tests/test_finetune_fast.py`: ~40 s.
+loss, on a tiny LLaMA with tied and with untied embeddings: the same loss, and every parameter's
+gradient within 1e-6 relative (in norm), with ignored targets, `num_items_in_batch`, an incoming
+gradient other than 1, and chunks that do not divide the positions; never a chunk of logits wider
+than the chunk, and grad_in_forward never computes logits in the backward pass (nor gradients
+without autograd). Under CPU bf16 autocast its lm_head matmuls run in bf16 and its gradients are as
+close to the fp32 ones as the plain path's. Through `ropelaw finetune`, the three paths give the
+same per-step losses (1e-5) and final weights (1e-5 in norm) over 5 optimizer steps (torch's fused
+AdamW, the Trainer's default); `true` runs grad_in_forward, except under ZeRO-3.
+`pytest -q tests/test_finetune_fast.py`: ~90 s on two busy cores.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _loss_and_grads(model, ids, labels, **kwargs):
     with LogitRows() as rows:
         loss = model(input_ids=ids, labels=labels, **kwargs).loss
         rows.phase = "backward"
-        loss.backward()
+        (0.37 * loss).backward()  # a gradient other than 1 flows in, as under some loss scalings
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     return loss.detach(), grads, rows
 
@@ -103,18 +105,23 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(model, path, chunk, num
     assert fast(input_ids=ids).logits.shape == (3, 21, VOCAB)  # without labels: the plain forward
 
 
-def test_under_bf16_autocast_the_gradients_are_the_plain_ones_up_to_bf16_rounding(model):
+def test_under_bf16_autocast_the_gradients_are_as_accurate_as_the_plain_ones(model):
+    """bf16 rounds at other points than the plain path does: both are compared with the fp32 gradients."""
     ids, labels = _batch()
     fast = copy.deepcopy(model)
     fastloss.install_chunked_loss(fast, "grad_in_forward", 24)
+    _, exact, _ = _loss_and_grads(copy.deepcopy(model), ids, labels)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain_loss, plain_grads, plain_logits = _loss_and_grads(model, ids, labels)
         fast_loss, fast_grads, fast_logits = _loss_and_grads(fast, ids, labels)
     assert plain_logits.dtypes == fast_logits.dtypes == {torch.bfloat16}  # the lm_head matmuls in bf16
     torch.testing.assert_close(fast_loss, plain_loss, rtol=1e-5, atol=0)
-    for name, grad in plain_grads.items():  # measured: <= 2.5e-3 (the checkpointed path: 3.1e-3; fp32: 7.7e-3)
-        assert fast_grads[name].dtype == torch.float32
-        assert (fast_grads[name] - grad).norm() <= 5e-3 * grad.norm(), name
+    assert all(grad.dtype == torch.float32 for grad in fast_grads.values())
+
+    def error(grads):  # the largest relative error of a parameter's gradient (measured: plain 7.5e-3, fast 8.1e-3)
+        return max(((grads[name] - grad).norm() / grad.norm()).item() for name, grad in exact.items())
+
+    assert error(fast_grads) <= 1.25 * error(plain_grads) and error(plain_grads) < 0.02
 
 
 def test_without_gradients_only_the_loss_is_computed(model):
