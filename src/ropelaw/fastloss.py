@@ -14,7 +14,10 @@ and one chunk's logits exist at a time, in one of two ways:
   respect to the chunk's hidden states and the lm_head weight's gradient summed over the chunks
   (logits in the model's dtype, softmax in fp32, as transformers does), and keeps them; its
   backward only scales them by the incoming gradient. Three matmuls per chunk, as the plain loss
-  (the Liger kernel / cut cross-entropy idea, in plain PyTorch). It reads `lm_head.weight`
+  (the Liger kernel / cut cross-entropy idea, in plain PyTorch). Besides one chunk's temporaries
+  (SmolLM2: 0.4 GB of bf16 logits, 0.8 GB of fp32 probabilities, 0.4 GB of their bf16 gradient)
+  it keeps the hidden states' gradient and an fp32 weight gradient: 38 MB + 113 MB at 8K x
+  micro-batch 4. Its speed on a GPU is not yet measured (bench/finetune_speed.py, BENCHMARKS.md). It reads `lm_head.weight`
   outside the module's forward, where DeepSpeed ZeRO-3 does not promise a gathered weight (it
   gathers a partitioned parameter in its module's hooks), so under ZeRO-3 `fused_loss: true`
   takes the next path and `grad_in_forward` is refused. (Forced on in tests/test_deepspeed.py's
@@ -27,8 +30,8 @@ and one chunk's logits exist at a time, in one of two ways:
   4-7% slower.
 
 Both give the sum over the same (shifted) targets divided by the same count as transformers'
-`ForCausalLMLoss`: the same loss and gradients up to summation order (tests/test_finetune_fast.py:
-within 1e-6 in fp32; a batch of at most CHUNK_TOKENS positions is one chunk, the same sums).
+`ForCausalLMLoss`: the same loss and gradients up to rounding (tests/test_finetune_fast.py: within
+1e-6 relative in fp32; checkpointed on a batch of at most CHUNK_TOKENS positions: the same bits).
 """
 
 from __future__ import annotations
