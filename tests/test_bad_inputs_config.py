@@ -85,7 +85,7 @@ CASES = [
     ("passkey-lengths-unsorted", _with(("passkey.lengths", [256, 128])), ["passkey.lengths", "increasing"]),
     ("deepspeed-directory", _deepspeed_dir, ["finetune.deepspeed", "directory"]),
     ("deepspeed-missing", _with(("finetune.deepspeed", "no/such.json")), ["finetune.deepspeed", "does not exist"]),
-    ("deepspeed-not-json", _deepspeed_file("{not json"), ["finetune.deepspeed", "not a DeepSpeed JSON object"]),
+    ("deepspeed-not-json", _deepspeed_file("{not json"), ["finetune.deepspeed", "not a readable DeepSpeed JSON object"]),
     ("fused-loss-unknown", _with(("finetune.fused_loss", "fast")), ["finetune.fused_loss", "grad_in_forward"]),
     ("grad-in-forward-under-zero3", _with(("finetune.fused_loss", "grad_in_forward"),
                                           ("finetune.deepspeed", str(ROOT / "config/deepspeed/zero3.json"))),

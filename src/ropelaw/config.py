@@ -207,11 +207,7 @@ def _check_deepspeed(block: str, args: dict) -> None:
         raise UserError(f"config key '{key}': {path} is a directory; point it at a DeepSpeed JSON file in it")
     if not Path(path).is_file():
         raise UserError(f"config key '{key}': file {path} does not exist; fix the path (e.g. config/deepspeed/zero3.json)")
-    try:
-        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage")
-    except (ValueError, AttributeError) as err:
-        raise UserError(f"config key '{key}': {path} is not a DeepSpeed JSON object ({err}); fix the file") from None
-    specs.loss_path(args["fused_loss"], zero3=stage == 3, key=block)
+    specs.loss_path(args["fused_loss"], zero3=specs.zero_stage(path, block) == 3, key=block)
 
 
 def _check_grid_models(cfg: dict) -> None:

@@ -75,12 +75,12 @@ def train(
     from ropelaw.trainer import build_trainer, training_arguments
 
     stopper = StopOnSignal()  # first: a signal during the (long) model load is kept, not fatal
+    loss_path_of(spec)  # fused_loss: grad_in_forward under ZeRO-3 is refused here, before anything loads
     method_spec = method if isinstance(method, methods.MethodSpec) else methods.resolve("base", float(method))
     data = PackManifest.read(data_dir)
     plan = make_plan(spec, int(os.environ.get("WORLD_SIZE", "1")), data.n_sequences, data.seq_len)
     ckpt_dir = Path(checkpoints_dir)
     args = training_arguments(spec, plan, str(ckpt_dir), bf16=resolve_dtype(spec.precision) == torch.bfloat16)
-    loss_path_of(spec, args)  # fused_loss: grad_in_forward under ZeRO-3 is refused here, before the model loads
     model, inv_freq = load_causal_lm(model_dir, method_spec, precision="fp32", attn_implementation=spec.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = PackedDataset(data_dir, plan.rows_per_epoch)
@@ -133,7 +133,7 @@ def model_manifest(trainer, spec: TrainSpec, plan: Plan, data: PackManifest, met
         data_tokens_sha256=data.tokens_bin_sha256,
         resumed_from=str(resume) if resume else None,
         optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)),
-        loss_path=loss_path_of(spec, trainer.args),
+        loss_path=loss_path_of(spec),
         inv_freq=inv_freq_after.tolist(),
         inv_freq_sha256=rope.inv_freq_digest(inv_freq_after),
         inv_freq_before_training_sha256=rope.inv_freq_digest(inv_freq),

@@ -10,8 +10,10 @@ them for every block of a config, so a bad value fails at DAG-build time.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import InitVar, dataclass, fields
+from pathlib import Path
 
 from ropelaw import UserError
 
@@ -23,6 +25,17 @@ def _positive(key: str, value: float, *, strict: bool = True) -> None:
 
 
 LOSS_PATHS = ("grad_in_forward", "checkpointed")  # finetune.fused_loss besides true/false (ropelaw.fastloss)
+
+
+def zero_stage(deepspeed: str | None, key: str = "finetune") -> int | None:
+    """The ZeRO stage that the DeepSpeed JSON config `<key>.deepspeed` sets (None: no config, or no stage)."""
+    if not deepspeed:
+        return None
+    try:
+        return json.loads(Path(deepspeed).read_text()).get("zero_optimization", {}).get("stage")
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"config key '{key}.deepspeed': {deepspeed} is not a readable DeepSpeed JSON object "
+                        f"({err}); fix the file or the path") from None
 
 
 def loss_path(fused_loss: bool | str, zero3: bool, key: str = "finetune") -> str:

@@ -16,7 +16,7 @@ import signal
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ropelaw.specs import loss_path
+from ropelaw.specs import loss_path, zero_stage
 from ropelaw.train_plan import SCHEDULES, Plan, TrainSpec
 
 
@@ -107,17 +107,16 @@ def build_trainer(model, spec: TrainSpec, args: TrainingArguments, dataset, call
         if spec.deepspeed:
             print("warning: finetune.compile with DeepSpeed: ZeRO-3's parameter hooks split the compiled layers; "
                   "on one H200 it was slower than ZeRO-3 alone (BENCHMARKS.md)", flush=True)
-    path = loss_path_of(spec, args)
+    path = loss_path_of(spec)
     if path != "plain":
         install_chunked_loss(model, path)
     return Trainer(model=model, args=args, train_dataset=dataset, callbacks=[LastStep(), *callbacks])
 
 
-def loss_path_of(spec: TrainSpec, args: TrainingArguments) -> str:
-    """The loss `finetune.fused_loss` runs with these arguments (`ropelaw.specs.loss_path`: plain,
-    grad_in_forward or checkpointed, the last under ZeRO-3); the model manifest records it as `loss_path`."""
-    plugin = args.deepspeed_plugin
-    return loss_path(spec.fused_loss, zero3=plugin is not None and plugin.zero_stage == 3)
+def loss_path_of(spec: TrainSpec) -> str:
+    """The loss `finetune.fused_loss` runs (`ropelaw.specs.loss_path`: plain, grad_in_forward, or
+    checkpointed, what true means under the ZeRO-3 of `finetune.deepspeed`); the model manifest's `loss_path`."""
+    return loss_path(spec.fused_loss, zero3=zero_stage(spec.deepspeed) == 3)
 
 
 def mean_step_loss(log_history: list[dict], steps: int) -> float | None:
