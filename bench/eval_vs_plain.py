@@ -1,7 +1,7 @@
 """The default evaluation path against plain transformers, side by side in one process.
 
     python bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 2   # one GPU
-    python bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --cap-gib 80
+    python bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80
     python bench/eval_vs_plain.py --tiny --variants whole:1 256:2                       # CPU, a small shape
 
 For each length, one row of random token ids is scored on a model of the given shape with
@@ -43,10 +43,10 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def measure(fn, device: str, repeat: int) -> tuple[float, float | None, object]:
-    """(best seconds, peak allocated GiB or None on CPU, the last result), after one untimed call."""
+def measure(fn, device: str, repeat: int, warmup: bool = True) -> tuple[float, float | None, object]:
+    """(best seconds, peak allocated GiB or None on CPU, the last result), after one untimed call (`warmup`)."""
     times, peak, result = [], None, None
-    for attempt in range(repeat + 1):
+    for attempt in range(int(not warmup), repeat + 1):
         _sync(device)
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -83,7 +83,7 @@ def parse_variant(text: str) -> tuple[str, int | str, int | str]:
         raise argparse.ArgumentTypeError(f"{text!r}: use CHUNK:GROUPS, e.g. whole:1, 8192:2, auto:4") from None
 
 
-def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=True) -> list[dict]:
+def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=True, warmup=True) -> list[dict]:
     """One row per path at this length: plain, default, then each variant."""
     ids = ids_bl[:, :length]
     weights_gib = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
@@ -95,11 +95,12 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
         row = {"tokens": length, "path": name, "weights_gib": weights_gib}
         try:
             if name == "plain":
-                row["seconds"], row["peak_gib"], ppl = measure(lambda: plain_path(model, ids.to(device)), device, repeat)
+                row["seconds"], row["peak_gib"], ppl = measure(lambda: plain_path(model, ids.to(device)), device, repeat,
+                                                             warmup)
             else:
                 fixed = length if chunk == "whole" else chunk
                 row["seconds"], row["peak_gib"], (ppl, why) = measure(
-                    lambda: scored_path(model, ids, length, budget_gib, fixed, groups), device, repeat)
+                    lambda: scored_path(model, ids, length, budget_gib, fixed, groups), device, repeat, warmup)
                 row.update(chunk_size=why["chunk_size"], head_groups=why["head_groups"], chunk_reason=why["reason"],
                            chunking=why)
         except torch.OutOfMemoryError:
@@ -130,6 +131,8 @@ def main() -> None:
                         help="more paths: a fixed chunk (a number, whole, auto) and head groups (a number, auto)")
     parser.add_argument("--no-plain", action="store_true", help="skip plain transformers (where it cannot fit)")
     parser.add_argument("--cap-gib", type=float, default=None, help="cap this process's GPU memory (an A100-80GB: 80)")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="time the first call (for rows so long that a second call costs too much)")
     args = parser.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -152,7 +155,7 @@ def main() -> None:
     ids_bl = torch.randint(0, config.vocab_size, (1, max(lengths)), generator=torch.Generator().manual_seed(1))
     for length in lengths:
         for row in compare(model, ids_bl, length, device, args.repeat, args.budget_gib, args.variants,
-                           plain=not args.no_plain):
+                           plain=not args.no_plain, warmup=not args.no_warmup):
             write_record(out_path("eval_vs_plain.jsonl"), {"bench": "eval_vs_plain", **environment(),
                                                             "shape": "tiny" if args.tiny else args.shape,
                                                             "weights": "random", "cap_gib": args.cap_gib, **row})

@@ -9,12 +9,14 @@
 #   bash bench/run_all.sh eval3     # 1 GPU: default evaluation path (auto chunk) vs plain model(ids, labels=ids), 7B and 13B at 32K/100K
 #   bash bench/run_all.sh train3    # 1 GPU: SmolLM2-135M at 8K, plain vs finetune.fused_loss (SMOLLM2_DIR: a converted model)
 #   bash bench/run_all.sh train4    # 1 GPU: SmolLM2-135M at 8K, the three losses (grad_in_forward, checkpointed, plain)
+#   bash bench/run_all.sh eval4     # 1 GPU: 13B at 1M under an A100-80GB's cap (head groups); grouped vs own attention at 128K
 #
-# Run from the repository root with torch, transformers, accelerate and deepspeed importable.
+# Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
+# zstandard (ropelaw.data imports it; the device machine lacks it: carry its cp312 wheel).
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -116,8 +118,16 @@ train4)
     step 170 python3 bench/finetune_speed.py $model --steps 20 --micro-batch 8 --compile
     step 170 python3 bench/finetune_speed.py $model --steps 20 --micro-batch 16 --global-batch 16 --compile
     ;;
+eval4)
+    # Issue 14 goal 2: a 13B at 1,048,576 tokens in 80 GiB (set_per_process_memory_fraction), the head
+    # groups chosen by evaluation.chunk_size: auto (predicted: 4 groups, 71.7 GiB;
+    # bench/results/2026-12-01-session4/PREDICTIONS.md); about 17 minutes, timed once, no warm-up call.
+    step 1500 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80
+    # The same perplexity with and without groups (to 1e-3 relative), uncapped, at 131,072 tokens.
+    step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 131072 --no-plain --variants whole:1 auto:4 auto:8
+    ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3 or train4" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4 or eval4" >&2
     exit 2
     ;;
 esac
