@@ -1,0 +1,561 @@
+"""The decision rules of PLAN.md section 3 as a command: a part's verdicts from its published tables.
+
+    python docs/results/smollm2_small/verdicts.py PART RESULTS_DIR [--other DIR] [--csv FILE]
+
+PART is a, b1, b2, c or d. RESULTS_DIR is the part's published folder, as PLAN.md section 7 says
+(`study.tgz` unpacked into docs/results/smollm2_small/part_X/), with the layout of
+docs/results/smollm2_law: `cells/<method>/<leaf>/{eval.csv,passkey.csv}` (the tarball's
+`results/smollm2/`), `law/cells.csv` (its `results/law/`) and `logs/finetune/smollm2/<method>/<leaf>.log`.
+Rules that read another part (b1 with b2, d with b1's control) read `--other DIR`, by default the
+sibling folder `RESULTS_DIR/../part_b2` (for b1), `part_b1` (for b2 and d). Every claim gives one
+row: the numbers its rule reads, the threshold, the verdict word of PLAN.md. An input that is not
+there (a cell not run, a length not evaluated) gives "not tested (missing: FILE ...)".
+Output: a markdown table on stdout; `--csv FILE` writes the same rows.
+
+Written before any part ran. The thresholds are in THRESHOLDS below, each with its PLAN.md line.
+Where PLAN.md leaves a choice, the literal reading is taken:
+- Perplexity at L: the `prefix` row of eval.csv with start 0 and end L (pooled over the cell's rows).
+- Thresholds are the numbers PLAN.md prints in bold (2.7, 5.6, 3.2, 10.1), not the products
+  they round (2.67, 5.60, 3.15, 10.14); the C ranges are [1.2, 1.6] x the predicted bound, exact.
+- Part a, "within 5% of each other": the larger perplexity <= 1.05 x the smaller. lr* is the
+  smallest learning rate (of the runs kept) within 5% of the lowest perplexity. Its expectation
+  "3e-4 or 1e-3 gives the lowest value" reads the lowest perplexity itself, not lr*. "The untuned
+  model's (12.55)" reads the untuned cell of the part (12.55 is its value in the law study).
+  Divergence: the `{'loss': ...}` lines of the fine-tune log; the first and the last of them.
+- Parts b1/b2: each part judges its own small base (b1: beta3 = 1304, b2: 500) against its own
+  control. "B1, order" and the controls' spread need both parts. Spread = |a - b| / min(a, b);
+  when > 2% it is stated in the `note` of every row that compares with a control (the
+  precondition, B2, B4). B2 with a tie (equal perplexity) is "unsettled". B4 counts prompts:
+  "within 2/10" is |small - control| <= 2/10, "at most (control - 5)/10" in accuracy.
+  A base that is not adapted gets "not tested (flat but not adapted)" on B1-B4, the words of PLAN.md.
+- Part c: the bound is law/cells.csv's `measured_bound` (segment rule), C its `measured_bound /
+  predicted_bound`. A censored bound (right: at least; left: at most) disagrees only when the
+  censoring already puts it outside the range; otherwise the claim is "unsettled". C2's "none
+  grows with beta beyond one grid step": no bound of a larger base above 2^(1/4) x that of a smaller
+  base; it disagrees only as PLAN.md says (a bound outside the range, or 304,201's > 1.19 x 1e5's),
+  any other failure is "unsettled". C3's "falls" means strictly.
+- Part d: the bug check compares every eval.csv row with end <= 16,384 (nll_sum, tokens, ppl) of
+  `base` and `base_logn` as the text written; if they differ, D1 and D2 are "not tested (bug ...)".
+  D1 disagrees only if `base_logn` is higher at 1M; a lower 1M with a steeper rise is "unsettled".
+  D3 has no rule: "reported (no rule)", against b1's control as in B4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from ropelaw.cells import UNTUNED, leaf
+
+# Every threshold of the rules, with the PLAN.md line that sets it (section 3).
+THRESHOLDS = {
+    "a_within": 0.05,         # 3.1 "When two learning rates are within 5% of each other, the smaller one wins."
+    "a_lr_shipped": 3e-4,     # 3.1 "If lr* != 3e-4 (the value shipped)"
+    "a_slow_lr": 2.0,         # 3.1 "at lr 1e-4 ... still more than 2x the untuned model's (12.55)"
+    "a_b_unlikely": 3.0,      # 3.1 "If even lr* leaves beta3 above 3x the untuned model's"
+    "adapted": 1.5,           # 3.2 "adapted if its ppl_8K <= 1.5 x the control's ppl_8K from the same part"
+    "b1_ratio": 2.7,          # 3.2 B1 "ppl_128K / ppl_8K <= **2.7**"
+    "b3_ratio": 5.6,          # 3.2 B3 "ppl_1M / ppl_128K <= **5.6**"
+    "b4_control": Fraction(6, 10),  # 3.2 B4 "where the control retrieves >= 6/10"
+    "b4_drop": Fraction(5, 10),     # 3.2 B4 "the small base retrieves at most (control - 5)/10"
+    "b4_within": Fraction(2, 10),   # 3.2 B4 "the small base is within 2/10 of it"
+    "b4_max_len": 8192,       # 3.2 B4 "at some length <= 8K"
+    "control_spread": 0.02,   # 3.2 "If they differ by more than 2%, that run-to-run spread is stated"
+    "c_lo": 1.2,              # 3.3 C1/C2 "C in [1.2, 1.6]"
+    "c_hi": 1.6,
+    "c_step": 2 ** 0.25,      # 3.3 C2 "beyond one grid step (2^(1/4) = 1.19x)"
+    "c3_worse": 1.10,         # 3.3 C3 "ppl_32K more than 10% above 1e5's"
+    "d_adapted": 10.1,        # 3.4 "The threshold is therefore **10.1**" (1.5 x 6.76)
+    "d2_ratio": 3.2,          # 3.4 D2 "ppl_1M / ppl_128K <= 2.1 x 1.5 = **3.2**"
+    "d_same_until": 16384,    # 3.4 "the same computation up to 16,384 tokens ... agree to the last digit"
+}
+
+MODEL = "smollm2"
+T8, T16 = 8192, 16384
+L32, L64, L128, L1M = 32768, 65536, 131072, 1_000_000
+ORIGINAL = 100000
+BETA3 = 1304          # PLAN.md section 2: beta3 = 1,303.8 at 8K, the grid's 1,304
+BETA0_16K = 304201    # PLAN.md section 2: the floor of 304,201.7
+LRS = {"lr1e4": 1e-4, "lr3e4": 3e-4, "lr1e3": 1e-3}  # part a's methods (config/smollm2_small/part_a.yaml)
+SMALL = {"b1": BETA3, "b2": 500}
+OTHER = {"b1": "part_b2", "b2": "part_b1", "d": "part_b1"}
+BASES_C = [100000, 200000, BETA0_16K, 500000, 1000000]
+COLUMNS = ["part", "claim", "inputs", "threshold", "verdict", "note"]
+
+
+@dataclass
+class Row:
+    part: str
+    claim: str
+    inputs: str
+    threshold: str
+    verdict: str
+    note: str = ""
+
+
+class Tables:
+    """A part's published tables; every value not found is recorded in `missing` (file and what)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.missing: list[str] = []
+        self._cache: dict[str, list[dict] | None] = {}
+
+    def take_missing(self) -> list[str]:
+        missing, self.missing = self.missing, []
+        return missing
+
+    def rows(self, rel: str) -> list[dict] | None:
+        if rel not in self._cache:
+            path = self.root / rel
+            if path.is_file():
+                with path.open(newline="") as f:
+                    self._cache[rel] = list(csv.DictReader(f))
+            else:
+                self._cache[rel] = None
+        if self._cache[rel] is None:
+            self.missing.append(str(self.root / rel))
+        return self._cache[rel]
+
+    def eval_rows(self, method: str, base: int, tune_len: int) -> list[dict] | None:
+        return self.rows(f"cells/{method}/{leaf(base, tune_len)}/eval.csv")
+
+    def ppl(self, method: str, base: int, tune_len: int, length: int) -> float | None:
+        rows = self.eval_rows(method, base, tune_len)
+        if rows is None:
+            return None
+        for r in rows:
+            if r["scope"] == "prefix" and int(r["start"]) == 0 and int(r["end"]) == length:
+                return float(r["ppl"])
+        self.missing.append(f"{self.root}/cells/{method}/{leaf(base, tune_len)}/eval.csv (no prefix row at {length})")
+        return None
+
+    def passkey(self, method: str, base: int, tune_len: int, length: int) -> Fraction | None:
+        rel = f"cells/{method}/{leaf(base, tune_len)}/passkey.csv"
+        rows = self.rows(rel)
+        if rows is None:
+            return None
+        hits = [r["correct"] == "True" for r in rows if int(r["length"]) == length]
+        if not hits:
+            self.missing.append(f"{self.root}/{rel} (no prompts at {length})")
+            return None
+        return Fraction(sum(hits), len(hits))
+
+    def bound(self, base: int, tune_len: int) -> dict | None:
+        rows = self.rows("law/cells.csv")
+        if rows is None:
+            return None
+        for r in rows:
+            if r["method"] == "base" and float(r["base"]) == base and int(r["tune_len"]) == tune_len:
+                return {"bound": float(r["measured_bound"]), "predicted": float(r["predicted_bound"]),
+                        "censored": r["censored"], "lo": r["bound_lo"], "hi": r["bound_hi"]}
+        self.missing.append(f"{self.root}/law/cells.csv (no row for base {base} at {tune_len})")
+        return None
+
+    def losses(self, method: str, base: int, tune_len: int) -> list[float] | None:
+        path = self.root / f"logs/finetune/{MODEL}/{method}/{leaf(base, tune_len)}.log"
+        if not path.is_file():
+            self.missing.append(str(path))
+            return None
+        found = re.findall(r"\{'loss': '?([^,'}]+)'?", path.read_text(errors="replace"))
+        if not found:
+            self.missing.append(f"{path} (no logged loss)")
+            return None
+        return [float(x) for x in found]
+
+
+def fmt(value) -> str:
+    if isinstance(value, Fraction):  # retrieval: out of 10 prompts where it can be
+        tenths = value * 10
+        return f"{tenths.numerator}/10" if tenths.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def show(**inputs) -> str:
+    return "; ".join(f"{k} = {fmt(v)}" for k, v in inputs.items() if v is not None)
+
+
+def missing_word(missing: list[str]) -> str:
+    return "not tested (missing: " + ", ".join(dict.fromkeys(missing)) + ")"
+
+
+def pct(a: float, b: float) -> float:
+    return abs(a - b) / min(a, b)
+
+
+# ---------------------------------------------------------------- part a (PLAN.md 3.1)
+
+def part_a(t: Tables, _other: Tables) -> list[Row]:
+    out, kept, loss_missing = [], {}, []
+    for method in LRS:
+        losses = t.losses(method, BETA3, T8)
+        miss = t.take_missing()
+        thr = "excluded if the last logged loss is NaN or above the first"
+        if miss:
+            loss_missing += miss
+            out.append(Row("a", f"run {method} diverged?", "", thr, missing_word(miss)))
+            continue
+        kept[method] = not (math.isnan(losses[-1]) or losses[-1] > losses[0])
+        out.append(Row("a", f"run {method} diverged?", show(first_loss=losses[0], last_loss=losses[-1]), thr,
+                       "kept" if kept[method] else "excluded (diverged)"))
+    ppl = {method: t.ppl(method, BETA3, T8, T8) for method in LRS}
+    ppl_missing = t.take_missing()
+    untuned = t.ppl(UNTUNED, ORIGINAL, T8, T8)
+    untuned_missing = t.take_missing()
+    inputs = show(**{f"ppl_8K {m}": ppl[m] for m in LRS})
+
+    rule = f"lowest ppl_8K of the runs kept; within {THRESHOLDS['a_within']:.0%}, the smaller lr"
+    star = None
+    if loss_missing or ppl_missing:
+        out.append(Row("a", "lr*", inputs, rule, missing_word(loss_missing + ppl_missing)))
+    else:
+        candidates = {m: ppl[m] for m in LRS if kept[m] and not math.isnan(ppl[m])}
+        if not candidates:
+            out.append(Row("a", "lr*", inputs, rule, "not tested (every run diverged)"))
+        else:
+            best = min(candidates.values())
+            star = min((m for m, p in candidates.items() if p <= (1 + THRESHOLDS["a_within"]) * best), key=LRS.get)
+            change = "as shipped" if LRS[star] == THRESHOLDS["a_lr_shipped"] else "change finetune.lr before b1"
+            out.append(Row("a", "lr*", inputs, rule, f"lr* = {LRS[star]:g} ({change})"))
+
+    miss = [x for x in ppl_missing if "/lr1e4/" in x] + untuned_missing
+    limit = None if untuned is None else THRESHOLDS["a_slow_lr"] * untuned
+    out.append(Row("a", "expectation: lr 1e-4 still > 2x untuned",
+                   show(**{"ppl_8K lr1e4": ppl["lr1e4"], "ppl_8K untuned": untuned}),
+                   f"> {THRESHOLDS['a_slow_lr']:g} x untuned" + ("" if limit is None else f" = {limit:.4g}"),
+                   missing_word(miss) if miss else "agrees" if ppl["lr1e4"] > limit else "disagrees"))
+    if ppl_missing:
+        verdict = missing_word(ppl_missing)
+    else:
+        lowest = min(LRS, key=lambda m: (math.isnan(ppl[m]), ppl[m]))
+        verdict = "agrees" if lowest in ("lr3e4", "lr1e3") else "disagrees"
+    out.append(Row("a", "expectation: 3e-4 or 1e-3 lowest", inputs, "lowest ppl_8K at lr 3e-4 or 1e-3", verdict))
+    out.append(Row("a", "expectation: 1e-3 may diverge", "", "(no rule)",
+                   missing_word([x for x in loss_missing if "/lr1e3/" in x]) if "lr1e3" not in kept else
+                   "reported (no rule): " + ("did not diverge" if kept["lr1e3"] else "diverged")))
+    worst = None if untuned is None else THRESHOLDS["a_b_unlikely"] * untuned
+    thr = f"> {THRESHOLDS['a_b_unlikely']:g} x untuned" + ("" if worst is None else f" = {worst:.4g}")
+    if star is None or untuned_missing:
+        verdict = missing_word(untuned_missing) if untuned_missing else "not tested (no lr*)"
+        out.append(Row("a", "b's prospects: lr* > 3x untuned", show(ppl_8K_untuned=untuned), thr, verdict))
+    else:
+        out.append(Row("a", "b's prospects: lr* > 3x untuned", show(**{"ppl_8K lr*": ppl[star],
+                       "ppl_8K untuned": untuned}), thr,
+                       "above: b unlikely to meet the 1.5x criterion (b runs anyway)" if ppl[star] > worst
+                       else "within"))
+    return out
+
+
+# ---------------------------------------------------------------- parts b1, b2 (PLAN.md 3.2)
+
+def _adapted(t: Tables, base: int) -> tuple[bool | None, float | None, float | None]:
+    small, control = t.ppl("base", base, T8, T8), t.ppl("base", ORIGINAL, T8, T8)
+    if small is None or control is None:
+        return None, small, control
+    return small <= THRESHOLDS["adapted"] * control, small, control
+
+
+def _b1_ratio(t: Tables, base: int) -> float | None:
+    p8, p128 = t.ppl("base", base, T8, T8), t.ppl("base", base, T8, L128)
+    return None if p8 is None or p128 is None else p128 / p8
+
+
+def _retrieval(t: Tables, method: str, base: int, tune_len: int, lengths) -> dict[int, Fraction | None]:
+    return {length: t.passkey(method, base, tune_len, length) for length in lengths}
+
+
+def part_b(part: str, t: Tables, other: Tables) -> list[Row]:
+    base, label = SMALL[part], f"{SMALL[part]}"
+    other_part = "b2" if part == "b1" else "b1"
+    out = []
+    # the controls' spread (needs both parts)
+    c_own = t.ppl("base", ORIGINAL, T8, T8)
+    c_other = other.ppl("base", ORIGINAL, T8, T8)
+    miss = t.take_missing() + other.take_missing()
+    spread_note = ""
+    thr = f"differ by <= {THRESHOLDS['control_spread']:.0%}"
+    inputs = show(**{f"control ppl_8K {part}": c_own, f"control ppl_8K {other_part}": c_other})
+    if miss:
+        out.append(Row(part, "controls of b1 and b2", inputs, thr, missing_word(miss)))
+    else:
+        spread = pct(c_own, c_other)
+        big = spread > THRESHOLDS["control_spread"]
+        if big:
+            spread_note = f"control spread b1/b2 {spread:.1%} > {THRESHOLDS['control_spread']:.0%}"
+        out.append(Row(part, "controls of b1 and b2", inputs + f"; spread = {spread:.2%}", thr,
+                       "reported: spread > 2%" if big else "reported: spread <= 2%"))
+
+    adapted, small8, control8 = _adapted(t, base)
+    miss = t.take_missing()
+    out.append(Row(part, f"adapted ({label})", show(ppl_8K=small8, control_ppl_8K=control8),
+                   f"ppl_8K <= {THRESHOLDS['adapted']:g} x control's",
+                   missing_word(miss) if miss else ("adapted" if adapted else "not adapted"), spread_note))
+    blocked = missing_word(miss) if miss else (None if adapted else "not tested (flat but not adapted)")
+
+    def claim(name, inputs, threshold, verdict, note=""):
+        out.append(Row(part, name, inputs, threshold, blocked or verdict, note))
+
+    # B1
+    ratio = _b1_ratio(t, base)
+    p8, p128 = t.ppl("base", base, T8, T8), t.ppl("base", base, T8, L128)
+    miss = t.take_missing()
+    thr = f"ppl_128K / ppl_8K <= {THRESHOLDS['b1_ratio']:g}"
+    claim(f"B1 ({label})", show(ppl_8K=p8, ppl_128K=p128, ratio=ratio), thr,
+          missing_word(miss) if miss else ("agrees" if ratio <= THRESHOLDS["b1_ratio"] else "disagrees"))
+    # B1, order: both parts' small bases, each adapted against its own control
+    ratios = {part: ratio, other_part: _b1_ratio(other, SMALL[other_part])}
+    adapt_other, _, _ = _adapted(other, SMALL[other_part])
+    miss = t.take_missing() + other.take_missing()
+    r500, r1304 = ratios["b2"], ratios["b1"]
+    if miss:
+        verdict = missing_word(miss)
+    elif not (adapted and adapt_other):
+        verdict = "not tested (flat but not adapted)"
+    else:
+        verdict = "agrees" if r500 < r1304 else "disagrees" if r500 > r1304 else "unsettled"
+    out.append(Row(part, "B1, order", show(ratio_500=r500, ratio_1304=r1304), "500's ratio < beta3's (1304)", verdict))
+    # B2: the control against the small base, at 32K and 128K
+    s = {L: t.ppl("base", base, T8, L) for L in (L32, L128)}
+    c = {L: t.ppl("base", ORIGINAL, T8, L) for L in (L32, L128)}
+    miss = t.take_missing()
+    if miss:
+        verdict = missing_word(miss)
+    elif all(c[L] > s[L] for L in s):
+        verdict = "agrees"
+    elif any(s[L] > c[L] for L in s):
+        verdict = "disagrees"
+    else:
+        verdict = "unsettled"
+    claim(f"B2 ({label})", show(ppl_32K=s[L32], ppl_128K=s[L128], control_ppl_32K=c[L32], control_ppl_128K=c[L128]),
+          "control above the small base at 32K and 128K", verdict, spread_note)
+    # B3
+    p1m = t.ppl("base", base, T8, L1M)
+    p128 = t.ppl("base", base, T8, L128)
+    miss = t.take_missing()
+    r = None if miss else p1m / p128
+    claim(f"B3 ({label})", show(ppl_128K=p128, ppl_1M=p1m, ratio=r), f"ppl_1M / ppl_128K <= {THRESHOLDS['b3_ratio']:g}",
+          missing_word(miss) if miss else ("agrees" if r <= THRESHOLDS["b3_ratio"] else "disagrees"))
+    # B4
+    short = [2048, 4096, 8192]
+    name, thr, (inputs, verdict) = f"B4 ({label})", _b4_threshold(), _b4(t, "base", base, T8, t, short)
+    claim(name, inputs, thr, verdict, spread_note)
+    past = {**_retrieval(t, "base", base, T8, [T16, L32])}
+    ctrl = {**_retrieval(t, "base", ORIGINAL, T8, [T16, L32])}
+    miss = t.take_missing()
+    claim(f"B4 past T_tune ({label})", show(**{f"{L // 1024}K": v for L, v in past.items()},
+          **{f"control {L // 1024}K": v for L, v in ctrl.items()}), "(no rule)",
+          missing_word(miss) if miss else "reported (no rule)")
+    return out
+
+
+def _b4_threshold() -> str:
+    return (f"agrees: at some L <= 8K with control >= {fmt(THRESHOLDS['b4_control'])}, small <= control - "
+            f"{fmt(THRESHOLDS['b4_drop'])}; disagrees: at every such L, within {fmt(THRESHOLDS['b4_within'])}")
+
+
+def _b4(t: Tables, method: str, base: int, tune_len: int, control: Tables, lengths) -> tuple[str, str]:
+    """(inputs, verdict) of B4's rule for one small-base cell against a control (base 1e5 at 8K)."""
+    small = _retrieval(t, method, base, tune_len, lengths)
+    ctrl = _retrieval(control, "base", ORIGINAL, T8, lengths)
+    miss = t.take_missing() + (control.take_missing() if control is not t else [])
+    inputs = show(**{f"{L // 1024}K": v for L, v in small.items()}, **{f"control {L // 1024}K": v for L, v in ctrl.items()})
+    if miss:
+        return inputs, missing_word(miss)
+    live = [L for L in lengths if L <= THRESHOLDS["b4_max_len"] and ctrl[L] >= THRESHOLDS["b4_control"]]
+    if not live:
+        return inputs, "not tested (the control retrieves < 6/10 at every length <= 8K)"
+    if any(small[L] <= ctrl[L] - THRESHOLDS["b4_drop"] for L in live):
+        return inputs, "agrees"
+    if all(abs(small[L] - ctrl[L]) <= THRESHOLDS["b4_within"] for L in live):
+        return inputs, "disagrees"
+    return inputs, "unsettled at 10 prompts"
+
+
+# ---------------------------------------------------------------- part c (PLAN.md 3.3)
+
+def _in_range(b: dict, lo: float, hi: float) -> str:
+    """'in', 'out' or 'unknown' (a censored bound not yet outside) for a bound against [lo, hi]."""
+    x, cens = b["bound"], b["censored"]
+    if cens == "right":
+        return "out" if x > hi else "unknown"
+    if cens == "left":
+        return "out" if x < lo else "unknown"
+    return "in" if lo <= x <= hi else "out"
+
+
+def _show_bound(b: dict) -> str:
+    sign = {"right": ">= ", "left": "<= "}.get(b["censored"], "")
+    return f"{sign}{b['bound']:,.0f} (C = {b['bound'] / b['predicted']:.3g})"
+
+
+def part_c(t: Tables, _other: Tables) -> list[Row]:
+    out = []
+    lo, hi = THRESHOLDS["c_lo"], THRESHOLDS["c_hi"]
+    # C1
+    b = {base: t.bound(base, T16) for base in (500000, 1000000)}
+    miss = t.take_missing()
+    inputs = "; ".join(f"bound {k:g} = {_show_bound(v)}" for k, v in b.items() if v)
+    thr = f"C in [{lo:g}, {hi:g}] for both, 1e6's bound above 5e5's"
+    if miss:
+        verdict = missing_word(miss)
+    else:
+        ranges = [_in_range(v, lo * v["predicted"], hi * v["predicted"]) for v in b.values()]
+        censored = any(v["censored"] != "no" for v in b.values())
+        reversed_ = not censored and b[1000000]["bound"] < b[500000]["bound"]
+        if "out" in ranges or reversed_:
+            verdict = "disagrees"
+        elif "unknown" in ranges or censored or b[1000000]["bound"] == b[500000]["bound"]:
+            verdict = "unsettled"
+        else:
+            verdict = "agrees"
+    out.append(Row("c", "C1: beta > beta0 follow T_extra", inputs, thr, verdict))
+    # C2
+    small = [100000, 200000, BETA0_16K]
+    b = {base: t.bound(base, T16) for base in small}
+    miss = t.take_missing()
+    lo_b, hi_b = lo * T16, hi * T16
+    inputs = "; ".join(f"bound {k:g} = {_show_bound(v)}" for k, v in b.items() if v)
+    thr = f"each in [{lo_b:,.0f}, {hi_b:,.0f}]; none > {THRESHOLDS['c_step']:.4f} x a smaller base's"
+    if miss:
+        verdict = missing_word(miss)
+    else:
+        ranges = [_in_range(v, lo_b, hi_b) for v in b.values()]
+        exact = all(v["censored"] == "no" for v in b.values())
+        grows = exact and any(b[y]["bound"] > THRESHOLDS["c_step"] * b[x]["bound"]
+                              for i, x in enumerate(small) for y in small[i + 1:])
+        beta0_grows = b[BETA0_16K]["censored"] != "left" and b[100000]["censored"] != "right" and \
+            b[BETA0_16K]["bound"] > THRESHOLDS["c_step"] * b[100000]["bound"]
+        if "out" in ranges or beta0_grows:
+            verdict = "disagrees"
+        elif "unknown" in ranges or grows or not exact:
+            verdict = "unsettled"
+        else:
+            verdict = "agrees"
+    out.append(Row("c", "C2: beta <= beta0 bounded near T_tune", inputs, thr, verdict))
+    # C3
+    p32 = {base: t.ppl("base", base, T16, L32) for base in BASES_C}
+    p64 = {base: t.ppl("base", base, T16, L64) for base in BASES_C}
+    miss = t.take_missing()
+    inputs = "; ".join([f"ppl_32K {k:g} = {fmt(v)}" for k, v in p32.items() if v is not None]
+                       + [f"ppl_64K {k:g} = {fmt(v)}" for k, v in p64.items() if v is not None])
+    thr = (f"2e5 or 304,201 > {THRESHOLDS['c3_worse']:g} x 1e5's ppl_32K, and ppl_32K falls 304,201 > 5e5 > 1e6; "
+           "disagrees: falls with beta from 1e5")
+    if miss:
+        verdict = missing_word(miss)
+    else:
+        worse = any(p32[x] > THRESHOLDS["c3_worse"] * p32[100000] for x in (200000, BETA0_16K))
+        falls_top = p32[BETA0_16K] > p32[500000] > p32[1000000]
+        falls_all = all(p32[x] > p32[y] for x, y in zip(BASES_C, BASES_C[1:]))
+        verdict = "agrees" if worse and falls_top else "disagrees" if falls_all else "unsettled"
+    out.append(Row("c", "C3: larger bases first get worse", inputs, thr, verdict))
+    return out
+
+
+# ---------------------------------------------------------------- part d (PLAN.md 3.4)
+
+def part_d(t: Tables, other: Tables) -> list[Row]:
+    out = []
+    p8 = t.ppl("base", 500, T16, T8)
+    miss = t.take_missing()
+    control8 = other.ppl("base", ORIGINAL, T8, T8)
+    other.take_missing()  # b1's control is reported beside it, not read by the rule
+    thr = f"ppl_8K <= {THRESHOLDS['d_adapted']:g} (1.5 x untuned 6.76, law study window 0)"
+    adapted = None if miss else p8 <= THRESHOLDS["d_adapted"]
+    out.append(Row("d", "precondition: 500 at 16K adapted", show(ppl_8K=p8, b1_control_ppl_8K=control8), thr,
+                   missing_word(miss) if miss else "adapted" if adapted else "not adapted"))
+    blocked = missing_word(miss) if miss else None if adapted else "not tested (not adapted)"
+
+    # the bug check: base and base_logn agree to the last digit up to 16,384 tokens
+    a, b = t.eval_rows("base", 500, T16), t.eval_rows("base_logn", 500, T16)
+    miss = t.take_missing()
+    thr = f"every eval.csv row with end <= {THRESHOLDS['d_same_until']:,}: nll_sum, tokens, ppl identical"
+    if miss:
+        bug, verdict, inputs = None, missing_word(miss), ""
+    else:
+        def key(rows):
+            return {(r["scope"], r["start"], r["end"]): (r["nll_sum"], r["tokens"], r["ppl"])
+                    for r in rows if int(r["end"]) <= THRESHOLDS["d_same_until"]}
+        ka, kb = key(a), key(b)
+        differ = sorted({k for k in ka.keys() | kb.keys() if ka.get(k) != kb.get(k)}, key=lambda k: int(k[2]))
+        inputs = f"{len(ka)} rows of base, {len(kb)} of base_logn; differing: " + (
+            ", ".join(f"{s} {e}" for s, _, e in differ) if differ else "none")
+        bug = bool(differ) or not ka
+        verdict = "agrees" if not bug else "disagrees (a bug, not a result)"
+    out.append(Row("d", "base = base_logn up to 16K", inputs, thr, verdict))
+    if bug:
+        blocked = blocked or "not tested (bug: base and base_logn differ up to 16K)"
+    elif bug is None:
+        blocked = blocked or missing_word(miss)
+
+    v = {m: (t.ppl(m, 500, T16, L128), t.ppl(m, 500, T16, L1M)) for m in ("base", "base_logn")}
+    miss = t.take_missing()
+    ratio = {m: None if None in pair else pair[1] / pair[0] for m, pair in v.items()}
+    inputs = show(**{f"{m} ppl_128K": v[m][0] for m in v}, **{f"{m} ppl_1M": v[m][1] for m in v},
+                  **{f"{m} 1M/128K": ratio[m] for m in v})
+    if miss:
+        d1 = d2 = missing_word(miss)
+    else:
+        (b128, b1m), (l128, l1m) = v["base"], v["base_logn"]
+        d1 = ("agrees" if l1m < b1m and ratio["base_logn"] < ratio["base"]
+              else "disagrees" if l1m > b1m else "unsettled")
+        d2 = "agrees" if ratio["base_logn"] <= THRESHOLDS["d2_ratio"] else "disagrees"
+    out.append(Row("d", "D1: log-scaled attention flattens the curve", inputs,
+                   "base_logn lower at 1M and smaller 1M/128K; disagrees: base_logn higher at 1M", blocked or d1))
+    out.append(Row("d", "D2: the recipe reaches 1M", inputs,
+                   f"base_logn 1M/128K <= {THRESHOLDS['d2_ratio']:g}", blocked or d2))
+    for method in ("base", "base_logn"):
+        inputs, verdict = _b4(t, method, 500, T16, other, [2048, 4096, 8192, T16, L32])
+        out.append(Row("d", f"D3: retrieval ({method})", inputs, "(no rule; as B4, against b1's control)",
+                       verdict if verdict.startswith("not tested (missing") else "reported (no rule)"))
+    return out
+
+
+PARTS = {"a": part_a, "b1": lambda t, o: part_b("b1", t, o), "b2": lambda t, o: part_b("b2", t, o),
+         "c": part_c, "d": part_d}
+
+
+def verdicts(part: str, results: Path, other: Path | None = None) -> list[Row]:
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r}: choose one of {', '.join(PARTS)}")
+    if other is None:
+        other = results.parent / OTHER.get(part, "")  # parts a and c read no other part
+    return PARTS[part](Tables(results), Tables(other))
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(getattr(r, c)).replace("|", "/") for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", choices=list(PARTS))
+    parser.add_argument("results", type=Path, help="the part's published folder, e.g. docs/results/smollm2_small/part_b1")
+    parser.add_argument("--other", type=Path, default=None,
+                        help="the other part a rule reads (b1: part_b2; b2 and d: part_b1); default: the sibling folder")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        parser.error(f"{args.results} is not a folder: give the part's published results folder")
+    rows = verdicts(args.part, args.results, args.other)
+    print(markdown(rows))
+    if args.csv:
+        with args.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(r.__dict__ for r in rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
