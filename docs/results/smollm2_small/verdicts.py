@@ -402,7 +402,7 @@ def part_c(t: Tables, _other: Tables) -> list[Row]:
     # C1
     b = {base: t.bound(base, T16) for base in (500000, 1000000)}
     miss = t.take_missing()
-    inputs = "; ".join(f"bound {k:g} = {_show_bound(v)}" for k, v in b.items() if v)
+    inputs = "; ".join(f"bound {k:,} = {_show_bound(v)}" for k, v in b.items() if v)
     thr = f"C in [{lo:g}, {hi:g}] for both, 1e6's bound above 5e5's"
     if miss:
         verdict = missing_word(miss)
@@ -422,7 +422,7 @@ def part_c(t: Tables, _other: Tables) -> list[Row]:
     b = {base: t.bound(base, T16) for base in small}
     miss = t.take_missing()
     lo_b, hi_b = lo * T16, hi * T16
-    inputs = "; ".join(f"bound {k:g} = {_show_bound(v)}" for k, v in b.items() if v)
+    inputs = "; ".join(f"bound {k:,} = {_show_bound(v)}" for k, v in b.items() if v)
     thr = f"each in [{lo_b:,.0f}, {hi_b:,.0f}]; none > {THRESHOLDS['c_step']:.4f} x a smaller base's"
     if miss:
         verdict = missing_word(miss)
@@ -444,8 +444,8 @@ def part_c(t: Tables, _other: Tables) -> list[Row]:
     p32 = {base: t.ppl("base", base, T16, L32) for base in BASES_C}
     p64 = {base: t.ppl("base", base, T16, L64) for base in BASES_C}
     miss = t.take_missing()
-    inputs = "; ".join([f"ppl_32K {k:g} = {fmt(v)}" for k, v in p32.items() if v is not None]
-                       + [f"ppl_64K {k:g} = {fmt(v)}" for k, v in p64.items() if v is not None])
+    inputs = "; ".join([f"ppl_32K {k:,} = {fmt(v)}" for k, v in p32.items() if v is not None]
+                       + [f"ppl_64K {k:,} = {fmt(v)}" for k, v in p64.items() if v is not None])
     thr = (f"2e5 or 304,201 > {THRESHOLDS['c3_worse']:g} x 1e5's ppl_32K, and ppl_32K falls 304,201 > 5e5 > 1e6; "
            "disagrees: falls with beta from 1e5")
     if miss:

@@ -1,0 +1,355 @@
+"""docs/results/smollm2_small/verdicts.py: PLAN.md section 3's rules on synthetic result folders.
+
+Each folder has the real column layout (the headers of docs/results/smollm2_law's eval.csv and
+law/cells.csv, of docs/results/smollm2's passkey.csv, the Trainer's loss lines). For every part:
+one agreeing case, one disagreeing case, the precondition failing, a missing cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "docs" / "results" / "smollm2_small" / "verdicts.py"
+LAW = ROOT / "docs" / "results" / "smollm2_law"
+spec = importlib.util.spec_from_file_location("small_verdicts", SCRIPT)
+V = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = V  # dataclasses look their module up there
+spec.loader.exec_module(V)
+
+EVAL_HEADER = (LAW / "cells/base/base100000_len8192/eval.csv").read_text().splitlines()[0].split(",")
+LAW_HEADER = (LAW / "law/cells.csv").read_text().splitlines()[0].split(",")
+PASSKEY_HEADER = (ROOT / "docs/results/smollm2/cells/untuned/base100000_len8192/passkey.csv").read_text() \
+    .splitlines()[0].split(",")
+LENGTHS_1M = [2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1000000]
+LENGTHS_4W = [2048, 4096, 8192, 16384, 32768, 65536, 131072, 245760]
+
+
+def write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows({k: row.get(k, "") for k in header} for row in rows)
+
+
+def cell(root: Path, method: str, base: int, tune_len: int, ppl: dict[int, float], passkey: dict | None = None) -> None:
+    """A cell's eval.csv (prefix rows at `ppl`'s lengths, a bucket row each) and passkey.csv (correct of 10)."""
+    folder = root / "cells" / method / f"base{base}_len{tune_len}"
+    ident = {"model": "smollm2", "method": method, "base": base, "tune_len": tune_len}
+    rows = []
+    for length, value in ppl.items():
+        rows.append({**ident, "scope": "prefix", "start": 0, "end": length, "nll_sum": 1.5 * length,
+                     "tokens": length, "ppl": repr(value)})
+        rows.append({**ident, "scope": "bucket", "start": length // 2, "end": length, "nll_sum": length,
+                     "tokens": length // 2, "ppl": repr(value * 1.01)})
+    write_csv(folder / "eval.csv", EVAL_HEADER, rows)
+    if passkey is not None:
+        prompts = [{**ident, "length": length, "depth": 0.1 * (i % 5), "trial": i // 5, "correct": str(i < hits)}
+                   for length, hits in passkey.items() for i in range(10)]
+        write_csv(folder / "passkey.csv", PASSKEY_HEADER, prompts)
+
+
+def curve(at8k: float, rise128: float, rise1m: float = 2.0, lengths=LENGTHS_1M) -> dict[int, float]:
+    """ppl at each length: at8k up to 8K, rising to at8k * rise128 at 128K and then rise1m more at 1M."""
+    out = {}
+    for length in lengths:
+        if length <= 8192:
+            out[length] = at8k
+        elif length <= 131072:
+            out[length] = at8k * rise128 ** ((length.bit_length() - 14) / 4)
+        else:
+            out[length] = at8k * rise128 * rise1m ** ((length - 131072) / (1000000 - 131072))
+    return out
+
+
+def verdict(rows, claim: str) -> str:
+    (row,) = [r for r in rows if r.claim == claim]
+    return row.verdict
+
+
+def row_of(rows, claim: str):
+    (row,) = [r for r in rows if r.claim == claim]
+    return row
+
+
+# ---------------------------------------------------------------- part a
+
+
+def part_a(root: Path, ppl: dict[str, float], last_loss: dict[str, str] | None = None, untuned: float = 12.55):
+    last_loss = last_loss or {}
+    cell(root, "untuned", 100000, 8192, {8192: untuned})
+    for method, value in ppl.items():
+        cell(root, method, 1304, 8192, {8192: value})
+        log = root / "logs/finetune/smollm2" / method / "base1304_len8192.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(" 5%|  | 10/200 [00:13<00:38] {'loss': '6.2', 'grad_norm': '0.53', 'learning_rate': '0.0001'}\n"
+                       f" 100%| 200/200 {{'loss': '{last_loss.get(method, '3.1')}', 'grad_norm': '0.4'}}\n"
+                       "{'train_runtime': '42.57', 'train_loss': '3.464', 'epoch': '0.95'}\n")
+
+
+def test_a_lr_star_and_expectations(tmp_path):
+    part_a(tmp_path, {"lr1e4": 40.0, "lr3e4": 20.0, "lr1e3": 19.5})
+    rows = V.verdicts("a", tmp_path)
+    assert verdict(rows, "lr*") == "lr* = 0.0003 (as shipped)"  # 1e-3 within 5%: the smaller wins
+    assert verdict(rows, "expectation: lr 1e-4 still > 2x untuned") == "agrees"
+    assert verdict(rows, "expectation: 3e-4 or 1e-3 lowest") == "agrees"
+    assert verdict(rows, "expectation: 1e-3 may diverge") == "reported (no rule): did not diverge"
+    assert verdict(rows, "b's prospects: lr* > 3x untuned") == "within"
+
+
+def test_a_disagrees_and_lr_changes(tmp_path):
+    part_a(tmp_path, {"lr1e4": 15.0, "lr3e4": 20.0, "lr1e3": 40.0})
+    rows = V.verdicts("a", tmp_path)
+    assert verdict(rows, "lr*") == "lr* = 0.0001 (change finetune.lr before b1)"
+    assert verdict(rows, "expectation: lr 1e-4 still > 2x untuned") == "disagrees"
+    assert verdict(rows, "expectation: 3e-4 or 1e-3 lowest") == "disagrees"
+
+
+def test_a_diverged_run_is_excluded(tmp_path):
+    part_a(tmp_path, {"lr1e4": 60.0, "lr3e4": 45.0, "lr1e3": 10.0}, last_loss={"lr1e3": "nan", "lr3e4": "6.3"})
+    rows = V.verdicts("a", tmp_path)
+    assert verdict(rows, "run lr1e3 diverged?") == "excluded (diverged)"
+    assert verdict(rows, "run lr3e4 diverged?") == "excluded (diverged)"  # last loss above the first
+    assert verdict(rows, "lr*") == "lr* = 0.0001 (change finetune.lr before b1)"
+    assert verdict(rows, "b's prospects: lr* > 3x untuned").startswith("above")
+
+
+def test_a_missing_cell(tmp_path):
+    part_a(tmp_path, {"lr1e4": 40.0, "lr3e4": 20.0})
+    rows = V.verdicts("a", tmp_path)
+    assert verdict(rows, "lr*").startswith("not tested (missing: ")
+    assert "lr1e3/base1304_len8192.log" in verdict(rows, "lr*")
+    assert "lr1e3/base1304_len8192/eval.csv" in verdict(rows, "lr*")
+    assert verdict(rows, "expectation: lr 1e-4 still > 2x untuned") == "agrees"  # reads no lr1e3
+
+
+# ---------------------------------------------------------------- parts b1, b2
+
+GOOD_KEYS = {2048: 8, 4096: 7, 8192: 6, 16384: 1, 32768: 0}
+
+
+def part_b(root: Path, small: int, small_curve, control_curve, small_keys=None, control_keys=None):
+    cell(root, "base", small, 8192, small_curve, small_keys or {2048: 2, 4096: 2, 8192: 1, 16384: 0, 32768: 0})
+    cell(root, "base", 100000, 8192, control_curve, control_keys or GOOD_KEYS)
+
+
+def test_b_agrees(tmp_path):
+    part_b(tmp_path / "part_b1", 1304, curve(7.0, 2.0), curve(6.0, 500.0))
+    part_b(tmp_path / "part_b2", 500, curve(7.5, 1.5), curve(6.05, 480.0))
+    for part, base in (("b1", 1304), ("b2", 500)):
+        rows = V.verdicts(part, tmp_path / f"part_{part}")
+        assert verdict(rows, f"adapted ({base})") == "adapted"
+        for claim in ("B1", "B2", "B3", "B4"):
+            assert verdict(rows, f"{claim} ({base})") == "agrees", claim
+        assert verdict(rows, "B1, order") == "agrees"
+        assert verdict(rows, "controls of b1 and b2") == "reported: spread <= 2%"
+        assert row_of(rows, f"B2 ({base})").note == ""
+        assert verdict(rows, f"B4 past T_tune ({base})") == "reported (no rule)"
+
+
+def test_b_disagrees(tmp_path):
+    # steep rises, a cliff after 128K, above the control at 32K, retrieval as good as the control's
+    part_b(tmp_path / "part_b1", 1304, curve(7.0, 2.0, rise1m=8.0), curve(6.0, 500.0), small_keys=GOOD_KEYS)
+    part_b(tmp_path / "part_b2", 500, curve(7.5, 3.0, rise1m=8.0), curve(6.5, 1.2), small_keys=GOOD_KEYS)
+    rows = V.verdicts("b2", tmp_path / "part_b2")
+    for claim in ("B1", "B2", "B3", "B4"):
+        assert verdict(rows, f"{claim} (500)") == "disagrees", claim
+    assert verdict(rows, "B1, order") == "disagrees"
+    assert verdict(rows, "controls of b1 and b2") == "reported: spread > 2%"
+    assert "spread b1/b2 8.3% > 2%" in row_of(rows, "B2 (500)").note
+    assert row_of(rows, "B1 (500)").note == ""
+    assert verdict(V.verdicts("b1", tmp_path / "part_b1"), "B3 (1304)") == "disagrees"
+
+
+def test_b4_unsettled_and_untested(tmp_path):
+    part_b(tmp_path / "part_b1", 1304, curve(7.0, 2.0), curve(6.0, 500.0),
+           small_keys={2048: 5, 4096: 7, 8192: 6, 16384: 0, 32768: 0})
+    assert verdict(V.verdicts("b1", tmp_path / "part_b1"), "B4 (1304)") == "unsettled at 10 prompts"
+    part_b(tmp_path / "part_b1", 1304, curve(7.0, 2.0), curve(6.0, 500.0),
+           control_keys={2048: 5, 4096: 5, 8192: 3, 16384: 0, 32768: 0})
+    assert verdict(V.verdicts("b1", tmp_path / "part_b1"), "B4 (1304)").startswith("not tested (the control")
+
+
+def test_b_not_adapted(tmp_path):
+    part_b(tmp_path / "part_b1", 1304, curve(9.1, 1.2), curve(6.0, 500.0))
+    part_b(tmp_path / "part_b2", 500, curve(8.9, 1.2), curve(6.0, 500.0))
+    rows = V.verdicts("b1", tmp_path / "part_b1")
+    assert verdict(rows, "adapted (1304)") == "not adapted"  # 9.1 > 1.5 x 6.0
+    for claim in ("B1 (1304)", "B2 (1304)", "B3 (1304)", "B4 (1304)", "B1, order"):
+        assert verdict(rows, claim) == "not tested (flat but not adapted)", claim
+    rows = V.verdicts("b2", tmp_path / "part_b2")
+    assert verdict(rows, "B1 (500)") == "agrees"
+    assert verdict(rows, "B1, order") == "not tested (flat but not adapted)"  # b1's base is not adapted
+
+
+def test_b_missing_cell_and_length(tmp_path):
+    part_b(tmp_path / "part_b1", 1304, curve(7.0, 2.0), curve(6.0, 500.0))
+    lengths = [x for x in LENGTHS_1M if x != 1000000]
+    cell(tmp_path / "part_b1", "base", 1304, 8192, curve(7.0, 2.0, lengths=lengths))  # no 1M row
+    rows = V.verdicts("b1", tmp_path / "part_b1")
+    assert verdict(rows, "B1 (1304)") == "agrees"
+    assert verdict(rows, "B3 (1304)") == (
+        f"not tested (missing: {tmp_path}/part_b1/cells/base/base1304_len8192/eval.csv (no prefix row at 1000000))")
+    assert verdict(rows, "B1, order") == (f"not tested (missing: {tmp_path}/part_b2/cells/base/base500_len8192/eval.csv, "
+                                          f"{tmp_path}/part_b2/cells/base/base100000_len8192/eval.csv)")
+    (tmp_path / "part_b1/cells/base/base100000_len8192/eval.csv").unlink()
+    rows = V.verdicts("b1", tmp_path / "part_b1")
+    assert verdict(rows, "adapted (1304)").startswith("not tested (missing: ")
+    assert verdict(rows, "B2 (1304)").startswith("not tested (missing: ")
+
+
+# ---------------------------------------------------------------- part c
+
+def part_c(root: Path, bounds: dict[int, float], ppl32: dict[int, float], censored: dict[int, str] | None = None):
+    predicted = {100000: 16384, 200000: 16384, 304201: 16384, 500000: 22911.0, 1000000: 35333.0}
+    rows = [{"model": "smollm2", "method": "base", "base": base, "tune_len": 16384, "predicted_bound": predicted[base],
+             "measured_bound": bound, "censored": (censored or {}).get(base, "no"),
+             "ratio_measured_to_predicted": bound / predicted[base]} for base, bound in bounds.items()]
+    write_csv(root / "law/cells.csv", LAW_HEADER, rows)
+    for base, value in ppl32.items():
+        cell(root, "base", base, 16384, {8192: 12.0, 32768: value, 65536: 2 * value}, passkey=None)
+
+
+C_BOUNDS = {100000: 21000.0, 200000: 22000.0, 304201: 23000.0, 500000: 30000.0, 1000000: 48000.0}
+
+
+def test_c_agrees(tmp_path):
+    part_c(tmp_path, C_BOUNDS, {100000: 100.0, 200000: 115.0, 304201: 120.0, 500000: 60.0, 1000000: 30.0})
+    rows = V.verdicts("c", tmp_path)
+    assert [verdict(rows, c) for c in ("C1: beta > beta0 follow T_extra", "C2: beta <= beta0 bounded near T_tune",
+                                       "C3: larger bases first get worse")] == ["agrees"] * 3
+
+
+def test_c_disagrees(tmp_path):
+    bounds = {**C_BOUNDS, 304201: 25900.0, 1000000: 29000.0}  # 304,201 > 1.19 x 1e5's; 1e6 below 5e5 and C < 1.2
+    part_c(tmp_path, bounds, {100000: 100.0, 200000: 90.0, 304201: 80.0, 500000: 60.0, 1000000: 30.0})
+    rows = V.verdicts("c", tmp_path)
+    assert [verdict(rows, c) for c in ("C1: beta > beta0 follow T_extra", "C2: beta <= beta0 bounded near T_tune",
+                                       "C3: larger bases first get worse")] == ["disagrees"] * 3
+
+
+def test_c_unsettled_and_censored(tmp_path):
+    # C1: 1e6 right-censored at 40K (inside its range): unsettled; C2: 2e5 > 1.19 x 1e5 but 304,201 is not: unsettled
+    bounds = {**C_BOUNDS, 200000: 25500.0, 1000000: 40000.0}
+    part_c(tmp_path, bounds, {100000: 100.0, 200000: 105.0, 304201: 120.0, 500000: 60.0, 1000000: 30.0},
+           censored={1000000: "right"})
+    rows = V.verdicts("c", tmp_path)
+    assert verdict(rows, "C1: beta > beta0 follow T_extra") == "unsettled"
+    assert verdict(rows, "C2: beta <= beta0 bounded near T_tune") == "unsettled"  # 25,500 > 1.19 x 21,000, in range
+    part_c(tmp_path, {**C_BOUNDS, 100000: 20000.0, 200000: 24000.0, 304201: 23500.0},
+           {100000: 100.0, 200000: 100.0, 304201: 105.0, 500000: 110.0, 1000000: 30.0})
+    rows = V.verdicts("c", tmp_path)
+    assert verdict(rows, "C1: beta > beta0 follow T_extra") == "agrees"
+    assert verdict(rows, "C3: larger bases first get worse") == "unsettled"
+
+
+def test_c_missing_cell(tmp_path):
+    bounds = {k: v for k, v in C_BOUNDS.items() if k != 500000}
+    part_c(tmp_path, bounds, {100000: 100.0, 200000: 115.0, 304201: 120.0, 1000000: 30.0})
+    rows = V.verdicts("c", tmp_path)
+    assert verdict(rows, "C1: beta > beta0 follow T_extra") == (
+        f"not tested (missing: {tmp_path}/law/cells.csv (no row for base 500000 at 16384))")
+    assert verdict(rows, "C2: beta <= beta0 bounded near T_tune") == "agrees"
+    assert verdict(rows, "C3: larger bases first get worse") == (
+        f"not tested (missing: {tmp_path}/cells/base/base500000_len16384/eval.csv)")
+
+
+# ---------------------------------------------------------------- part d
+
+def part_d(root: Path, base_curve, logn_curve, b1: bool = True):
+    keys = {2048: 8, 4096: 7, 8192: 6, 16384: 4, 32768: 2}
+    cell(root / "part_d", "base", 500, 16384, base_curve, keys)
+    cell(root / "part_d", "base_logn", 500, 16384, logn_curve, keys)
+    if b1:
+        cell(root / "part_b1", "base", 100000, 8192, curve(6.0, 500.0), GOOD_KEYS)
+
+
+def logn_of(base_curve: dict, rise: float) -> dict:
+    """base_logn: base's values up to 16K (the same computation), a rise of `rise` from 128K to 1M."""
+    return {L: v if L <= 16384 else (v if L <= 131072 else base_curve[131072] * rise ** ((L - 131072) / 868928))
+            for L, v in base_curve.items()}
+
+
+def test_d_agrees(tmp_path):
+    base = curve(7.0, 1.5, rise1m=5.6)
+    part_d(tmp_path, base, logn_of(base, 2.1))
+    rows = V.verdicts("d", tmp_path / "part_d")
+    assert verdict(rows, "precondition: 500 at 16K adapted") == "adapted"
+    assert verdict(rows, "base = base_logn up to 16K") == "agrees"
+    assert verdict(rows, "D1: log-scaled attention flattens the curve") == "agrees"
+    assert verdict(rows, "D2: the recipe reaches 1M") == "agrees"
+    assert verdict(rows, "D3: retrieval (base_logn)") == "reported (no rule)"
+    assert "control 8K = 6/10" in row_of(rows, "D3: retrieval (base)").inputs
+    assert "b1_control_ppl_8K = 6" in row_of(rows, "precondition: 500 at 16K adapted").inputs
+
+
+def test_d_disagrees(tmp_path):
+    base = curve(7.0, 1.5, rise1m=3.0)
+    part_d(tmp_path, base, logn_of(base, 4.0))
+    rows = V.verdicts("d", tmp_path / "part_d")
+    assert verdict(rows, "D1: log-scaled attention flattens the curve") == "disagrees"
+    assert verdict(rows, "D2: the recipe reaches 1M") == "disagrees"
+
+
+def test_d_not_adapted_and_bug_check(tmp_path):
+    base = curve(10.2, 1.5, rise1m=5.6)  # above 10.1
+    part_d(tmp_path, base, logn_of(base, 2.1), b1=False)
+    rows = V.verdicts("d", tmp_path / "part_d")
+    assert verdict(rows, "precondition: 500 at 16K adapted") == "not adapted"
+    assert verdict(rows, "D1: log-scaled attention flattens the curve") == "not tested (not adapted)"
+    assert verdict(rows, "D2: the recipe reaches 1M") == "not tested (not adapted)"
+    assert "part_b1/cells/base/base100000_len8192/passkey.csv" in verdict(rows, "D3: retrieval (base)")
+    base = curve(7.0, 1.5, rise1m=5.6)
+    logn = logn_of(base, 2.1)
+    logn[16384] = base[16384] * (1 + 1e-15)  # the last digit
+    part_d(tmp_path, base, logn)
+    rows = V.verdicts("d", tmp_path / "part_d")
+    assert verdict(rows, "base = base_logn up to 16K") == "disagrees (a bug, not a result)"
+    assert "prefix 16384" in row_of(rows, "base = base_logn up to 16K").inputs
+    assert verdict(rows, "D2: the recipe reaches 1M").startswith("not tested (bug")
+
+
+def test_d_missing_cell(tmp_path):
+    base = curve(7.0, 1.5, rise1m=5.6)
+    part_d(tmp_path, base, logn_of(base, 2.1))
+    (tmp_path / "part_d/cells/base_logn/base500_len16384/eval.csv").unlink()
+    rows = V.verdicts("d", tmp_path / "part_d")
+    assert verdict(rows, "precondition: 500 at 16K adapted") == "adapted"
+    missing = f"not tested (missing: {tmp_path}/part_d/cells/base_logn/base500_len16384/eval.csv)"
+    assert verdict(rows, "base = base_logn up to 16K") == missing
+    assert verdict(rows, "D1: log-scaled attention flattens the curve") == missing
+
+
+# ---------------------------------------------------------------- the command
+
+def test_command_writes_markdown_and_csv(tmp_path):
+    part_c(tmp_path, C_BOUNDS, {100000: 100.0, 200000: 115.0, 304201: 120.0, 500000: 60.0, 1000000: 30.0})
+    out = subprocess.run([sys.executable, str(SCRIPT), "c", str(tmp_path), "--csv", str(tmp_path / "v.csv")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == "| part | claim | inputs | threshold | verdict | note |"
+    with (tmp_path / "v.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["verdict"] for r in rows] == ["agrees"] * 3
+    assert "bound 500,000 = 30,000 (C = 1.31)" in rows[0]["inputs"]
+
+
+@pytest.mark.parametrize("part", ["a", "b1", "b2", "c", "d"])
+def test_empty_folder_is_not_tested_not_a_traceback(tmp_path, part):
+    rows = V.verdicts(part, tmp_path)
+    assert rows and all(r.verdict.startswith("not tested") for r in rows), [r.verdict for r in rows]
+
+
+def test_c_censored_outside_the_range_disagrees(tmp_path):
+    # 304,201 right-censored at 245,760: at least that, far above 26.2K
+    part_c(tmp_path, {**C_BOUNDS, 304201: 245760.0}, {100000: 100.0, 200000: 115.0, 304201: 120.0, 500000: 60.0,
+                                                       1000000: 30.0}, censored={304201: "right"})
+    rows = V.verdicts("c", tmp_path)
+    assert verdict(rows, "C2: beta <= beta0 bounded near T_tune") == "disagrees"
+    assert ">= 245,760" in row_of(rows, "C2: beta <= beta0 bounded near T_tune").inputs
