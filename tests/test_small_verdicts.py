@@ -353,3 +353,55 @@ def test_c_censored_outside_the_range_disagrees(tmp_path):
     rows = V.verdicts("c", tmp_path)
     assert verdict(rows, "C2: beta <= beta0 bounded near T_tune") == "disagrees"
     assert ">= 245,760" in row_of(rows, "C2: beta <= beta0 bounded near T_tune").inputs
+
+
+@pytest.mark.parametrize("bounds, claim", [
+    ({500000: 25000.0}, "C1: beta > beta0 follow T_extra"),       # C = 1.09 < 1.2
+    ({1000000: 60000.0}, "C1: beta > beta0 follow T_extra"),      # C = 1.70 > 1.6
+    ({200000: 19000.0}, "C2: beta <= beta0 bounded near T_tune"),  # below 19,661
+    ({304201: 27000.0}, "C2: beta <= beta0 bounded near T_tune"),  # above 26,214
+])
+def test_c_bound_outside_its_range_disagrees(tmp_path, bounds, claim):
+    part_c(tmp_path, {**C_BOUNDS, **bounds}, {100000: 100.0, 200000: 115.0, 304201: 120.0, 500000: 60.0,
+                                              1000000: 30.0})
+    assert verdict(V.verdicts("c", tmp_path), claim) == "disagrees"
+
+
+def test_c3_worse_but_not_falling_is_unsettled(tmp_path):
+    part_c(tmp_path, C_BOUNDS, {100000: 100.0, 200000: 115.0, 304201: 120.0, 500000: 125.0, 1000000: 30.0})
+    assert verdict(V.verdicts("c", tmp_path), "C3: larger bases first get worse") == "unsettled"
+
+
+def test_b4_reads_the_lengths_where_the_control_retrieves(tmp_path):
+    # the control retrieves 6/10 only at 8K, where the small base drops to 1/10
+    part_b(tmp_path / "part_b1", 1304, curve(7.0, 2.0), curve(6.0, 500.0),
+           small_keys={2048: 5, 4096: 5, 8192: 1, 16384: 0, 32768: 0},
+           control_keys={2048: 5, 4096: 5, 8192: 6, 16384: 0, 32768: 0})
+    assert verdict(V.verdicts("b1", tmp_path / "part_b1"), "B4 (1304)") == "agrees"
+
+
+def test_b2_control_below_at_one_length_disagrees(tmp_path):
+    small = curve(7.0, 2.0)
+    control = {**curve(6.0, 500.0), 32768: small[32768] * 0.9}  # above at 128K, below at 32K
+    part_b(tmp_path / "part_b1", 1304, small, control)
+    assert verdict(V.verdicts("b1", tmp_path / "part_b1"), "B2 (1304)") == "disagrees"
+
+
+@pytest.mark.parametrize("logn_128k, logn_1m, expected", [
+    (9.0, 48.0, "unsettled"),   # lower at 1M, but a steeper rise (5.33 > 5)
+    (10.0, 50.0, "unsettled"),  # equal at 1M
+    (10.0, 45.0, "agrees"),
+    (10.0, 52.0, "disagrees"),
+])
+def test_d1_needs_both_lower_1m_and_flatter_rise(tmp_path, logn_128k, logn_1m, expected):
+    base = {**curve(6.0, 1.5, lengths=[L for L in LENGTHS_1M if L <= 65536]), 131072: 10.0, 262144: 20.0,
+            524288: 30.0, 1000000: 50.0}
+    logn = {**base, 131072: logn_128k, 1000000: logn_1m}
+    part_d(tmp_path, base, logn)
+    assert verdict(V.verdicts("d", tmp_path / "part_d"), "D1: log-scaled attention flattens the curve") == expected
+
+
+def test_c1_right_censored_above_its_range_disagrees(tmp_path):
+    part_c(tmp_path, {**C_BOUNDS, 1000000: 245760.0}, {100000: 100.0, 200000: 115.0, 304201: 120.0, 500000: 60.0,
+                                                        1000000: 30.0}, censored={1000000: "right"})
+    assert verdict(V.verdicts("c", tmp_path), "C1: beta > beta0 follow T_extra") == "disagrees"
