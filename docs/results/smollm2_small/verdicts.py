@@ -126,14 +126,23 @@ class Tables:
     def eval_rows(self, method: str, base: int, tune_len: int) -> list[dict] | None:
         return self.rows(f"cells/{method}/{leaf(base, tune_len)}/eval.csv")
 
+    def number(self, rel: str, row: dict, column: str) -> float | None:
+        """A number of a table's row; a column absent or empty is recorded as missing (NaN is a value)."""
+        try:
+            return float(row[column])
+        except (KeyError, TypeError, ValueError):
+            self.missing.append(f"{self.root}/{rel} (no value in column {column})")
+            return None
+
     def ppl(self, method: str, base: int, tune_len: int, length: int) -> float | None:
+        rel = f"cells/{method}/{leaf(base, tune_len)}/eval.csv"
         rows = self.eval_rows(method, base, tune_len)
         if rows is None:
             return None
         for r in rows:
-            if r["scope"] == "prefix" and int(r["start"]) == 0 and int(r["end"]) == length:
-                return float(r["ppl"])
-        self.missing.append(f"{self.root}/cells/{method}/{leaf(base, tune_len)}/eval.csv (no prefix row at {length})")
+            if r.get("scope") == "prefix" and _num(r.get("start")) == 0 and _num(r.get("end")) == length:
+                return self.number(rel, r, "ppl")
+        self.missing.append(f"{self.root}/{rel} (no prefix row at {length})")
         return None
 
     def passkey(self, method: str, base: int, tune_len: int, length: int) -> Fraction | None:
@@ -141,7 +150,7 @@ class Tables:
         rows = self.rows(rel)
         if rows is None:
             return None
-        hits = [r["correct"] == "True" for r in rows if int(r["length"]) == length]
+        hits = [r.get("correct") == "True" for r in rows if _num(r.get("length")) == length]
         if not hits:
             self.missing.append(f"{self.root}/{rel} (no prompts at {length})")
             return None
@@ -152,9 +161,15 @@ class Tables:
         if rows is None:
             return None
         for r in rows:
-            if r["method"] == "base" and float(r["base"]) == base and int(r["tune_len"]) == tune_len:
-                return {"bound": float(r["measured_bound"]), "predicted": float(r["predicted_bound"]),
-                        "censored": r["censored"], "lo": r["bound_lo"], "hi": r["bound_hi"]}
+            if r.get("method") == "base" and _num(r.get("base")) == base and _num(r.get("tune_len")) == tune_len:
+                found = {"bound": self.number("law/cells.csv", r, "measured_bound"),
+                         "predicted": self.number("law/cells.csv", r, "predicted_bound"),
+                         "censored": r.get("censored")}
+                if None in found.values():
+                    if found["censored"] is None:
+                        self.missing.append(f"{self.root}/law/cells.csv (no value in column censored)")
+                    return None
+                return found
         self.missing.append(f"{self.root}/law/cells.csv (no row for base {base} at {tune_len})")
         return None
 
@@ -168,6 +183,13 @@ class Tables:
             self.missing.append(f"{path} (no logged loss)")
             return None
         return [float(x) for x in found]
+
+
+def _num(text) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def fmt(value) -> str:
@@ -481,10 +503,10 @@ def part_d(t: Tables, other: Tables) -> list[Row]:
         bug, verdict, inputs = None, missing_word(miss), ""
     else:
         def key(rows):
-            return {(r["scope"], r["start"], r["end"]): (r["nll_sum"], r["tokens"], r["ppl"])
-                    for r in rows if int(r["end"]) <= THRESHOLDS["d_same_until"]}
+            return {(r.get("scope"), r.get("start"), r.get("end")): (r.get("nll_sum"), r.get("tokens"), r.get("ppl"))
+                    for r in rows if (_num(r.get("end")) or math.inf) <= THRESHOLDS["d_same_until"]}
         ka, kb = key(a), key(b)
-        differ = sorted({k for k in ka.keys() | kb.keys() if ka.get(k) != kb.get(k)}, key=lambda k: int(k[2]))
+        differ = sorted({k for k in ka.keys() | kb.keys() if ka.get(k) != kb.get(k)}, key=lambda k: _num(k[2]))
         inputs = f"{len(ka)} rows of base, {len(kb)} of base_logn; differing: " + (
             ", ".join(f"{s} {e}" for s, _, e in differ) if differ else "none")
         bug = bool(differ) or not ka
