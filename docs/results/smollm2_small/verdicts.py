@@ -388,7 +388,8 @@ def _b4(t: Tables, method: str, base: int, tune_len: int, control: Tables, lengt
     small = _retrieval(t, method, base, tune_len, lengths)
     ctrl = _retrieval(control, "base", ORIGINAL, T8, lengths)
     miss = t.take_missing() + (control.take_missing() if control is not t else [])
-    inputs = show(**{f"{L // 1024}K": v for L, v in small.items()}, **{f"control {L // 1024}K": v for L, v in ctrl.items()})
+    inputs = show(**{f"{L // 1024}K": v for L, v in small.items()},
+                  **{f"control {L // 1024}K": v for L, v in ctrl.items()})
     if miss:
         return inputs, missing_word(miss)
     live = [L for L in lengths if L <= THRESHOLDS["b4_max_len"] and ctrl[L] >= THRESHOLDS["b4_control"]]
@@ -562,9 +563,11 @@ def markdown(rows: list[Row]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", choices=list(PARTS))
-    parser.add_argument("results", type=Path, help="the part's published folder, e.g. docs/results/smollm2_small/part_b1")
+    parser.add_argument("results", type=Path,
+                        help="the part's published folder, e.g. docs/results/smollm2_small/part_b1")
     parser.add_argument("--other", type=Path, default=None,
-                        help="the other part a rule reads (b1: part_b2; b2 and d: part_b1); default: the sibling folder")
+                        help="the other part that a rule reads (b1: part_b2; b2 and d: part_b1); "
+                             "default: the sibling folder")
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     args = parser.parse_args(argv)
     if not args.results.is_dir():
