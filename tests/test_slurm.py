@@ -43,15 +43,20 @@ def _cluster_problem() -> str | None:
     return None
 
 
+def cluster_marks(problem: str | None, what: str) -> list:
+    """A module's marks: slow, and skipped with the reason and the fix while `problem` (fails in CI: conftest.py)."""
+    return [
+        pytest.mark.slow,
+        pytest.mark.skipif(
+            problem is not None,
+            reason=f"no {what} ({problem}): start one as root with "
+            "`LOCAL_SLURM_NS_NODES=2 bash .ci/slurm/start-local-cluster.sh`, as .ci/run does",
+        ),
+    ]
+
+
 PROBLEM = _cluster_problem()
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        PROBLEM is not None,
-        reason=f"no local SLURM cluster ({PROBLEM}): start one as root with "
-        "`LOCAL_SLURM_NS_NODES=2 bash .ci/slurm/start-local-cluster.sh`, as .ci/run does",
-    ),
-]
+pytestmark = cluster_marks(PROBLEM, "local SLURM cluster")
 
 
 def local_profile(directory: Path) -> Path:

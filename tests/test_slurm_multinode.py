@@ -43,7 +43,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from test_slurm import _cluster_problem as single_node_problem
-from test_slurm import is_cell_job
+from test_slurm import cluster_marks, is_cell_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = "results/mini/base/base1000000_len64"
@@ -72,14 +72,7 @@ def _cluster_problem() -> str | None:
 
 
 PROBLEM = _cluster_problem()
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        PROBLEM is not None,
-        reason=f"no two-node local SLURM cluster ({PROBLEM}): start one as root with "
-        "`LOCAL_SLURM_NS_NODES=2 bash .ci/slurm/start-local-cluster.sh`, as .ci/run does",
-    ),
-]
+pytestmark = cluster_marks(PROBLEM, "two-node local SLURM cluster")
 
 
 def two_node_profile(directory: Path) -> Path:

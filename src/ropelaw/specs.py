@@ -98,7 +98,7 @@ class TrainingSpec:
     """torch.compile each decoder layer."""
     fused_loss: bool | str = True
     """The loss from the last hidden states in chunks, never the whole fp32 logits: true, false,
-    grad_in_forward or checkpointed (`ropelaw.fastloss.loss_path`)."""
+    grad_in_forward or checkpointed (`loss_path`)."""
     key: InitVar[str] = "finetune"
     """The config block it comes from, for error messages."""
 
