@@ -4,6 +4,8 @@
     python bench/finetune_speed.py --model-dir results/smollm2/hf  # a GGUF-converted SmolLM2: its config and weights
     python bench/finetune_speed.py --micro-batch 4 8 16 --global-batch 16 --compile   # a sweep, one process
     python bench/finetune_speed.py --tiny                          # a tiny shape on the CPU, to check the script
+    python bench/finetune_speed.py --steps 50 --tokens results/smollm2/data/train_len8192 \
+        --variants plain:4 grad_in_forward:8:compiled               # today's path vs a new one, side by side
 
 Every run calls `ropelaw.finetune.train`, the function behind `ropelaw finetune`, from the same
 starting weights, on the same packed random rows, with the same seed, once per loss path (`--paths`,
@@ -17,6 +19,13 @@ $OUT/finetune_speed.jsonl (default bench/results/) its steps/s and tokens/s (med
 `--skip` steps), peak GPU memory (reset before each run) and per-step losses; then, per
 micro-batch, a summary line with each path's speed-up over plain and over checkpointed, the
 largest relative difference of its per-step losses from plain's, and a table row for BENCHMARKS.md.
+
+`--variants PATH:MICRO_BATCH[:compiled]` runs exactly those configurations instead (same global
+batch, same rows, same seed), and the first one is the reference: each later one is reported as its
+speed-up over it and its largest relative per-step loss difference from it. `--tokens DIR` trains
+on the rows of a packed dataset (`tokens.bin` + `manifest.json`, e.g. a study's
+`data/train_len8192`, cycled as needed) instead of uniform random tokens, so that the loss falls
+and the loss comparison means something.
 """
 
 from __future__ import annotations
@@ -80,12 +89,42 @@ def prepare(root: Path, args) -> tuple[Path, int]:
     data = root / "data"
     data.mkdir()
     rows = args.steps * args.global_batch
-    np.random.default_rng(0).integers(0, vocab, size=(rows, args.seq)).astype("<u4").tofile(data / "tokens.bin")
+    if args.tokens:
+        tokens_rl = packed_rows(Path(args.tokens), args.seq, vocab)
+        tokens_rl = tokens_rl[np.arange(rows) % len(tokens_rl)]  # cycled, as more epochs would
+    else:
+        tokens_rl = np.random.default_rng(0).integers(0, vocab, size=(rows, args.seq))
+    tokens_rl.astype("<u4").tofile(data / "tokens.bin")
     PackManifest(n_sequences=rows, seq_len=args.seq, dtype="<u4").write(data)
     return model_dir, vocab
 
 
-def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, args) -> dict:
+def packed_rows(folder: Path, seq: int, vocab: int) -> np.ndarray:
+    """The [rows, seq] tokens of a packed dataset folder, checked against `--seq` and the vocabulary."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest["seq_len"] != seq:
+        raise SystemExit(f"--tokens {folder}: rows of {manifest['seq_len']} tokens, not --seq {seq}")
+    tokens_rl = np.fromfile(folder / "tokens.bin", dtype=manifest["dtype"]).reshape(-1, seq)
+    if tokens_rl.max() >= vocab:
+        raise SystemExit(f"--tokens {folder}: token id {tokens_rl.max()} is outside the model's vocabulary {vocab}")
+    return tokens_rl.astype(np.int64)
+
+
+def label(path: str, micro_batch: int, compiled: bool) -> str:
+    return f"{path}_mb{micro_batch}" + ("_compiled" if compiled else "")
+
+
+def parse_variant(text: str) -> tuple[str, int, bool]:
+    """'PATH:MICRO_BATCH[:compiled]' -> (path, micro_batch, compiled)."""
+    parts = text.split(":")
+    if not 2 <= len(parts) <= 3 or parts[0] not in FUSED_LOSS or not parts[1].isdigit() \
+            or parts[2:] not in ([], ["compiled"]):
+        raise argparse.ArgumentTypeError(
+            f"'{text}': expected PATH:MICRO_BATCH[:compiled], PATH one of {', '.join(FUSED_LOSS)}")
+    return parts[0], int(parts[1]), len(parts) == 3
+
+
+def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled: bool, args) -> dict:
     """One training run with loss `path`; its record (`oom: true` if it ran out of GPU memory)."""
     from ropelaw.finetune import TrainSpec, train
 
@@ -94,19 +133,19 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, args) -> 
         lr_schedule="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, adam_beta1=0.9,
         adam_beta2=0.999, adam_epsilon=1e-8, seed=1234, precision="fp32" if args.tiny else "auto",
         gradient_checkpointing=args.ac, attn_implementation="sdpa", deepspeed=None, checkpoint_every=10**6,
-        length_multiple=64, logging_steps=1, compile=args.compile, fused_loss=FUSED_LOSS[path],
+        length_multiple=64, logging_steps=1, compile=compiled, fused_loss=FUSED_LOSS[path],
     )
     base = {
         "bench": "finetune_speed", **environment(), "path": path, "fused_loss": FUSED_LOSS[path],
         "model": str(args.model_dir or ("tiny" if args.tiny else "smollm2-135m random")), "seq": args.seq,
         "global_batch": args.global_batch, "micro_batch": micro_batch, "steps": args.steps, "ac": args.ac,
-        "compile": args.compile,
+        "compile": compiled, "tokens": args.tokens_sha256 or "uniform random",
     }
     timer = StepTimer()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    tag = f"{path}_mb{micro_batch}"
+    tag = label(path, micro_batch, compiled)
     try:
         record = train(str(model_dir), str(root / "data"), args.base, spec, str(root / f"ckpt_{tag}"),
                        str(root / f"out_{tag}"), callbacks=[timer])
@@ -156,6 +195,34 @@ def summary(runs: dict[str, dict], micro_batch: int, args) -> dict:
     return out
 
 
+def variant_summary(runs: dict[str, dict], args) -> dict:
+    """Each variant's speed-up over the first and its largest relative loss difference from it."""
+    ref_label, ref = next(iter(runs.items()))
+    out = {"bench": "finetune_speed", "reference": ref_label, "variants": list(runs),
+           "global_batch": args.global_batch, "steps": args.steps, "tokens": args.tokens_sha256 or "uniform random"}
+    cells = []
+    for name, run in runs.items():
+        if run["oom"]:
+            cells.append(f"{name}: out of memory")
+            continue
+        cell = f"{name} {run['tokens_per_s']:,.0f} tokens/s"
+        if run["peak_allocated_gib"] is not None:
+            cell += f", {run['peak_allocated_gib']:.1f} GiB"
+        if name != ref_label and not ref["oom"]:
+            ratio = run["tokens_per_s"] / ref["tokens_per_s"]
+            diff = max(abs(a - b) / abs(b) for a, b in zip(run["losses"], ref["losses"]))
+            out[f"{name}_speedup"], out[f"{name}_max_rel_loss_diff"] = ratio, diff
+            cell += f", {ratio:.2f}× the first, loss diff {diff:.1e} over {min(len(run['losses']), len(ref['losses']))} steps"
+        cells.append(cell)
+    device = next((r.get("device") for r in runs.values() if r.get("device")), "CPU")
+    command = " ".join(f"{p}:{mb}" + (":compiled" if c else "") for p, mb, c in args.variants)
+    data = f" --tokens {args.tokens}" if args.tokens else ""
+    out["table_row"] = (f"| `python bench/finetune_speed.py{' --tiny' if args.tiny else ''} --steps {args.steps}"
+                        f" --global-batch {args.global_batch}{data} --variants {command}` | {device} | "
+                        f"{args.seq} tokens × {args.global_batch} | " + " | ".join(cells) + " |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", default=None, help="a model folder (e.g. a GGUF-converted SmolLM2)")
@@ -170,20 +237,40 @@ def main() -> None:
     parser.add_argument("--base", type=float, default=1e6, help="the rotary base the cell tunes with")
     parser.add_argument("--ac", action="store_true", help="finetune.gradient_checkpointing")
     parser.add_argument("--compile", action="store_true", help="finetune.compile (every run)")
+    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None, metavar="PATH:MB[:compiled]",
+                        help="run these instead of --paths x --micro-batch; the first is the reference")
+    parser.add_argument("--tokens", default=None, metavar="DIR",
+                        help="train on a packed dataset's rows (tokens.bin + manifest.json) instead of random ones")
     args = parser.parse_args()
+    if args.variants and len({label(*v) for v in args.variants}) < len(args.variants):
+        parser.error("--variants: each configuration once")
+    args.tokens_sha256 = None
+    if args.tokens:
+        from ropelaw.provenance import sha256_file
+        args.tokens_sha256 = sha256_file(Path(args.tokens) / "tokens.bin")
     args.seq = args.seq or (128 if args.tiny else 8192)
     args.steps = args.steps or (4 if args.tiny else 20)
     args.skip = args.skip if args.skip is not None else (1 if args.tiny else 3)
-    bad = [mb for mb in args.micro_batch if args.global_batch % mb]
+    bad = [mb for mb in ([v[1] for v in args.variants] if args.variants else args.micro_batch) if args.global_batch % mb]
     if bad:
         parser.error(f"--global-batch {args.global_batch} is not a multiple of --micro-batch {bad}")
     with tempfile.TemporaryDirectory(prefix="finetune_speed_") as tmp:
         root = Path(tmp)
         model_dir, _ = prepare(root, args)
+        if args.variants:
+            runs = {}
+            for path, micro_batch, compiled in args.variants:
+                name = label(path, micro_batch, compiled)
+                runs[name] = run_path(root, model_dir, path, micro_batch, compiled, args)
+                write_record(out_path("finetune_speed.jsonl"), runs[name])
+            line = variant_summary(runs, args)
+            write_record(out_path("finetune_speed.jsonl"), line)
+            print(line["table_row"])
+            return
         for micro_batch in args.micro_batch:
             runs = {}
             for path in args.paths:
-                runs[path] = run_path(root, model_dir, path, micro_batch, args)
+                runs[path] = run_path(root, model_dir, path, micro_batch, args.compile, args)
                 write_record(out_path("finetune_speed.jsonl"), runs[path])
             line = summary(runs, micro_batch, args)
             write_record(out_path("finetune_speed.jsonl"), line)

@@ -10,13 +10,14 @@
 #   bash bench/run_all.sh train3    # 1 GPU: SmolLM2-135M at 8K, plain vs finetune.fused_loss (SMOLLM2_DIR: a converted model)
 #   bash bench/run_all.sh train4    # 1 GPU: SmolLM2-135M at 8K, the three losses (grad_in_forward, checkpointed, plain)
 #   bash bench/run_all.sh eval4     # 1 GPU: 13B at 1M under an A100-80GB's cap (head groups); grouped vs own attention at 128K
+#   bash bench/run_all.sh train5    # 1 GPU: SmolLM2-135M at 8K, today's path vs the fast ones side by side, 50 steps (TOKENS_DIR: real rows)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
 # zstandard (ropelaw.data imports it; the device machine lacks it: carry its cp312 wheel).
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|train5}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -123,11 +124,23 @@ eval4)
     # groups chosen by evaluation.chunk_size: auto (predicted: 4 groups, 71.7 GiB;
     # bench/results/2026-12-01-session4/PREDICTIONS.md); about 17 minutes, timed once, no warm-up call.
     step 1500 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80
-    # The same perplexity with and without groups (to 1e-3 relative), uncapped, at 131,072 tokens.
-    step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 131072 --no-plain --variants whole:1 auto:4 auto:8
+    # The same perplexity with the capped run's 4 groups as with the default's 1, uncapped, at 131,072 tokens.
+    step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 131072 --no-plain --no-warmup --variants auto:4
+    ;;
+train5)
+    # Issue 14 goal 3, side by side in one process: today's path (plain loss, micro-batch 4, eager: session 3's
+    # default, first, the reference) vs the fused loss, compiled and larger micro-batches, at the studies' global
+    # batch of 8 over 50 steps (the loss check), then at a global batch of 16. TOKENS_DIR: a packed dataset
+    # (e.g. results/smollm2/data/train_len8192), so that the loss falls; random weights of SmolLM2's shape.
+    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
+    step 360 python3 bench/finetune_speed.py $model $tokens --steps 50 \
+        --variants plain:4 grad_in_forward:8:compiled grad_in_forward:4:compiled grad_in_forward:8
+    step 200 python3 bench/finetune_speed.py $model $tokens --steps 20 --global-batch 16 \
+        --variants plain:4 grad_in_forward:16:compiled
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4 or eval4" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4 or train5" >&2
     exit 2
     ;;
 esac
