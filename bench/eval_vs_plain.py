@@ -19,12 +19,17 @@ memory, and of memory above the weights (at 32K a 7B's bf16 weights alone are mo
 plain's peak, so only this ratio can be halved), the chunk, the groups and why, and the relative
 difference of the perplexities. A path that runs out of memory is recorded as such.
 `--cap-gib 80` caps the process (`torch.cuda.set_per_process_memory_fraction`) like an A100-80GB.
+`--run-layers N` keeps every layer's weights on the GPU but runs only the first N layers: every
+layer has the same shape, so the peak memory of a whole forward is measured (weights, one layer's
+activations, the final norm and the lm_head with its loss) in N/layers of its time; the time and
+perplexity of such a row are not the whole model's.
 Issue 14's goal: ratio of time <= 1 and of memory <= 0.5 wherever plain fits.
 Results: JSON lines in $OUT/eval_vs_plain.jsonl (bench/results/ without $OUT).
 """
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -61,9 +66,11 @@ def measure(fn, device: str, repeat: int, warmup: bool = True) -> tuple[float, f
     return min(times), peak, result
 
 
-def scored_path(model, ids_bl, length, budget_gib, chunk="auto", groups="auto"):
+def scored_path(model, ids_bl, length, budget_gib, chunk="auto", groups="auto", decided=None):
     chunk_size, why = choose_chunk(model, length, 1, "auto" if chunk == "auto" else chunk, budget_gib,
                                    None if groups == "auto" else groups)
+    if decided is not None:  # the caller's record, kept if the forward runs out of memory
+        decided.update(why)
     stats = score_window(model, ids_bl, length, Scoring(), chunk_size=chunk_size, head_groups=why["head_groups"])
     return float(torch.exp(torch.as_tensor(stats["nll"]).mean())), why
 
@@ -83,16 +90,17 @@ def parse_variant(text: str) -> tuple[str, int | str, int | str]:
         raise argparse.ArgumentTypeError(f"{text!r}: use CHUNK:GROUPS, e.g. whole:1, 8192:2, auto:4") from None
 
 
-def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=True, warmup=True) -> list[dict]:
+def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=True, warmup=True,
+            weights_gib=None) -> list[dict]:
     """One row per path at this length: plain, default, then each variant."""
     ids = ids_bl[:, :length]
-    weights_gib = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
+    weights_gib = weights_gib or gib(sum(p.numel() * p.element_size() for p in model.parameters()))
     rows, reference = [], None
     paths = [("default", "auto", "auto"), *variants]
     if plain:
         paths.insert(0, ("plain", None, None))
     for name, chunk, groups in paths:
-        row = {"tokens": length, "path": name, "weights_gib": weights_gib}
+        row, decided = {"tokens": length, "path": name, "weights_gib": weights_gib}, {}
         try:
             if name == "plain":
                 row["seconds"], row["peak_gib"], ppl = measure(lambda: plain_path(model, ids.to(device)), device, repeat,
@@ -100,12 +108,18 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
             else:
                 fixed = length if chunk == "whole" else chunk
                 row["seconds"], row["peak_gib"], (ppl, why) = measure(
-                    lambda: scored_path(model, ids, length, budget_gib, fixed, groups), device, repeat, warmup)
+                    lambda: scored_path(model, ids, length, budget_gib, fixed, groups, decided), device, repeat, warmup)
                 row.update(chunk_size=why["chunk_size"], head_groups=why["head_groups"], chunk_reason=why["reason"],
                            chunking=why)
-        except torch.OutOfMemoryError:
+        except torch.OutOfMemoryError as err:
+            row.update(result="out of memory", error=str(err).splitlines()[0],
+                       peak_gib=gib(torch.cuda.max_memory_allocated()) if device == "cuda" else None)
+            if decided:
+                row.update(chunk_size=decided["chunk_size"], head_groups=decided["head_groups"], chunking=decided)
+            del err
             torch.cuda.empty_cache()
-            rows.append({**row, "result": "out of memory"})
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "chunking"}), flush=True)
             continue
         row["ppl"] = ppl
         reference = reference or row
@@ -131,6 +145,8 @@ def main() -> None:
                         help="more paths: a fixed chunk (a number, whole, auto) and head groups (a number, auto)")
     parser.add_argument("--no-plain", action="store_true", help="skip plain transformers (where it cannot fit)")
     parser.add_argument("--cap-gib", type=float, default=None, help="cap this process's GPU memory (an A100-80GB: 80)")
+    parser.add_argument("--run-layers", type=int, default=None, metavar="N",
+                        help="run only the first N layers, all layers' weights resident (peak memory, not time)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="time the first call (for rows so long that a second call costs too much)")
     args = parser.parse_args()
@@ -152,13 +168,22 @@ def main() -> None:
     with torch.device(device):
         model = LlamaForCausalLM._from_config(config, dtype=torch.float32 if device == "cpu" else torch.bfloat16)
     model.eval()
+    weights_gib = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
+    all_layers = model.model.layers  # referenced until the end: every layer's weights stay resident
+    if args.run_layers:
+        if not 1 <= args.run_layers <= len(all_layers):
+            parser.error(f"--run-layers {args.run_layers}: the model has {len(all_layers)} layers")
+        model.model.layers = torch.nn.ModuleList(list(all_layers)[:args.run_layers])
     ids_bl = torch.randint(0, config.vocab_size, (1, max(lengths)), generator=torch.Generator().manual_seed(1))
     for length in lengths:
         for row in compare(model, ids_bl, length, device, args.repeat, args.budget_gib, args.variants,
-                           plain=not args.no_plain, warmup=not args.no_warmup):
+                           plain=not args.no_plain, warmup=not args.no_warmup, weights_gib=weights_gib):
             write_record(out_path("eval_vs_plain.jsonl"), {"bench": "eval_vs_plain", **environment(),
                                                             "shape": "tiny" if args.tiny else args.shape,
-                                                            "weights": "random", "cap_gib": args.cap_gib, **row})
+                                                            "weights": "random", "cap_gib": args.cap_gib,
+                                                            "run_layers": args.run_layers, "layers": len(all_layers),
+                                                            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                                                            **row})
 
 
 if __name__ == "__main__":

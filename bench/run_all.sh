@@ -10,6 +10,7 @@
 #   bash bench/run_all.sh train3    # 1 GPU: SmolLM2-135M at 8K, plain vs finetune.fused_loss (SMOLLM2_DIR: a converted model)
 #   bash bench/run_all.sh train4    # 1 GPU: SmolLM2-135M at 8K, the three losses (grad_in_forward, checkpointed, plain)
 #   bash bench/run_all.sh eval4     # 1 GPU: 13B at 1M under an A100-80GB's cap (head groups); grouped vs own attention at 128K
+#   bash bench/run_all.sh eval5     # 1 GPU: 13B at 1M under the cap, 2 of 40 layers run (all resident): the peak memory in 3 minutes
 #   bash bench/run_all.sh train5    # 1 GPU: SmolLM2-135M at 8K, today's path vs the fast ones side by side, 50 steps (TOKENS_DIR: real rows)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
@@ -17,7 +18,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|train5}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|train5}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -127,6 +128,13 @@ eval4)
     # The same perplexity with the capped run's 4 groups as with the default's 1, uncapped, at 131,072 tokens.
     step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 131072 --no-plain --no-warmup --variants auto:4
     ;;
+eval5)
+    # Issue 14 goal 2's memory in 3 minutes: the 13B at 1,048,576 tokens under an 80 GiB cap with every layer's
+    # weights resident but only the first 2 of 40 run (--run-layers; same-shape layers repeat the same peak).
+    # The auto choice of head groups, then 8 groups; no warm-up call. (eval4 is the whole 40-layer run.)
+    step 280 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80 \
+        --run-layers 2 --variants auto:8
+    ;;
 train5)
     # Issue 14 goal 3, side by side in one process: today's path (plain loss, micro-batch 4, eager: session 3's
     # default, first, the reference) vs the fused loss, compiled and larger micro-batches, at the studies' global
@@ -140,7 +148,7 @@ train5)
         --variants plain:4 grad_in_forward:16:compiled
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4 or train5" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5 or train5" >&2
     exit 2
     ;;
 esac

@@ -11,7 +11,7 @@ import pytest
 
 from ropelaw import UserError
 from ropelaw.chunking import CHUNK_CAP, SLACK, choose_chunk, memory_costs
-from ropelaw.lean import chunked_mlp, group_counts, grouped_attention
+from ropelaw.lean import chunked_mlp, chunked_norms, group_counts, grouped_attention
 from ropelaw.methods import register_logn_attention
 from ropelaw.perplexity import token_stats
 
@@ -67,6 +67,28 @@ def test_grouped_attention_matches_the_model_attention_and_restores_it(attention
         assert all("forward" not in vars(layer.self_attn) for layer in model.model.layers)
         assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     with pytest.raises(UserError, match="does not divide"), grouped_attention(tiny_gqa_llama(), 3, 64):
+        pass
+
+
+def test_chunked_norms_give_the_same_numbers_over_slices_and_restore_the_model(monkeypatch):
+    """Every RMSNorm (two per layer and the final one) runs over slices of `chunk` positions, with the
+    same numbers bitwise; compiled layers keep their fused norms; the model is as it was afterwards."""
+    model, ids_bl = tiny_gqa_llama(), torch.randint(0, 61, (2, 203), generator=torch.Generator().manual_seed(1))
+    plain_bld = _hidden(model, ids_bl)
+    rows, forward = [], transformers.models.llama.modeling_llama.LlamaRMSNorm.forward
+    monkeypatch.setattr(transformers.models.llama.modeling_llama.LlamaRMSNorm, "forward",
+                        lambda self, x: rows.append(x.shape[1]) or forward(self, x))
+    with chunked_norms(model, 64):  # 203 = 3 x 64 + 11: a ragged last slice
+        sliced_bld = _hidden(model, ids_bl)
+    assert torch.equal(sliced_bld, plain_bld)
+    assert rows == [64, 64, 64, 11] * (2 * 3 + 1)  # 3 layers x 2 norms, and the final norm
+    assert all("forward" not in vars(norm) for layer in model.model.layers
+               for norm in (layer.input_layernorm, layer.post_attention_layernorm)) and "forward" not in vars(model.model.norm)
+    rows.clear()
+    with chunked_norms(model, 64, compiled=True):
+        _hidden(model, ids_bl)
+    assert rows == [203] * 7
+    with pytest.raises(UserError, match="norm chunk"), chunked_norms(model, 0):
         pass
 
 
@@ -189,7 +211,9 @@ def test_auto_adds_head_groups_only_as_memory_requires():
     costs = {g: memory_costs(model, length, 1, g) for g in (1, 2, 4)}
     assert costs[1][0] > costs[2][0] > costs[4][0] and len({c[1] for c in costs.values()}) == 1
     # float64, d = 32, 4 + 2 x 4 heads of 8 dims: the buffers of G > 1 groups, and the model's own attention.
-    assert costs[2][0] == length * (3 * 32 + 2 * (4 + 2 * 4) * 8 // 2) * 8
+    # G > 1: Q, K, V of one group (12 heads of 8 dims over 2 groups) and the rotation's peak, Q's rotated copy and
+    # three K-sized temporaries (4 + 3 x 4 heads).
+    assert costs[2][0] == length * (3 * 32 + ((4 + 2 * 4) + (4 + 3 * 4)) * 8 // 2) * 8
     assert costs[1][0] == length * (5 * 32 + (4 + 2 * 4) * 8) * 8
     for groups in (1, 2, 4):
         need = costs[groups][0] + CHUNK_CAP * costs[groups][1]

@@ -17,11 +17,13 @@ The estimate, per forward of `length` positions and `batch` rows, activation ele
 - whole-sequence tensors no chunk can avoid: with one group (the model's own attention) the
   residual stream, its norm, the attention output, its projection and Q, K, V, about
   B L (5 d + (h + 2 h_kv) d_head) e bytes; with G > 1 groups the residual stream, its norm and
-  the attention buffer, and twice (the rotated copies) one group's Q, K and V:
-  B L (3 d + 2 (h + 2 h_kv) d_head / G) e;
-- per position of a chunk, the larger of the MLP's gate, activation and up projections and its
-  output, B (3 I + d) e, and the logits in the model's dtype plus the float32 logits and
-  log-softmax of the loss, B V (e + 8).
+  the attention buffer, and one group's Q, K and V with its rotated copies and the rotation's
+  temporaries (while Q is rotated, three Q-sized ones; then Q's rotated copy and three K-sized):
+  B L (3 d + ((h + 2 h_kv) + max(3 h, h + 3 h_kv)) d_head / G) e;
+- per position of a chunk, the largest of the MLP's gate, activation and up projections and its
+  output, B (3 I + d) e, the logits in the model's dtype plus the float32 logits and
+  log-softmax of the loss, B V (e + 8), and an eager RMSNorm's float32 copy, square and
+  product, B 12 d.
 The budget is the free GPU memory (`torch.cuda.mem_get_info` plus what torch's cache holds
 unused, within the process's `set_per_process_memory_fraction`), capped by
 `evaluation.memory_budget_gib` when set, times 0.9 for the allocator's slack; on CPU it is
@@ -56,12 +58,14 @@ def memory_costs(model, length: int, batch: int, head_groups: int = 1) -> tuple[
     """(bytes of the whole-sequence tensors, bytes per chunk position) of one evaluation forward."""
     s = _shape(model)
     e = next(model.parameters()).element_size()
-    qkv = (s["heads"] + 2 * s["kv_heads"]) * s["head_dim"]
+    heads, kv_heads = s["heads"], s["kv_heads"]
+    qkv = (heads + 2 * kv_heads) * s["head_dim"]
     if head_groups == 1:
         fixed = batch * length * (5 * s["d"] + qkv) * e
     else:
-        fixed = batch * length * (3 * s["d"] + 2 * qkv // head_groups) * e
-    per_position = batch * max((3 * s["inter"] + s["d"]) * e, s["vocab"] * (e + 8))
+        rotation = max(3 * heads, heads + 3 * kv_heads) * s["head_dim"]
+        fixed = batch * length * (3 * s["d"] + (qkv + rotation) // head_groups) * e
+    per_position = batch * max((3 * s["inter"] + s["d"]) * e, s["vocab"] * (e + 8), 12 * s["d"])
     return fixed, per_position
 
 

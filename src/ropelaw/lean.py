@@ -1,6 +1,6 @@
-"""Memory-lean long-context forward: MLPs over slices of the sequence, attention over groups of heads.
+"""Memory-lean long-context forward: MLPs and norms over slices of the sequence, attention over groups of heads.
 
-    with chunked_mlp(model, 4096), grouped_attention(model, groups=8, chunk=4096):
+    with chunked_mlp(model, 4096), chunked_norms(model, 4096), grouped_attention(model, groups=8, chunk=4096):
         hidden = model.get_decoder()(input_ids, use_cache=False).last_hidden_state
 
 Why: at long contexts the largest activations of a LLaMA forward are the MLP's
@@ -11,7 +11,10 @@ running it on `chunk` positions at a time gives the same numbers while holding
 only `chunk` rows of those tensors. The residual stream stays whole-sequence;
 attention stays whole-sequence too, with the model's SDPA/flash kernel, but can run
 over groups of heads (`grouped_attention`): then Q, K and V exist for one group at a
-time, and the output projection writes in place (see its docstring).
+time, and the output projection writes in place (see its docstring). The RMSNorms are row-wise
+too, and eager ones compute in float32: LLaMA's norm holds a float32 copy of its input and its
+square at once, 8 bytes per element beside the bf16 input, which for a 13B at 1M tokens is 40 GiB
+(`chunked_norms` runs them over slices).
 
 Each patch sets an instance `forward` on each MLP (attention) and removes it on exit, so the
 model's modules, parameters and state dict are unchanged. A model whose decoder
@@ -46,7 +49,7 @@ def _sliced(forward, chunk: int):
             piece = forward(hidden_bld[:, start : start + chunk])
             if out_bld is None:
                 if not isinstance(piece, torch.Tensor) or piece.shape[-1] != hidden_bld.shape[-1]:
-                    raise UserError("chunked MLP needs an MLP that maps [B, L, d] to [B, L, d]")
+                    raise UserError("a chunked module must map [B, L, d] to [B, L, d]")
                 out_bld = hidden_bld.new_empty(hidden_bld.shape[:-1] + piece.shape[-1:], dtype=piece.dtype)
             out_bld[:, start : start + chunk] = piece
             del piece
@@ -76,6 +79,36 @@ def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False) -> I
     finally:
         for mlp in mlps:
             del mlp.forward
+
+
+def _norms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The RMSNorms of every decoder layer (`input_layernorm`, `post_attention_layernorm`) and the final
+    `norm`, where the decoder is built that way (LLaMA and its kin); else none."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None) or []
+    found = [getattr(layer, name, None) for layer in layers for name in ("input_layernorm", "post_attention_layernorm")]
+    found.append(getattr(decoder, "norm", None))
+    return found if all(type(n).__name__.endswith("RMSNorm") for n in found) else []
+
+
+@contextlib.contextmanager
+def chunked_norms(model: torch.nn.Module, chunk: int, compiled: bool = False) -> Iterator[None]:
+    """Within the block, the decoder's RMSNorms run on `chunk` positions at a time (eager layers only).
+
+    Exact: a row's norm depends on that row alone, and each slice runs the norm's own forward. With
+    compiled layers (`compiled=True`) the norm is fused into one kernel that holds no float32 copy,
+    and a loop inside the graph would be unrolled, so the norms are left as they are.
+    """
+    if chunk < 1:
+        raise UserError(f"norm chunk must be >= 1 positions, got {chunk}")
+    norms = [] if compiled else _norms(model)
+    for norm in norms:
+        norm.forward = _sliced(norm.forward, chunk)
+    try:
+        yield
+    finally:
+        for norm in norms:
+            del norm.forward
 
 
 def _attentions(model: torch.nn.Module) -> list[torch.nn.Module]:

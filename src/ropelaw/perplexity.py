@@ -8,9 +8,10 @@ Why chunks: at 1M tokens with a 49K vocabulary the full logits would take
 1M x 49K x 4 bytes = 196 GB, while the hidden state [1, 1M, 576] is about 1 GB.
 So the backbone runs once over the whole sequence and the lm_head, log-softmax and
 argmax run over `chunk_size` positions at a time; the [B, L, V] logits never exist.
-The decoder's MLPs also run over `chunk_size` positions at a time (`ropelaw.lean`), so
-their [L, intermediate] activations never exist whole either, and the attention can run
-over groups of heads (`head_groups`), so that Q, K and V never exist for all heads at once.
+The decoder's MLPs (and, eager, its RMSNorms) also run over `chunk_size` positions at a time
+(`ropelaw.lean`), so their [L, intermediate] activations (float32 copies) never exist whole
+either, and the attention can run over groups of heads (`head_groups`), so that Q, K and V
+never exist for all heads at once.
 
 Why one pass serves every length: in a causal model whose positions enter only
 through a position-only RoPE, the prediction at position t depends on tokens
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ropelaw import UserError
-from ropelaw.lean import chunked_mlp, grouped_attention
+from ropelaw.lean import chunked_mlp, chunked_norms, grouped_attention
 
 # Config attributes that change logits after the lm_head; we do not reproduce them.
 _SOFTCAPS = ("final_logit_softcapping", "output_logit_soft_cap", "logits_soft_cap")
@@ -108,7 +109,7 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     correct_bt = torch.empty(batch, n_targets, dtype=torch.bool)
     # The MLPs run in chunks of the same size: their [L, intermediate] activations dominate memory at 100K+.
     with torch.inference_mode(), chunked_mlp(model, chunk_size, compiled), \
-            grouped_attention(model, head_groups, chunk_size, compiled):
+            chunked_norms(model, chunk_size, compiled), grouped_attention(model, head_groups, chunk_size, compiled):
         hidden_bld = backbone(input_ids=input_ids_bl, use_cache=False).last_hidden_state
     with torch.inference_mode():
         for start in range(0, n_targets, chunk_size):
