@@ -82,8 +82,8 @@ def test_chunked_norms_give_the_same_numbers_over_slices_and_restore_the_model(m
         sliced_bld = _hidden(model, ids_bl)
     assert torch.equal(sliced_bld, plain_bld)
     assert rows == [64, 64, 64, 11] * (2 * 3 + 1)  # 3 layers x 2 norms, and the final norm
-    assert all("forward" not in vars(norm) for layer in model.model.layers
-               for norm in (layer.input_layernorm, layer.post_attention_layernorm)) and "forward" not in vars(model.model.norm)
+    norms = [n for layer in model.model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    assert all("forward" not in vars(norm) for norm in [*norms, model.model.norm])
     rows.clear()
     with chunked_norms(model, 64, compiled=True):
         _hidden(model, ids_bl)
@@ -103,11 +103,18 @@ def test_grouped_attention_runs_one_group_at_a_time(monkeypatch):
     assert shapes.count((8, 32)) == 2 * 4 * 3
 
 
-def test_token_stats_with_head_groups_equals_the_plain_path():
+def test_token_stats_with_head_groups_equals_the_plain_path(monkeypatch):
+    """Same numbers with 4 groups; the norms run over chunks only when the heads are grouped."""
     model = tiny_mha_llama()
     ids_bl = torch.randint(0, 61, (1, 150), generator=torch.Generator().manual_seed(5))
-    nll_plain, correct_plain = token_stats(model, ids_bl, chunk_size=1000)
+    rows, forward = [], transformers.models.llama.modeling_llama.LlamaRMSNorm.forward
+    monkeypatch.setattr(transformers.models.llama.modeling_llama.LlamaRMSNorm, "forward",
+                        lambda self, x: rows.append(x.shape[1]) or forward(self, x))
+    nll_plain, correct_plain = token_stats(model, ids_bl, chunk_size=32)
+    assert set(rows) == {150}  # one group: whole-sequence norms
+    rows.clear()
     nll_grouped, correct_grouped = token_stats(model, ids_bl, chunk_size=32, head_groups=4)
+    assert set(rows) == {32, 22}  # 150 = 4 x 32 + 22
     torch.testing.assert_close(nll_grouped, nll_plain, rtol=1e-12, atol=1e-12)
     assert torch.equal(correct_grouped, correct_plain)
 

@@ -19,7 +19,10 @@ The estimate, per forward of `length` positions and `batch` rows, activation ele
   B L (5 d + (h + 2 h_kv) d_head) e bytes; with G > 1 groups the residual stream, its norm and
   the attention buffer, and one group's Q, K and V with its rotated copies and the rotation's
   temporaries (while Q is rotated, three Q-sized ones; then Q's rotated copy and three K-sized):
-  B L (3 d + ((h + 2 h_kv) + max(3 h, h + 3 h_kv)) d_head / G) e;
+  B L (3 d + ((h + 2 h_kv) + max(3 h, h + 3 h_kv)) d_head / G) e. With G > 1 the eager RMSNorms
+  run over chunks too (`ropelaw.lean.chunked_norms`): whole, their float32 copy and square beside
+  the residual stream, B L d (e + 8), would exceed that for G >= 4. With one group they stay whole:
+  B L d (e + 8) <= B L (5 d + (h + 2 h_kv) d_head) e for e >= 2, so they never set the peak;
 - per position of a chunk, the largest of the MLP's gate, activation and up projections and its
   output, B (3 I + d) e, the logits in the model's dtype plus the float32 logits and
   log-softmax of the loss, B V (e + 8), and an eager RMSNorm's float32 copy, square and

@@ -23,6 +23,8 @@ Which positions are scored, under which convention, and how they are summed per 
 and per length is `ropelaw.scoring`'s job. Bad input raises `ropelaw.UserError` (a ValueError).
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -89,7 +91,8 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     `targets_bl[:, j]`. Logits are taken in the model's dtype, as the model's own forward gives
     them, then upcast to float32 for the log-softmax.
     `compiled`: the decoder layers were compiled (`ropelaw.models.compile_layers`).
-    `head_groups`: the attention runs over this many groups of heads, one at a time (`ropelaw.lean`).
+    `head_groups`: the attention runs over this many groups of heads, one at a time, and (more than one)
+    the eager RMSNorms over `chunk_size` positions at a time (`ropelaw.lean`).
     """
     _check_plain_logits(model)
     device = next(model.parameters()).device
@@ -108,8 +111,11 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     nll_bt = torch.empty(batch, n_targets, dtype=torch.float64)
     correct_bt = torch.empty(batch, n_targets, dtype=torch.bool)
     # The MLPs run in chunks of the same size: their [L, intermediate] activations dominate memory at 100K+.
-    with torch.inference_mode(), chunked_mlp(model, chunk_size, compiled), \
-            chunked_norms(model, chunk_size, compiled), grouped_attention(model, head_groups, chunk_size, compiled):
+    # The eager norms too, where memory is tight enough to group the heads: with one group their float32
+    # temporaries are smaller than the attention's own whole-sequence tensors (`ropelaw.chunking`).
+    norms = chunked_norms(model, chunk_size, compiled) if head_groups > 1 else contextlib.nullcontext()
+    with torch.inference_mode(), chunked_mlp(model, chunk_size, compiled), norms, \
+            grouped_attention(model, head_groups, chunk_size, compiled):
         hidden_bld = backbone(input_ids=input_ids_bl, use_cache=False).last_hidden_state
     with torch.inference_mode():
         for start in range(0, n_targets, chunk_size):
