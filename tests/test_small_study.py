@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from ropelaw import UserError
 from ropelaw.carry import INDEX, Index, check_piece, join, split
@@ -241,3 +242,24 @@ def test_the_law_and_every_figure_take_a_parts_cells(part, tmp_path):
         fig = draw(args["kind"], tables, "test", **{k: v for k, v in args.items() if k != "kind"})
         assert fig.axes, stem
         plt.close(fig)
+
+
+# --- the CPU rehearsal of a part (scripts/rehearse_part.py) --------------------------------------
+@pytest.mark.parametrize("part", PARTS, ids=lambda p: p.stem)
+def test_a_rehearsal_keeps_the_parts_cells_and_cuts_their_sizes(part, tmp_path):
+    """Same methods, kinds, learning rates and numeric bases; every length / 16; 2 steps of 2 rows."""
+    override = tmp_path / "rehearsal.yaml"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "rehearse_part.py"), str(STUDY), str(part),
+                    "--out", str(override)], check=True, capture_output=True)
+    real = [json.loads(c) for c in _cells(STUDY, part).values()]
+    small = [json.loads(c) for c in _cells(STUDY, part, override).values()]
+    what = lambda cells: sorted((c["method"], c["kind"], c["training"] and c["training"]["lr"]) for c in cells)  # noqa: E731
+    assert what(small) == what(real)
+    assert sorted(c["tune_len"] * 16 for c in small) == sorted(c["tune_len"] for c in real)
+    declared = {b for block in yaml.safe_load(part.read_text())["grid"] for b in block["bases"] if not isinstance(b, str)}
+    kept = lambda cells: sorted(c["base"] for c in cells if c["base"] in declared)  # noqa: E731
+    assert kept(small) == kept(real)  # a number stays; a named base (beta3, beta0) follows the shorter lengths
+    for cut in small:
+        assert cut["train_len"] == 8192 // 16 and max(cut["eval_lengths"]) > max(cut["tune_len"], cut["train_len"])
+        if cut["training"]:
+            assert (cut["training"]["steps"], cut["training"]["global_batch_size"]) == (2, 2)
