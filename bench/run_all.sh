@@ -11,7 +11,7 @@
 #   bash bench/run_all.sh train4    # 1 GPU: SmolLM2-135M at 8K, the three losses (grad_in_forward, checkpointed, plain)
 #   bash bench/run_all.sh eval4     # 1 GPU: 13B at 1M under an A100-80GB's cap (head groups); grouped vs own attention at 128K
 #   bash bench/run_all.sh eval5     # 1 GPU: 13B at 1M under the cap, 2 of 40 layers run (all resident): the peak memory in 3 minutes
-#   bash bench/run_all.sh train5    # 1 GPU: SmolLM2-135M at 8K, today's path vs the fast ones side by side, 50 steps (TOKENS_DIR: real rows, e.g. .res/train_len8192 carried)
+#   bash bench/run_all.sh train5    # 1 GPU: SmolLM2-135M at 8K, today's path vs the fast ones side by side, 50 steps (TOKENS_DIR: real rows)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
 # zstandard (ropelaw.data imports it; the device machine lacks it: carry its cp312 wheel).

@@ -263,3 +263,33 @@ def test_a_rehearsal_keeps_the_parts_cells_and_cuts_their_sizes(part, tmp_path):
         assert cut["train_len"] == 8192 // 16 and max(cut["eval_lengths"]) > max(cut["tune_len"], cut["train_len"])
         if cut["training"]:
             assert (cut["training"]["steps"], cut["training"]["global_batch_size"]) == (2, 2)
+
+
+def _study_tgz(tmp_path: Path, models: tuple[str, ...]) -> Path:
+    """A study.tgz as `gpu_study.sh pack` writes it (results without models, logs, benchmarks)."""
+    root = tmp_path / "device"
+    files = ["results/law/cells.csv", "results/figures/ppl.png", "logs/finetune/smollm2/base/base500_len8192.log",
+             "benchmarks/finetune/x.tsv"]
+    for model in models:
+        files += [f"results/{model}/data/train_len8192/manifest.json", f"results/{model}/base/base500_len8192/eval.csv"]
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    subprocess.run(["tar", "czf", str(tmp_path / "study.tgz"), "results", "logs", "benchmarks"], cwd=root, check=True)
+    return tmp_path / "study.tgz"
+
+
+def test_publish_lays_a_part_out_as_verdicts_reads_it(tmp_path):
+    dest = tmp_path / "part_b2"
+    (dest / "cells" / "stale").mkdir(parents=True)  # an earlier publication of the part is replaced
+    done = subprocess.run(["bash", str(SCRIPT), "publish", str(_study_tgz(tmp_path, ("smollm2",))), str(dest)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (dest / "cells/base/base500_len8192/eval.csv").read_text() == "results/smollm2/base/base500_len8192/eval.csv"
+    assert (dest / "data/train_len8192/manifest.json").exists() and not (dest / "cells/data").exists()
+    assert (dest / "law/cells.csv").exists() and (dest / "figures/ppl.png").exists()
+    assert (dest / "logs/finetune/smollm2/base/base500_len8192.log").exists() and (dest / "benchmarks/finetune/x.tsv").exists()
+    assert not (dest / "cells/stale").exists()
+    two = subprocess.run(["bash", str(SCRIPT), "publish", str(_study_tgz(tmp_path / "two", ("smollm2", "tiny"))),
+                          str(tmp_path / "other")], capture_output=True, text=True)
+    assert two.returncode == 1 and "expected one model folder" in two.stdout
