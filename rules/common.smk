@@ -32,8 +32,10 @@ TRAINED = ruleargs.trained_pattern(CELLS)
 FIGURE_FORMATS = CFG["figures"]["formats"]
 
 
+# {model} takes the configured names only: in a figure's name `{model}_{method}`, "smollm2_base_logn" would
+# otherwise also read as model smollm2_base, method logn (both method names).
 wildcard_constraints:
-    model="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    model=ruleargs.alternatives(sorted(CFG["models"])),
     method=ruleargs.alternatives(grid.method_names(CFG)),
     leaf=paths.LEAF_PATTERN,
     length=r"\d+",

@@ -88,6 +88,23 @@ def test_seeds_and_variants_are_jobs_of_their_own(tmp_path):
     assert models["results/mini/base/base500_len64_seed2/eval.csv"] == "results/mini/base/base500_len64_seed2/model"
 
 
+def test_a_method_name_with_an_underscore_is_not_split_into_the_model_name(tmp_path):
+    """passkey_heatmap_mini_base_logn_...: model mini, method base_logn, not model mini_base, method logn
+    (both are method names; part d of config/smollm2_small.yaml failed this way in its CPU rehearsal)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "tests/scenario/config.yaml").read_text())
+    config["grid"] += [{"model": "mini", "tune_lengths": [64], "bases": [500]},
+                       {"model": "mini", "method": "base_logn", "tune_lengths": [64], "bases": [500]}]
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
+    jobs = _dry_run_jobs(snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "-p", "--cores", "1").stdout)
+    heatmaps = {job["output"].split(", ")[0]: (_flag(job["shell"], "--model"), _flag(job["shell"], "--method"))
+                for job in jobs if job["rule"] == "passkey_heatmap"}
+    assert heatmaps["results/figures/passkey_heatmap_mini_base_logn_base500_len64.png"] == ("mini", "base_logn")
+    assert heatmaps["results/figures/passkey_heatmap_mini_base_base500_len64.png"] == ("mini", "base")
+
+
 def _dry_run_jobs(output: str) -> list[dict]:
     """Rule, inputs, outputs and shell command of every job that `snakemake -n -p` lists."""
     jobs = []
