@@ -72,6 +72,11 @@ def _two_blocks(config, tmp_path):
     return config
 
 
+def _model_named_like_a_cell(config, tmp_path):
+    config["models"]["mini_base"] = dict(config["models"]["mini"])  # mini_base + logn = mini + base_logn
+    return config
+
+
 # (case id, edit of the scenario config, words the one line must hold)
 CASES = [
     ("lr-nan", _with(("finetune.lr", float("nan"))), ["finetune.lr", "finite"]),
@@ -106,6 +111,7 @@ CASES = [
     ("tune-len-multiple", _with(("grid.0.tune_lengths", [100])), ["length_multiple", "100"]),
     ("base-below-one", _with(("grid.0.bases", [1])), ["grid[0].bases[0]"]),
     ("grid-unknown-model", _with(("grid.0.model", "mnii")), ["grid[0].model", "did you mean 'mini'"]),
+    ("model-names-ambiguous", _model_named_like_a_cell, ["'mini'", "'mini_base'", "read two ways", "rename"]),
     ("batch-not-divisible", _with(("finetune.micro_batch_size", 3)), ["global_batch_size", "micro_batch_size"]),
 ]
 

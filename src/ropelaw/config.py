@@ -218,6 +218,18 @@ def _check_grid_models(cfg: dict) -> None:
             raise UserError(f"config key 'grid[{i}].model': '{block['model']}' is not a key of 'models'{hint}")
 
 
+def _check_figure_names(cfg: dict) -> None:
+    """Every `{model}_{method}` in a figure's file name reads one way: model names such as 'mini' and
+    'mini_base' with methods 'base_logn' and 'logn' would both give 'mini_base_logn'."""
+    seen: dict[str, tuple[str, str]] = {}
+    for model in cfg["models"]:
+        for method in grid.method_names(cfg):
+            other = seen.setdefault(f"{model}_{method}", (model, method))
+            if other != (model, method):
+                raise UserError(f"model names '{other[0]}' and '{model}' make figure names that read two ways "
+                                f"('{other[0]}_{other[1]}' = '{model}_{method}'); rename one of the models")
+
+
 def _check_trained(cell: Cell) -> None:
     args = cell.training
     if cell.tune_len % args["length_multiple"]:
@@ -246,6 +258,7 @@ def resolve(raw: dict, check_data: bool = True) -> tuple[dict, list[Cell]]:
     """
     cfg = validate(raw)
     _check_grid_models(cfg)
+    _check_figure_names(cfg)
     if check_data:
         _check_shards(cfg)
     _check_models(cfg)
