@@ -106,6 +106,20 @@ def test_a_base_has_one_colour_in_every_figure(tables):
     assert base_colors([10, 1500000, 150000]) != base_colors([10, 150000])  # by rank within a study
 
 
+def test_a_tuned_variant_is_drawn_in_the_panel_of_its_base(tables):
+    """A variant of kind base (part a's lr1e4 at beta3) sits left of beta0 only; a training-free method in both."""
+    evals, cells = tables.evals.copy(), tables.cells.copy()
+    variant = evals[(evals.method == "base") & (evals.base == 10) & (evals.tune_len == 64)].assign(method="lr1e4")
+    cells = pd.concat([cells, cells[(cells.method == "base") & (cells.base == 10)].assign(method="lr1e4", kind="base")])
+    cells["kind"] = cells.get("kind", cells.method).fillna(cells.method)
+    fig = draw("ppl_vs_length", Tables(pd.concat([evals, variant]), cells, tables.fit, tables.boot, tables.passkey),
+               "t", model="tiny", tune_len=64)
+    panels = [[line.get_label() for line in ax.get_lines()] for ax in fig.axes[:2]]  # ppl row: beta <= beta0, beta > beta0
+    assert "lr1e4 (" + r"$\beta$ = 10, tuned)" in panels[0] and not any(label.startswith("lr1e4") for label in panels[1])
+    assert all("yarn (training-free)" in labels for labels in panels)
+    plt.close(fig)
+
+
 def test_a_heatmap_shows_its_own_seed(tables):
     fig = draw("passkey_heatmap", tables, "t", model="tiny", method="base", base=1500000, tune_len=64, seed=0)
     seed0 = [t.get_text() for t in fig.axes[0].texts]

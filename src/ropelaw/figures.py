@@ -83,7 +83,9 @@ def _curves(ax, data, metric, colors, tune_len):
                         label=f"{BETA} = {base_label(base)}{extra}")
 
 
-def _references(ax, prefix, metric, orig_base, kinds: dict):
+def _references(ax, prefix, metric, orig_base, kinds: dict, in_panel=lambda base: True):
+    """The untuned model and the other methods, in every panel; a method that trains its own model (a
+    variant of kind base, or a method like PI) only in the panel its base belongs to (`in_panel`)."""
     untuned = prefix[prefix.method == UNTUNED].dropna(subset=[metric]).sort_values("end")
     if len(untuned):
         ax.plot(untuned.end, untuned[metric], "k--", marker="x", ms=4, label=f"untuned ({BETA} = {base_label(orig_base)})")
@@ -92,6 +94,8 @@ def _references(ax, prefix, metric, orig_base, kinds: dict):
     for (method, part), color, marker in zip(groups, sns.color_palette("Dark2", len(groups)), "sv^Dp*h"):
         part = part.dropna(subset=[metric]).sort_values("end")
         trained = methods.trains(kinds.get(method, method))
+        if trained and not in_panel(part.base.iloc[0]):
+            continue
         note = f"{BETA} = {base_label(part.base.iloc[0])}, tuned" if trained else "training-free"
         ax.plot(part.end, part[metric], ls="--", marker=marker, ms=3, color=color, label=f"{method} ({note})")
 
@@ -103,13 +107,15 @@ def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics
     kinds = dict(zip(tables.cells.method, tables.cells.get("kind", tables.cells.method).fillna(tables.cells.method)))
     beta0 = theory.critical_base(info.train_len, tune_len, info.orig_base)
     fig, axes = new_figure(len(metrics), 2, (12, 3.8 * len(metrics) + 0.6), sharex=True, sharey="row")
-    panels = [(f"{BETA} $\\leq$ {BETA0} = {beta0:,.0f}", tuned[tuned.base <= beta0]),
-              (f"{BETA} > {BETA0} = {beta0:,.0f}", tuned[tuned.base > beta0])]
-    for col, (title, data) in enumerate(panels):
+    below = lambda base: base <= beta0  # noqa: E731
+    panels = [(f"{BETA} $\\leq$ {BETA0} = {beta0:,.0f}", below),
+              (f"{BETA} > {BETA0} = {beta0:,.0f}", lambda base: not below(base))]
+    for col, (title, in_panel) in enumerate(panels):
+        data = tuned[tuned.base.map(in_panel).astype(bool)]
         for row, metric in enumerate(metrics):
             ax = axes[row, col]
             _curves(ax, data, metric, tables.colors, tune_len)
-            _references(ax, prefix, metric, info.orig_base, kinds)
+            _references(ax, prefix, metric, info.orig_base, kinds, in_panel)
             ax.axvline(info.train_len, color="grey", lw=1, ls=":")
             if tune_len != info.train_len:
                 ax.axvline(tune_len, color="grey", lw=1, ls="-.")
