@@ -137,6 +137,15 @@ def test_bound_vs_base_draws_intervals_and_censored_arrows(tables):
     plt.close(fig)
 
 
+def test_bound_vs_base_without_base_cells_says_so(tables):
+    only_variants = tables.cells[tables.cells.method != "base"]
+    fig = draw("bound_vs_base", Tables(tables.evals, only_variants, tables.fit, tables.boot, tables.passkey), "t")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert len(texts) == 1 and "no cell of method 'base'" in texts[0] and "untuned, yarn" in texts[0]
+    assert not fig.axes[0].axison
+    plt.close(fig)
+
+
 def test_cli_writes_one_figure_in_each_format(tables, study_paths, tmp_path, capsys):
     for name, table in (("cells", tables.cells), ("fit", tables.fit), ("boot", tables.boot)):
         table.to_csv(tmp_path / f"{name}.csv", index=False)

@@ -207,6 +207,11 @@ def bound_vs_base(tables: Tables, study: str):
     groups = list(tuned.groupby(["model", "tune_len"], sort=True))
     width = 6.2 * max(len(groups), 1)
     fig, axes = new_figure(1, max(len(groups), 1), (width, 6.4))
+    if not groups:  # e.g. a part whose cells are all variants (part a's learning rates): say so, not empty axes
+        axes[0, 0].axis("off")
+        others = ", ".join(sorted(tables.cells.method.unique()))
+        axes[0, 0].text(0.5, 0.5, f"no cell of method 'base' in this study (its methods: {others}):\n"
+                        "no measured bound to set against the theory", ha="center", va="center", wrap=True)
     for ax, ((model, tune_len), group) in zip(axes[0], groups):
         first = group.iloc[0]
         grid = np.geomspace(max(first.beta0, group.base.min() / 2), group.base.max() * 2, 200)
