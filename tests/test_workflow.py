@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,24 @@ def test_longer_eval_lengths_rerun_only_the_cells_evaluation(scenario, tmp_path)
     assert _count(stats, "prepare_eval") == 1 and _count(stats, "eval_sets") == 1
     assert _count(stats, "evaluate") == 1 and _count(stats, "passkey") == 1
     assert _count(stats, "finetune") == 0 and _count(stats, "pretrain") == 0
+
+
+def test_a_changed_list_of_eval_sets_does_not_stop_the_run_after_rule_eval_sets(scenario, tmp_path):
+    """A new cell whose evaluation set already exists changes the model's list of sets: rule eval_sets re-runs,
+    and the cell still trains and is evaluated in the same run. Behind training's ancient() edge on that list,
+    Snakemake 9 scheduled rule eval_sets alone and exited 0 (snakemake/snakemake#4166), unless the list is a
+    target of rule all (rules/common.smk). Found running the parts of config/smollm2_small.yaml in one folder."""
+    import yaml
+
+    work = Path(shutil.copytree(scenario, tmp_path / "work", symlinks=True))
+    config = yaml.safe_load((work / "config/config.yaml").read_text())
+    config["grid"].append({"model": "mini", "tune_lengths": [64], "bases": [500], "eval_lengths": [64, 512]})
+    (work / "config/config.yaml").write_text(yaml.safe_dump(config))
+    snakemake("-s", str(ROOT / "Snakefile"), "-d", str(work), "--cores", "1", "results/mini/data/eval_len512")
+    stats = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(work), "-n", "--cores", "1").stdout.split("Job stats:")[-1]
+    assert _count(stats, "eval_sets") == 1 and _count(stats, "prepare_eval") == 0
+    assert _count(stats, "finetune") == 1 and _count(stats, "evaluate") == 1 and _count(stats, "passkey") == 1
+    assert _count(stats, "law") == 1
 
 
 def _count(stats: str, rule: str) -> int:
