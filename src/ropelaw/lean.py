@@ -59,6 +59,18 @@ def _sliced(forward, chunk: int):
 
 
 @contextlib.contextmanager
+def _forwards(modules: list[torch.nn.Module], make) -> Iterator[None]:
+    """Within the block each module's `forward` is `make(module)`, an instance attribute removed on exit."""
+    for module in modules:
+        module.forward = make(module)
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward
+
+
+@contextlib.contextmanager
 def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False) -> Iterator[None]:
     """Within the block, every decoder layer's MLP runs on `chunk` positions at a time.
 
@@ -68,17 +80,12 @@ def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False) -> I
     """
     if chunk < 1:
         raise UserError(f"MLP chunk must be >= 1 positions, got {chunk}")
-    mlps = _mlps(model)
-    for mlp in mlps:
-        if compiled:
-            mlp.forward = torch.compiler.disable(_sliced(torch.compile(mlp.forward), chunk))
-        else:
-            mlp.forward = _sliced(mlp.forward, chunk)
-    try:
-        yield
-    finally:
-        for mlp in mlps:
-            del mlp.forward
+    if compiled:
+        with _forwards(_mlps(model), lambda mlp: torch.compiler.disable(_sliced(torch.compile(mlp.forward), chunk))):
+            yield
+    else:
+        with _forwards(_mlps(model), lambda mlp: _sliced(mlp.forward, chunk)):
+            yield
 
 
 def _norms(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -101,14 +108,8 @@ def chunked_norms(model: torch.nn.Module, chunk: int, compiled: bool = False) ->
     """
     if chunk < 1:
         raise UserError(f"norm chunk must be >= 1 positions, got {chunk}")
-    norms = [] if compiled else _norms(model)
-    for norm in norms:
-        norm.forward = _sliced(norm.forward, chunk)
-    try:
+    with _forwards([] if compiled else _norms(model), lambda norm: _sliced(norm.forward, chunk)):
         yield
-    finally:
-        for norm in norms:
-            del norm.forward
 
 
 def _attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -204,11 +205,5 @@ def grouped_attention(model: torch.nn.Module, groups: int, chunk: int, compiled:
                         f"(possible: {group_counts(model)})")
     if chunk < 1:
         raise UserError(f"output-projection chunk must be >= 1 positions, got {chunk}")
-    attentions = _attentions(model)
-    for attn in attentions:
-        attn.forward = _grouped(attn, attn.forward, groups, chunk, compiled)
-    try:
+    with _forwards(_attentions(model), lambda attn: _grouped(attn, attn.forward, groups, chunk, compiled)):
         yield
-    finally:
-        for attn in attentions:
-            del attn.forward
