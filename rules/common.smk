@@ -43,7 +43,6 @@ wildcard_constraints:
 
 localrules:
     fetch_embedded,
-    eval_sets,
     law,
 
 
@@ -63,14 +62,7 @@ def figure_outputs():
 
 def all_outputs():
     law = ["results/law/cells.csv", "results/law/fit.csv", "results/law/passkey.csv"]
-    # Each model's list of evaluation sets, a target of its own. Training waits for it through an ancient()
-    # input, and when the list changes (another part of a study, other lengths) Snakemake 9 leaves every
-    # job behind that edge out of its needrun pass (snakemake/snakemake#4166): the run did rule eval_sets
-    # alone and exited 0. Reached from here, the jobs whose outputs are missing are found again (new cells
-    # train and are evaluated); a cell whose outputs exist but are out of date (changed parameters) is
-    # still left to the next run in that case (tests/test_workflow.py).
-    eval_sets = sorted({f"results/{cell.model}/data/eval_sets.txt" for cell in CELLS})
-    return cell_outputs() + passkey_outputs() + law + figure_outputs() + eval_sets
+    return cell_outputs() + passkey_outputs() + law + figure_outputs()
 
 
 def per_model(read):
@@ -90,9 +82,20 @@ def launcher(wildcards, resources):
     return launch_prefix(int(resources.get("gpu", 0) or 0), resources.get("mpi"))
 
 
-def model_eval_data(wildcards):
-    """Every evaluation set of a model (rule eval_sets)."""
-    return sorted({c.eval_rows_dir for c in CELLS if c.model == wildcards.model})
+def legacy_eval_sets(wildcards):
+    """`results/{model}/data/eval_sets.txt` where a results folder made while rule eval_sets existed (up to
+    b25cd7d) has it; else nothing.
+
+    Training used to wait for that list of evaluation sets through an ancient() input. Whenever the list
+    changed (the next part of a study run in the same folder), Snakemake 9 left every job behind that
+    edge out of its needrun pass (snakemake/snakemake#4166): a run did the list alone and exited 0, or
+    drew figures from the last part's law tables. There is no such edge now (the config checks read the
+    evaluation data before any job runs). Where the old list exists it stays among training's inputs, a
+    plain file that nothing writes, so that the recorded inputs of trained cells do not change (a changed
+    set of inputs would make Snakemake train them again).
+    """
+    path = f"results/{wildcards.model}/data/eval_sets.txt"
+    return [ancient(path)] if os.path.exists(path) else []
 
 
 def optional(path):

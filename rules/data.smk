@@ -74,19 +74,3 @@ rule prepare_eval:
         "--length {wildcards.length} --short-docs {params.short_docs:q} {params.max_docs} "
         "--windows-per-doc {params.windows} --skip-tokens {params.skip} "
         "--out {output:q} > {log:q} 2>&1"
-
-
-# Every evaluation set of a model, listed once they exist. Training waits for this list (ancient:
-# never a rerun reason) so that a bad evaluation set fails before training, and its path does not
-# change when a cell's evaluation lengths do: extending them re-runs evaluations, never training.
-rule eval_sets:
-    input:
-        model_eval_data,
-    output:
-        "results/{model}/data/eval_sets.txt",
-    log:
-        "logs/eval_sets/{model}.log",
-    conda:
-        "../envs/ropelaw.yaml"
-    shell:
-        "ls -d {input:q} > {output:q} 2> {log:q}"

@@ -21,9 +21,8 @@ rule pretrain:
     input:
         model="results/{model}/init",
         data=pretrain_data,
-        # Ordering only (ancient: never a rerun reason): the model's evaluation sets are built first,
-        # so a bad one fails before training (rule eval_sets, whose path no evaluation length changes).
-        eval_sets=ancient("results/{model}/data/eval_sets.txt"),
+        # nothing, or in a folder made up to b25cd7d its old list of evaluation sets (legacy_eval_sets)
+        eval_sets=legacy_eval_sets,
         deepspeed=pretrain_deepspeed_config,
     output:
         directory(paths.UNTUNED["scratch"]),

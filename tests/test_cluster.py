@@ -156,7 +156,7 @@ def test_paper_grid_dry_runs_with_the_slurm_profile(paper_workdir):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
     # 2 models x (9 + 4 + 5 bases) fine-tunes; + untuned, base_logn and dynamic NTK cells evaluated.
     assert counts["finetune"] == "36" and counts["evaluate"] == "42" and counts["fetch_hub"] == "2"
-    assert counts["prepare_eval"] == "4" and counts["eval_sets"] == "2"  # per model: rows of 100K, and of 1M (E4)
+    assert counts["prepare_eval"] == "4"  # per model: rows of 100K, and of 1M (E4)
     print(f"dry run of config/paper.yaml with profiles/slurm: {seconds:.1f} s")
     assert seconds < 30
 

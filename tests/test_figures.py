@@ -120,6 +120,15 @@ def test_a_tuned_variant_is_drawn_in_the_panel_of_its_base(tables):
     plt.close(fig)
 
 
+def test_passkey_lengths_beyond_the_evaluated_ones_draw(tables):
+    """A cell evaluated to 512 with passkey to 1,024: the retrieval-only rows carry no convention."""
+    evals = tables.evals[tables.evals.end <= 512].assign(convention="ppl, next token")
+    fig = draw("passkey_vs_length", Tables(evals, tables.cells, tables.fit, tables.boot, tables.passkey), "t",
+               model="tiny", tune_len=64)
+    assert "(ppl, next token)" in fig.get_suptitle()
+    plt.close(fig)
+
+
 def test_a_heatmap_shows_its_own_seed(tables):
     fig = draw("passkey_heatmap", tables, "t", model="tiny", method="base", base=1500000, tune_len=64, seed=0)
     seed0 = [t.get_text() for t in fig.axes[0].texts]

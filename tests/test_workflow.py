@@ -61,9 +61,8 @@ def test_each_cell_reads_the_eval_set_of_its_longest_length(tmp_path):
     }
     inputs = {(job["rule"], job["output"].split(", ")[0]): job["input"] for job in jobs}
     assert long in inputs["passkey", "results/mini/base/base1000000_len64/passkey.csv"]
-    assert inputs["eval_sets", "results/mini/data/eval_sets.txt"] == [long, short]  # every eval set before training
     for training in ("pretrain", "results/mini/pretrained"), ("finetune", "results/mini/base/base10_len64/model"):
-        assert "results/mini/data/eval_sets.txt" in inputs[training]
+        assert not any("eval" in path for path in inputs[training])  # training waits for no evaluation set
 
 
 def test_seeds_and_variants_are_jobs_of_their_own(tmp_path):
@@ -202,28 +201,33 @@ def test_longer_eval_lengths_rerun_only_the_cells_evaluation(scenario, tmp_path)
     result = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(scenario), "-n", "--cores", "1",
                        "--configfile", str(changed))
     stats = result.stdout.split("Job stats:")[-1]
-    # A new evaluation set, the one cell's evaluate and passkey; training waits on eval_sets.txt, never reruns.
-    assert _count(stats, "prepare_eval") == 1 and _count(stats, "eval_sets") == 1
+    # A new evaluation set, the one cell's evaluate and passkey; training never reruns.
+    assert _count(stats, "prepare_eval") == 1
     assert _count(stats, "evaluate") == 1 and _count(stats, "passkey") == 1
     assert _count(stats, "finetune") == 0 and _count(stats, "pretrain") == 0
 
 
-def test_a_changed_list_of_eval_sets_does_not_stop_the_run_after_rule_eval_sets(scenario, tmp_path):
-    """A new cell whose evaluation set already exists changes the model's list of sets: rule eval_sets re-runs,
-    and the cell still trains and is evaluated in the same run. Behind training's ancient() edge on that list,
-    Snakemake 9 scheduled rule eval_sets alone and exited 0 (snakemake/snakemake#4166), unless the list is a
-    target of rule all (rules/common.smk). Found running the parts of config/smollm2_small.yaml in one folder."""
+def test_the_next_part_in_the_same_folder_runs_everything_it_needs(scenario, tmp_path):
+    """Parts of a study run one after another in one folder: a part whose cell is new but whose evaluation set
+    exists trains and evaluates it, and going back to the first part re-runs the law (its set of cells changed).
+    With training waiting on a list of evaluation sets through an ancient() input, each change of that list made
+    Snakemake 9 leave out every job behind it (snakemake/snakemake#4166): it ran the list alone and exited 0, or
+    drew the figures from the other part's law tables. Found running config/smollm2_small.yaml's parts on CPU."""
     import yaml
 
     work = Path(shutil.copytree(scenario, tmp_path / "work", symlinks=True))
-    config = yaml.safe_load((work / "config/config.yaml").read_text())
-    config["grid"].append({"model": "mini", "tune_lengths": [64], "bases": [500], "eval_lengths": [64, 512]})
-    (work / "config/config.yaml").write_text(yaml.safe_dump(config))
-    snakemake("-s", str(ROOT / "Snakefile"), "-d", str(work), "--cores", "1", "results/mini/data/eval_len512")
-    stats = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(work), "-n", "--cores", "1").stdout.split("Job stats:")[-1]
-    assert _count(stats, "eval_sets") == 1 and _count(stats, "prepare_eval") == 0
-    assert _count(stats, "finetune") == 1 and _count(stats, "evaluate") == 1 and _count(stats, "passkey") == 1
-    assert _count(stats, "law") == 1
+    first = yaml.safe_load((work / "config/config.yaml").read_text())
+    second = {**first, "grid": [{"model": "mini", "tune_lengths": [64], "bases": [500], "eval_lengths": [64, 512]}]}
+    (work / "second.yaml").write_text(yaml.safe_dump(second))
+    other = ("--configfile", str(work / "second.yaml"))
+    run = ("-s", str(ROOT / "Snakefile"), "-d", str(work), "--cores", "1")
+    snakemake(*run, "results/mini/data/eval_len512")  # the second part's evaluation set exists already
+    stats = snakemake(*run, "-n", *other).stdout.split("Job stats:")[-1]
+    assert _count(stats, "prepare_eval") == 0 and _count(stats, "finetune") == 1 and _count(stats, "evaluate") == 1
+    assert _count(stats, "passkey") == 1 and _count(stats, "law") == 1
+    snakemake(*run, *other)
+    stats = snakemake(*run, "-n").stdout.split("Job stats:")[-1]  # back to the first part: nothing to train
+    assert _count(stats, "law") == 1 and _count(stats, "bound_vs_base") == 1 and _count(stats, "finetune") == 0
 
 
 def _count(stats: str, rule: str) -> int:

@@ -65,7 +65,8 @@ def prefix_rows(evals: pd.DataFrame) -> pd.DataFrame:
 
 def convention(tables: Tables) -> str:
     column = tables.evals.get("convention")
-    return CONVENTION if column is None else ", ".join(sorted(column.astype(str).unique()))
+    # rows of passkey lengths beyond the evaluated ones (with_retrieval's outer merge) have none
+    return CONVENTION if column is None else ", ".join(sorted(column.dropna().astype(str).unique()))
 
 
 def rule_note(first: pd.Series) -> str:
