@@ -8,8 +8,8 @@ not meet a broken rule, a bad key or a crashing figure there. The override this 
 part's cells (models, methods, bases, the grid's blocks and their keys) and every rule they run
 (GGUF conversion, packing the tuning corpus, fine-tuning, evaluation, passkey, law, figures),
 and shrinks only the sizes: tuning lengths and the models' training lengths divided by `--shrink`
-(so every ratio the theory reads is kept, and named bases such as beta3 or beta0 follow), 2
-optimizer steps of 2 rows, evaluation from a quarter to 4 x the longest of those lengths (the law
+(named bases such as beta3 or beta0 follow the shorter lengths; beta0 depends on them through
+log(T / 2 pi), so it moves: 304,201 at 8K/16K, 613,178 at 512/1K), 2 optimizer steps of 2 rows, evaluation from a quarter to 4 x the longest of those lengths (the law
 needs lengths beyond each cell's own), passkey at two lengths, one evaluation window. Its numbers mean nothing; that it runs to
 the end, and `verdicts.py` reads its tables, is the check.
 """
