@@ -120,6 +120,17 @@ def test_a_tuned_variant_is_drawn_in_the_panel_of_its_base(tables):
     plt.close(fig)
 
 
+def test_an_empty_panel_says_so(tables):
+    """Only bases below beta0 and no untuned or training-free cell: the right panel is empty, and says so."""
+    evals = tables.evals[tables.evals.method.eq("base") & tables.evals.base.le(10000)]
+    fig = draw("ppl_vs_length", Tables(evals, tables.cells, tables.fit, tables.boot, tables.passkey), "t",
+               model="tiny", tune_len=64)
+    left, right = fig.axes[:2]
+    assert left.get_legend() is not None and right.get_legend() is None
+    assert [t.get_text() for t in right.texts] == ["no cell in this panel"] and not left.texts
+    plt.close(fig)
+
+
 def test_passkey_lengths_beyond_the_evaluated_ones_draw(tables):
     """A cell evaluated to 512 with passkey to 1,024: the retrieval-only rows carry no convention."""
     evals = tables.evals[tables.evals.end <= 512].assign(convention="ppl, next token")

@@ -132,7 +132,11 @@ def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics
             ax.grid(True, which="major", alpha=0.3)
         axes[0, col].set_title(title, fontsize=10)
         axes[-1, col].set_xlabel("context length (tokens)")
-        axes[0, col].legend(fontsize=7, loc="upper left")
+        if axes[0, col].get_legend_handles_labels()[1]:
+            axes[0, col].legend(fontsize=7, loc="upper left")
+        else:  # e.g. a part of a study with small bases only: say why the panel is empty
+            axes[0, col].text(0.5, 0.5, "no cell in this panel", transform=axes[0, col].transAxes, ha="center",
+                              va="center", color="grey")
     log_axis(axes[0, 0].xaxis, "length")
     if "ppl" in metrics:
         log_axis(axes[list(metrics).index("ppl"), 0].yaxis, "value")
