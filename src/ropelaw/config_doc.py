@@ -26,7 +26,8 @@ the 1M recipe, tuned on the tuning corpus of `rules/corpus.smk`; predictions and
 (`part_a`, `part_b1`, `part_b2`, `part_c`, `part_d`, about 20 minutes of one H200 each) replaces its
 `grid` with one part's cells, so a part has its own law tables and figures. Give both files, the
 study first: `snakemake -n --cores 1 --configfile config/smollm2_small.yaml config/smollm2_small/part_a.yaml`
-(without `-n` it runs; `scripts/gpu_study.sh` runs a part on the GPU machine). The corpus needs
+(without `-n` it runs; `scripts/gpu_study.sh` runs a part on the GPU machine, after
+`scripts/rehearse_part.py` has run it shrunk on the CPU: PLAN.md section 7). The corpus needs
 no network once built: `resources/corpus/` (`ropelaw build-corpus`: 13-23 minutes on a 2-core machine).
 
 | key | type | default | meaning |
