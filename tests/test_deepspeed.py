@@ -9,7 +9,8 @@ losses and gradient norms to 1e-5 relative, the saved weights to 1e-5 absolute
 (measured here: losses and norms to about 1e-7 relative, weights to 1.3e-6).
 
 DeepSpeed has no GPU here, so the worker (this file run as a script) sets two
-shims before it calls the CLI; neither changes what is computed:
+shims before it calls the CLI (.ci/slurm/cpu-deepspeed/sitecustomize.py, which the SLURM
+test puts on its jobs' path); neither changes what is computed:
 - accelerate chooses no distributed backend when it sees no GPU, and then counts
   one process while DeepSpeed counts two; the worker makes it choose gloo;
 - DeepSpeed's CPU accelerator compiles a shared-memory all-reduce kernel (about
@@ -43,16 +44,34 @@ SPEC = {
 }
 
 
-def _worker(argv: list[str]) -> int:
-    import accelerate.state
-    import deepspeed.comm.torch
-    from accelerate.utils import DistributedType
+SHIMS = ROOT / ".ci" / "slurm" / "cpu-deepspeed" / "sitecustomize.py"
 
-    deepspeed.comm.torch.build_shm_op = lambda: None
-    accelerate.state.PartialState._prepare_backend = lambda self, *a, **k: ("gloo", DistributedType.MULTI_CPU)
+
+def _worker(argv: list[str]) -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cpu_deepspeed_shims", SHIMS)  # the SLURM test's shims
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
     from ropelaw.cli import main
 
     return main(argv)
+
+
+def test_the_shims_reach_the_modules_deepspeed_and_accelerate_call():
+    """Guards the shims themselves. `deepspeed.comm.torch` as an attribute is the torch package (deepspeed.comm
+    imports torch), so a shim assigned through it patched nothing: each rank compiled the shared-memory kernel,
+    and once a compile was killed its lock file made every later run wait until the test's timeout (CI)."""
+    probe = (
+        "import sys, runpy; runpy.run_path(sys.argv[1]);"
+        "import deepspeed.comm.torch as _, accelerate.state as a;"
+        "m = sys.modules['deepspeed.comm.torch'];"
+        "print(m.build_shm_op.__name__, a.PartialState._prepare_backend(None)[0])"
+    )
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WORLD_SIZE": "2"}
+    done = subprocess.run([sys.executable, "-c", probe, str(SHIMS)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["<lambda>", "gloo"], done.stdout
 
 
 @pytest.fixture(scope="module")

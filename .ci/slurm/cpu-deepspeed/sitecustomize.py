@@ -10,11 +10,15 @@ A site with GPUs needs neither: NCCL and accelerate's GPU path take their place.
 """
 
 import os
+import sys
 
 if os.environ.get("WORLD_SIZE"):
     import accelerate.state
     import deepspeed.comm.torch
     from accelerate.utils import DistributedType
 
-    deepspeed.comm.torch.build_shm_op = lambda: None
+    # By sys.modules: the attribute `deepspeed.comm.torch` is the torch package (deepspeed.comm imports
+    # torch), so assigning through it patched nothing and every rank compiled the kernel; a rank killed
+    # mid-compile (this test kills one) left the compile's lock file, and the next run waited on it forever.
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     accelerate.state.PartialState._prepare_backend = lambda self, *a, **k: ("gloo", DistributedType.MULTI_CPU)
