@@ -18,6 +18,8 @@ and the peak allocated memory (GPU only) are kept. Rows record the ratios to pla
 memory, and of memory above the weights (at 32K a 7B's bf16 weights alone are more than half of
 plain's peak, so only this ratio can be halved), the chunk, the groups and why, and the relative
 difference of the perplexities. A path that runs out of memory is recorded as such.
+`--peak-report` (GPU) records the allocator's trace and keeps, per row, the largest blocks alive at
+its peak and the lines that allocated them: what a memory model must count.
 `--cap-gib 80` caps the process (`torch.cuda.set_per_process_memory_fraction`) like an A100-80GB.
 `--run-layers N` keeps every layer's weights on the GPU but runs only the first N layers: every
 layer has the same shape, so the peak memory of a whole forward is measured (weights, one layer's
@@ -66,6 +68,31 @@ def measure(fn, device: str, repeat: int, warmup: bool = True) -> tuple[float, f
     return min(times), peak, result
 
 
+def peak_blocks(snapshot, top: int = 25) -> dict:
+    """The blocks alive at the highest point of a recorded allocator trace (`--peak-report`).
+
+    Replays `torch.cuda.memory._snapshot()["device_traces"]`: allocations made before the recording
+    (the weights) are not in it, so `traced_peak_gib` is the peak above them. Each block: its size
+    and the innermost frames of this repository's code and transformers' that allocated it."""
+    live, total, best, best_live = {}, 0, 0, {}
+    for event in snapshot["device_traces"][0]:
+        if event["action"] == "alloc":
+            live[event["addr"]] = event
+            total += event["size"]
+            if total > best:
+                best, best_live = total, dict(live)
+        elif event["action"] == "free_completed" and event["addr"] in live:
+            total -= live.pop(event["addr"])["size"]
+
+    def where(event):
+        frames = [f for f in event.get("frames", []) if "/torch/" not in f["filename"]]
+        return [f"{f['filename'].rsplit('/', 2)[-1]}:{f['line']} {f['name']}" for f in frames[:4]]
+
+    blocks = sorted(best_live.values(), key=lambda e: -e["size"])
+    return {"traced_peak_gib": gib(best), "blocks": len(blocks),
+            "largest": [{"gib": round(gib(e["size"]), 3), "at": where(e)} for e in blocks[:top]]}
+
+
 def scored_path(model, ids_bl, length, budget_gib, chunk="auto", groups="auto", decided=None):
     chunk_size, why = choose_chunk(model, length, 1, "auto" if chunk == "auto" else chunk, budget_gib,
                                    None if groups == "auto" else groups)
@@ -91,7 +118,7 @@ def parse_variant(text: str) -> tuple[str, int | str, int | str]:
 
 
 def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=True, warmup=True,
-            weights_gib=None) -> list[dict]:
+            weights_gib=None, peak_report=False) -> list[dict]:
     """One row per path at this length: plain, default, then each variant."""
     ids = ids_bl[:, :length]
     weights_gib = weights_gib or gib(sum(p.numel() * p.element_size() for p in model.parameters()))
@@ -101,6 +128,8 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
         paths.insert(0, ("plain", None, None))
     for name, chunk, groups in paths:
         row, decided = {"tokens": length, "path": name, "weights_gib": weights_gib}, {}
+        if peak_report:
+            torch.cuda.memory._record_memory_history(max_entries=200_000, stacks="python", clear_history=True)
         try:
             if name == "plain":
                 row["seconds"], row["peak_gib"], ppl = measure(lambda: plain_path(model, ids.to(device)), device, repeat,
@@ -117,10 +146,16 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
             if decided:
                 row.update(chunk_size=decided["chunk_size"], head_groups=decided["head_groups"], chunking=decided)
             del err
+            if peak_report:
+                row["peak_report"] = peak_blocks(torch.cuda.memory._snapshot())
+                torch.cuda.memory._record_memory_history(enabled=None)
             torch.cuda.empty_cache()
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "chunking"}), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("chunking", "peak_report")}), flush=True)
             continue
+        if peak_report:
+            row["peak_report"] = peak_blocks(torch.cuda.memory._snapshot())
+            torch.cuda.memory._record_memory_history(enabled=None)
         row["ppl"] = ppl
         reference = reference or row
         if row is not reference:
@@ -130,7 +165,7 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
                 row["memory_ratio"] = row["peak_gib"] / reference["peak_gib"]
                 row["above_weights_ratio"] = (row["peak_gib"] - weights_gib) / (reference["peak_gib"] - weights_gib)
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "chunking"}), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("chunking", "peak_report")}), flush=True)
     return rows
 
 
@@ -149,6 +184,8 @@ def main() -> None:
                         help="run only the first N layers, all layers' weights resident (peak memory, not time)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="time the first call (for rows so long that a second call costs too much)")
+    parser.add_argument("--peak-report", action="store_true",
+                        help="record the allocator's trace (GPU) and keep the 25 largest blocks alive at its peak")
     args = parser.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -177,7 +214,8 @@ def main() -> None:
     ids_bl = torch.randint(0, config.vocab_size, (1, max(lengths)), generator=torch.Generator().manual_seed(1))
     for length in lengths:
         for row in compare(model, ids_bl, length, device, args.repeat, args.budget_gib, args.variants,
-                           plain=not args.no_plain, warmup=not args.no_warmup, weights_gib=weights_gib):
+                           plain=not args.no_plain, warmup=not args.no_warmup, weights_gib=weights_gib,
+                           peak_report=args.peak_report and device == "cuda"):
             write_record(out_path("eval_vs_plain.jsonl"), {"bench": "eval_vs_plain", **environment(),
                                                             "shape": "tiny" if args.tiny else args.shape,
                                                             "weights": "random", "cap_gib": args.cap_gib,

@@ -179,33 +179,48 @@ def test_fixed_chunk_is_kept():
     assert choose_chunk(tiny_gqa_llama(), 1000, 1, 37)[0] == 37
 
 
+def _need(phases: dict, positions: int) -> int:
+    """Bytes for a chunk of `positions`: the largest phase."""
+    return max(fixed + positions * per_position for fixed, per_position in phases.values())
+
+
 def test_memory_costs_follow_the_model_shape():
     # float64: 8 bytes; d=48, heads 6 + 2 x 2 kv heads of 8 dims, I=80, V=61, batch 2, length 100.
-    fixed, per_position = memory_costs(tiny_gqa_llama(), 100, 2)
-    assert fixed == 2 * 100 * (5 * 48 + (6 + 2 * 2) * 8) * 8
-    assert per_position == 2 * (3 * 80 + 48) * 8  # the MLP's activations outweigh 61 logits
-    wide = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+    phases = memory_costs(tiny_gqa_llama(), 100, 2)
+    assert set(phases) == {"attention", "norm", "mlp", "layer_end", "logits"}
+    held = 2 * 48 + 2 * 8  # embeddings, the layer's input, cos and sin
+    # One group: the norm's output, Q, K, V and the rotation's peak (with 6 query heads to 2 KV heads, the
+    # three Q-sized temporaries while Q is rotated, not Q's rotated copy and three K-sized ones).
+    assert phases["attention"] == (2 * 100 * (held + 48 + (6 + 2 * 2) * 8 + 3 * 6 * 8) * 8, 0)
+    assert phases["mlp"] == (2 * 100 * (held + 2 * 48) * 8, 2 * (3 * 80 + 48) * 8)
+    assert phases["logits"] == (2 * 100 * 48 * 8, 2 * 61 * (8 + 8))
+    assert memory_costs(wide_vocab_llama(), 100, 1)["logits"][1] == 3000 * (2 + 8)  # bf16, float32, log-softmax
+
+
+def wide_vocab_llama():
+    """bf16, d=16, a vocabulary of 3000: the loss's logits are what a chunk must fit."""
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=3000, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         head_dim=8)).to(torch.bfloat16)
-    assert memory_costs(wide, 100, 1)[1] == 3000 * (2 + 8)  # bf16 logits, float32 logits and log-softmax
 
 
 def test_auto_chunk_follows_the_budget():
-    model, length = tiny_gqa_llama(), 100_000
-    fixed, per_position = memory_costs(model, length, 1)
+    model, length = wide_vocab_llama(), 10_000
+    phases = memory_costs(model, length, 1)
     chosen = []
     for positions in (300, 1000, 5000, 40_000, 200_000):
-        budget_gib = (fixed + positions * per_position) / SLACK / 2**30
+        budget_gib = _need(phases, positions) / SLACK / 2**30
         chunk, why = choose_chunk(model, length, 1, "auto", budget_gib, head_groups=1)
         assert why["chunk_size"] == chunk and why["budget_source"] == "evaluation.memory_budget_gib"
         assert why["head_groups"] == 1
         if positions >= CHUNK_CAP:  # never more than the cap, however much memory is free
-            assert chunk == CHUNK_CAP and "cap" in why["reason"]
+            assert chunk == CHUNK_CAP and "cap" in why["reason"] and why["binding_phase"] is None
         else:  # the largest multiple of 256 that fits (one position of rounding slack)
             assert chunk % 256 == 0 and chunk <= positions < chunk + 256 + 1
+            assert why["binding_phase"] == "logits"
         chosen.append(chunk)
     assert chosen == sorted(chosen) and chosen[0] == 256
-    small, why = choose_chunk(model, length, 1, "auto", fixed / 2**30 / 4, head_groups=1)
+    small, why = choose_chunk(model, length, 1, "auto", phases["attention"][0] / 2**30 / 4, head_groups=1)
     assert small == 256 and "smallest" in why["reason"]
     whole, why = choose_chunk(model, 5000, 1, "auto", 1.0)
     assert whole == 5000 and "no chunking" in why["reason"] and why["head_groups"] == 1
@@ -216,18 +231,17 @@ def test_auto_adds_head_groups_only_as_memory_requires():
     model, length = tiny_mha_llama(), 1_000_000
     assert group_counts(model) == [1, 2, 4] and group_counts(tiny_gqa_llama()) == [1, 2]
     costs = {g: memory_costs(model, length, 1, g) for g in (1, 2, 4)}
-    assert costs[1][0] > costs[2][0] > costs[4][0] and len({c[1] for c in costs.values()}) == 1
-    # float64, d = 32, 4 + 2 x 4 heads of 8 dims: the buffers of G > 1 groups, and the model's own attention.
-    # G > 1: Q, K, V of one group (12 heads of 8 dims over 2 groups) and the rotation's peak, Q's rotated copy and
-    # three K-sized temporaries (4 + 3 x 4 heads).
-    assert costs[2][0] == length * (3 * 32 + ((4 + 2 * 4) + (4 + 3 * 4)) * 8 // 2) * 8
-    assert costs[1][0] == length * (5 * 32 + (4 + 2 * 4) * 8) * 8
+    attention = {g: c["attention"][0] for g, c in costs.items()}
+    assert attention[1] > attention[2] > attention[4]
+    # float64, d = 32, 4 + 2 x 4 heads of 8 dims. G > 1: the output buffer (4 heads), and one group's share of
+    # Q, K, V (12 heads) and of the rotation's peak (Q's rotated copy and three K-sized temporaries: 16 heads).
+    assert attention[2] == length * (2 * 32 + 2 * 8 + 32 + 4 * 8 + (12 + 16) * 8 // 2) * 8
+    assert attention[1] == length * (2 * 32 + 2 * 8 + 32 + (12 + 16) * 8) * 8
     for groups in (1, 2, 4):
-        need = costs[groups][0] + CHUNK_CAP * costs[groups][1]
-        chunk, why = choose_chunk(model, length, 1, "auto", need / SLACK / 2**30 * 1.0001)
+        chunk, why = choose_chunk(model, length, 1, "auto", _need(costs[groups], CHUNK_CAP) / SLACK / 2**30 * 1.0001)
         assert (chunk, why["head_groups"]) == (CHUNK_CAP, groups), why
     # Too little even for 4 groups: 4 groups and a smaller chunk. A fixed chunk keeps its size.
-    tight = (costs[4][0] + 1000 * costs[4][1]) / SLACK / 2**30
+    tight = _need(costs[4], 1000) / SLACK / 2**30
     chunk, why = choose_chunk(model, length, 1, "auto", tight)
     assert why["head_groups"] == 4 and chunk == 768
     assert choose_chunk(model, length, 1, 100, tight)[0] == 100

@@ -13,20 +13,29 @@ exist whole. Head groups are added only as the memory free for this forward requ
 fewest that fit); a number in `evaluation.chunk_size` fixes the chunk, and the groups are
 still chosen to fit.
 
-The estimate, per forward of `length` positions and `batch` rows, activation element size e:
-- whole-sequence tensors no chunk can avoid: with one group (the model's own attention) the
-  residual stream, its norm, the attention output, its projection and Q, K, V, about
-  B L (5 d + (h + 2 h_kv) d_head) e bytes; with G > 1 groups the residual stream, its norm and
-  the attention buffer, and one group's Q, K and V with its rotated copies and the rotation's
-  temporaries (while Q is rotated, three Q-sized ones; then Q's rotated copy and three K-sized):
-  B L (3 d + ((h + 2 h_kv) + max(3 h, h + 3 h_kv)) d_head / G) e. With G > 1 the eager RMSNorms
-  run over chunks too (`ropelaw.lean.chunked_norms`): whole, their float32 copy and square beside
-  the residual stream, B L d (e + 8), would exceed that for G >= 4. With one group they stay whole:
-  B L d (e + 8) <= B L (5 d + (h + 2 h_kv) d_head) e for e >= 2, so they never set the peak;
-- per position of a chunk, the largest of the MLP's gate, activation and up projections and its
-  output, B (3 I + d) e, the logits in the model's dtype plus the float32 logits and
-  log-softmax of the loss, B V (e + 8), and an eager RMSNorm's float32 copy, square and
-  product, B 12 d.
+The estimate, per forward of `length` positions and `batch` rows, activation element size e, is
+the largest of its phases, each (bytes held whole) + chunk x (bytes per chunk position). All of
+B L e x what follows is whole-sequence; held through every layer are the embeddings (the model's
+forward keeps them), the layer's input (its caller keeps it) and the rotation's cos and sin,
+2 d + 2 d_head (a 1-layer model holds one d less: the estimate stays an upper bound):
+- attention, one group (the model's own): held + the norm's output d + Q, K, V (h + 2 h_kv) d_head +
+  the rotation's peak, max(3 h, h + 3 h_kv) d_head (while Q is rotated, three Q-sized temporaries;
+  then Q's rotated copy and three K-sized ones), and the eager RMSNorm whole: held + 2 d, plus its
+  float32 copy and square, B L 8 d bytes;
+- attention, G > 1 groups: held + d + the output buffer h d_head + one group's share of Q, K, V and of
+  the rotation, /G; per position, a chunk of the output projection, B d e. The eager RMSNorms then
+  run over chunks too (`ropelaw.lean.chunked_norms`): held + 2 d, and per position B 12 d bytes
+  (float32 copy, square, product);
+- the MLP: held + 2 d (the residual and the norm's output, which the MLP overwrites slice by
+  slice); per position, gate, activation and up projections and the output, B (3 I + d) e;
+- the layer's end: with one group, held + 3 d (the residual, the MLP's output and their sum); with
+  G > 1 the layer adds in place (`ropelaw.lean._lean_layer`), held + 2 d;
+- the lm_head and its loss, after the decoder: the final hidden state d; per position the logits
+  in the model's dtype, the float32 logits and their log-softmax, B V (e + 8).
+Checked against the allocator's traces of a 13B at 1,048,576 tokens on an H200 (bench/results/
+2026-12-01-session6: one layer run, 90.5, 48.0 and 41.1 GiB above the weights for 1, 4 and 8
+groups, as modelled to 0.1 GiB; two layers, the layer's end, which the model then lacked) and, on
+CPU, against the live tensors of small models (tests/test_memory_model.py).
 The budget is the free GPU memory (`torch.cuda.mem_get_info` plus what torch's cache holds
 unused, within the process's `set_per_process_memory_fraction`), capped by
 `evaluation.memory_budget_gib` when set, times 0.9 for the allocator's slack; on CPU it is
@@ -57,19 +66,40 @@ def _shape(model) -> dict[str, int]:
     }
 
 
-def memory_costs(model, length: int, batch: int, head_groups: int = 1) -> tuple[int, int]:
-    """(bytes of the whole-sequence tensors, bytes per chunk position) of one evaluation forward."""
+def memory_costs(model, length: int, batch: int, head_groups: int = 1) -> dict[str, tuple[int, int]]:
+    """{phase: (bytes of its whole-sequence tensors, bytes per chunk position)} of one evaluation forward."""
     s = _shape(model)
     e = next(model.parameters()).element_size()
-    heads, kv_heads = s["heads"], s["kv_heads"]
-    qkv = (heads + 2 * kv_heads) * s["head_dim"]
+    d, heads, kv_heads, head_dim = s["d"], s["heads"], s["kv_heads"], s["head_dim"]
+    qkv = (heads + 2 * kv_heads) * head_dim
+    rotation = max(3 * heads, heads + 3 * kv_heads) * head_dim
+    held = 2 * d + 2 * head_dim
+    whole = batch * length * e  # bytes per element of a whole-sequence row
     if head_groups == 1:
-        fixed = batch * length * (5 * s["d"] + qkv) * e
+        attention = ((held + d + qkv + rotation) * whole, 0)
+        norm = ((held + 2 * d) * whole + batch * length * 8 * d, 0)
+        layer_end = ((held + 3 * d) * whole, 0)  # the residual, the MLP's output and their sum
     else:
-        rotation = max(3 * heads, heads + 3 * kv_heads) * s["head_dim"]
-        fixed = batch * length * (3 * s["d"] + (qkv + rotation) // head_groups) * e
-    per_position = batch * max((3 * s["inter"] + s["d"]) * e, s["vocab"] * (e + 8), 12 * s["d"])
-    return fixed, per_position
+        attention = ((held + d + heads * head_dim + (qkv + rotation) // head_groups) * whole, batch * d * e)
+        norm = ((held + 2 * d) * whole, batch * 12 * d)
+        layer_end = ((held + 2 * d) * whole, 0)  # the sum made in place (`ropelaw.lean._lean_layer`)
+    return {
+        "attention": attention,
+        "norm": norm,
+        "mlp": ((held + 2 * d) * whole, batch * (3 * s["inter"] + d) * e),
+        "layer_end": layer_end,
+        "logits": (d * whole, batch * s["vocab"] * (e + 8)),
+    }
+
+
+def _fits(phases: dict[str, tuple[int, int]], room: int, wanted: int) -> tuple[int, str | None]:
+    """(the most chunk positions, up to `wanted`, that every phase has room for; the phase that binds, if one)."""
+    fits, binding = wanted, None
+    for name, (fixed, per_position) in phases.items():
+        room_for = (wanted if fixed <= room else 0) if per_position == 0 else max(room - fixed, 0) // per_position
+        if room_for < fits:
+            fits, binding = room_for, name
+    return fits, binding
 
 
 def memory_budget(device: str, budget_gib: float | None) -> tuple[int, str]:
@@ -108,8 +138,8 @@ def choose_chunk(model, length: int, batch: int, requested: int | str = "auto",
     budget, source = memory_budget(device, budget_gib)
     wanted = requested if fixed_chunk else min(length, CHUNK_CAP)
     for groups in [head_groups] if head_groups else counts:
-        fixed, per_position = memory_costs(model, length, batch, groups)
-        fits = max(int(budget * SLACK) - fixed, 0) // per_position
+        phases = memory_costs(model, length, batch, groups)
+        fits, binding = _fits(phases, int(budget * SLACK), wanted)
         if fits >= wanted:
             break
     if fixed_chunk:
@@ -123,4 +153,5 @@ def choose_chunk(model, length: int, batch: int, requested: int | str = "auto",
         chunk, reason = GRAIN, "even 256 positions exceed the budget: the smallest chunk, memory may run out"
     return chunk, {"requested": requested, "chunk_size": chunk, "reason": reason, "head_groups": groups,
                    "head_groups_possible": counts, "budget_bytes": budget, "budget_source": source,
-                   "fixed_bytes": fixed, "per_position_bytes": per_position, "length": length, "batch": batch}
+                   "phases": {name: {"fixed_bytes": f, "per_position_bytes": p} for name, (f, p) in phases.items()},
+                   "binding_phase": binding, "length": length, "batch": batch}

@@ -39,7 +39,13 @@ def _mlps(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [layer.mlp for layer in layers if isinstance(getattr(layer, "mlp", None), torch.nn.Module)]
 
 
-def _sliced(forward, chunk: int):
+def _sliced(forward, chunk: int, in_place: bool = False):
+    """`forward`, a row-wise [B, L, d] -> [B, L, d] map, over `chunk` positions at a time.
+
+    `in_place`: without autograd, each slice's output overwrites the slice it was computed from, so no
+    second [B, L, d] tensor is made. Only for a module whose caller drops its input once it returns
+    (a decoder layer's MLP, whose input is a norm's output); never for a norm (its input is the residual).
+    """
     def run(hidden_bld: torch.Tensor) -> torch.Tensor:
         length = hidden_bld.shape[1]
         if length <= chunk:
@@ -50,7 +56,10 @@ def _sliced(forward, chunk: int):
             if out_bld is None:
                 if not isinstance(piece, torch.Tensor) or piece.shape[-1] != hidden_bld.shape[-1]:
                     raise UserError("a chunked module must map [B, L, d] to [B, L, d]")
-                out_bld = hidden_bld.new_empty(hidden_bld.shape[:-1] + piece.shape[-1:], dtype=piece.dtype)
+                if in_place and not torch.is_grad_enabled() and piece.dtype == hidden_bld.dtype:
+                    out_bld = hidden_bld
+                else:
+                    out_bld = hidden_bld.new_empty(hidden_bld.shape[:-1] + piece.shape[-1:], dtype=piece.dtype)
             out_bld[:, start : start + chunk] = piece
             del piece
         return out_bld
@@ -74,6 +83,9 @@ def _forwards(modules: list[torch.nn.Module], make) -> Iterator[None]:
 def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False) -> Iterator[None]:
     """Within the block, every decoder layer's MLP runs on `chunk` positions at a time.
 
+    Without autograd (evaluation) each slice's output is written over its own input rows: the MLP's input,
+    the post-attention norm's output, is not used again, and a second [B, L, d] buffer would be the
+    largest whole-sequence tensor of the layer (10 GiB for a 13B at 1M tokens).
     compiled=True (the layers were compiled, `ropelaw.models.compile_layers`): the loop over
     slices stays out of the layer's graph (torch.compile would unroll it, one copy per slice)
     and the MLP itself is compiled on one slice, so SiLU and the gate-up product are fused.
@@ -81,10 +93,11 @@ def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False) -> I
     if chunk < 1:
         raise UserError(f"MLP chunk must be >= 1 positions, got {chunk}")
     if compiled:
-        with _forwards(_mlps(model), lambda mlp: torch.compiler.disable(_sliced(torch.compile(mlp.forward), chunk))):
+        with _forwards(_mlps(model),
+                       lambda mlp: torch.compiler.disable(_sliced(torch.compile(mlp.forward), chunk, in_place=True))):
             yield
     else:
-        with _forwards(_mlps(model), lambda mlp: _sliced(mlp.forward, chunk)):
+        with _forwards(_mlps(model), lambda mlp: _sliced(mlp.forward, chunk, in_place=True)):
             yield
 
 
@@ -112,14 +125,39 @@ def chunked_norms(model: torch.nn.Module, chunk: int, compiled: bool = False) ->
         yield
 
 
-def _attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The `self_attn` of every decoder layer if each is LLaMA's attention (whose forward `_grouped`
-    reproduces); else none."""
-    from transformers.models.llama.modeling_llama import LlamaAttention
+def _llama_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every decoder layer if each is LLaMA's, with LLaMA's attention (whose forwards `_lean_layer` and
+    `_grouped` reproduce); else none."""
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer
 
-    layers = getattr(model.get_decoder(), "layers", None) or []
-    found = [getattr(layer, "self_attn", None) for layer in layers]
-    return found if found and all(isinstance(attn, LlamaAttention) for attn in found) else []
+    layers = list(getattr(model.get_decoder(), "layers", None) or [])
+    lean = all(isinstance(layer, LlamaDecoderLayer) and isinstance(layer.self_attn, LlamaAttention) for layer in layers)
+    return layers if layers and lean else []
+
+
+def _attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [layer.self_attn for layer in _llama_layers(model)]
+
+
+def _lean_layer(layer: torch.nn.Module, forward):
+    """LLaMA's decoder layer with its two residual additions in place (inference, called by keyword).
+
+    The layer's own forward makes each sum a new [B, L, d] tensor while its input (held by the
+    caller), the embeddings (held by the model's forward) and both terms are alive: five whole-
+    sequence tensors at its end. Added into the attention's and the MLP's outputs (buffers that
+    nothing else holds, under `grouped_attention` and `chunked_mlp`) the peak is four. The same
+    additions in the same order: the numbers are bitwise those of the layer's own forward."""
+    def run(*args, **kwargs):
+        hidden_bld = kwargs.pop("hidden_states", None) if not args else args[0]
+        if len(args) > 1 or torch.is_grad_enabled() or any(kwargs.get(k) is not None for k in ("cache", "past_key_values")):
+            return forward(*args, **kwargs) if args else forward(hidden_states=hidden_bld, **kwargs)
+        attended_bld, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_bld), **kwargs)
+        attended_bld += hidden_bld  # residual + attention, as the layer adds them
+        out_bld = layer.mlp(layer.post_attention_layernorm(attended_bld))
+        out_bld += attended_bld
+        return out_bld
+
+    return run
 
 
 def group_counts(model: torch.nn.Module) -> list[int]:
@@ -194,8 +232,9 @@ def grouped_attention(model: torch.nn.Module, groups: int, chunk: int, compiled:
     is 10.5 GB in bf16, and with the rotated copies they were what did not fit an 80 GB GPU.
     The attention function is the model's own (`config._attn_implementation`: SDPA, flash,
     log-scaled), so the kernel and its numbers per head are unchanged. `groups` must divide the
-    KV heads (`group_counts`); 1 leaves the model as it is. Inference only: a layer in training
-    mode, or called with a KV cache, runs its own forward. `compiled` as for `chunked_mlp`.
+    KV heads (`group_counts`); 1 leaves the model as it is. The decoder layers add their residuals in
+    place (`_lean_layer`). Inference only: a layer in training mode, or called with a KV cache, runs
+    its own forward. `compiled` as for `chunked_mlp`.
     """
     if groups == 1:
         yield
@@ -205,5 +244,6 @@ def grouped_attention(model: torch.nn.Module, groups: int, chunk: int, compiled:
                         f"(possible: {group_counts(model)})")
     if chunk < 1:
         raise UserError(f"output-projection chunk must be >= 1 positions, got {chunk}")
-    with _forwards(_attentions(model), lambda attn: _grouped(attn, attn.forward, groups, chunk, compiled)):
+    with _forwards(_attentions(model), lambda attn: _grouped(attn, attn.forward, groups, chunk, compiled)), \
+            _forwards(_llama_layers(model), lambda layer: _lean_layer(layer, layer.forward)):
         yield
