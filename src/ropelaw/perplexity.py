@@ -108,8 +108,10 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     n_targets = targets_bt.shape[1]
     reset_dynamic_rope(model)
     backbone, lm_head = model.get_decoder(), model.get_output_embeddings()
-    nll_bt = torch.empty(batch, n_targets, dtype=torch.float64)
-    correct_bt = torch.empty(batch, n_targets, dtype=torch.bool)
+    # Kept on the model's device and copied to the CPU once: a copy per chunk made the host wait for each
+    # chunk's loss before it could queue the next chunk's lm_head.
+    nll_bt = torch.empty(batch, n_targets, dtype=torch.float64, device=device)
+    correct_bt = torch.empty(batch, n_targets, dtype=torch.bool, device=device)
     # The MLPs run in chunks of the same size: their [L, intermediate] activations dominate memory at 100K+.
     # The eager norms too, where memory is tight enough to group the heads: with one group their float32
     # temporaries are smaller than the attention's own whole-sequence tensors (`ropelaw.chunking`).
@@ -123,10 +125,10 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
             logits_bcv = lm_head(hidden_bld[:, start:end]).float()
             targets_bc = targets_bt[:, start:end]
             nll_bc = F.cross_entropy(logits_bcv.flatten(0, 1), targets_bc.flatten(), reduction="none")
-            nll_bt[:, start:end] = nll_bc.view(batch, -1).cpu()
-            correct_bt[:, start:end] = (logits_bcv.argmax(-1) == targets_bc).cpu()
+            nll_bt[:, start:end] = nll_bc.view(batch, -1)
+            correct_bt[:, start:end] = logits_bcv.argmax(-1) == targets_bc
             del logits_bcv, nll_bc
-    return nll_bt, correct_bt
+    return nll_bt.cpu(), correct_bt.cpu()
 
 
 def naive_perplexity(model, input_ids_bl, length: int) -> tuple[float, float]:
