@@ -20,17 +20,20 @@ $OUT/finetune_speed.jsonl (default bench/results/) its steps/s and tokens/s (med
 micro-batch, a summary line with each path's speed-up over plain and over checkpointed, the
 largest relative difference of its per-step losses from plain's, and a table row for BENCHMARKS.md.
 
-`--variants PATH:MICRO_BATCH[:compiled]` runs exactly those configurations instead (same global
+`--variants PATH:MICRO_BATCH[:compiled][:cudnn]` runs exactly those configurations instead (same global
 batch, same rows, same seed), and the first one is the reference: each later one is reported as its
 speed-up over it and its largest relative per-step loss difference from it. `--tokens DIR` trains
 on the rows of a packed dataset (`tokens.bin` + `manifest.json`, e.g. a study's
 `data/train_len8192`, cycled as needed) instead of uniform random tokens, so that the loss falls
-and the loss comparison means something.
+and the loss comparison means something. `:cudnn` lets SDPA use only cuDNN's attention kernel (the
+default lets torch choose: flash on an H200), to see whether the attention kernel is what keeps a
+step from going faster.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import tempfile
@@ -110,22 +113,33 @@ def packed_rows(folder: Path, seq: int, vocab: int) -> np.ndarray:
     return tokens_rl.astype(np.int64)
 
 
-def label(path: str, micro_batch: int, compiled: bool) -> str:
-    return f"{path}_mb{micro_batch}" + ("_compiled" if compiled else "")
+def label(path: str, micro_batch: int, compiled: bool, cudnn: bool = False) -> str:
+    return f"{path}_mb{micro_batch}" + ("_compiled" if compiled else "") + ("_cudnn" if cudnn else "")
 
 
-def parse_variant(text: str) -> tuple[str, int, bool]:
-    """'PATH:MICRO_BATCH[:compiled]' -> (path, micro_batch, compiled)."""
+def parse_variant(text: str) -> tuple[str, int, bool, bool]:
+    """'PATH:MICRO_BATCH[:compiled][:cudnn]' -> (path, micro_batch, compiled, cudnn)."""
     parts = text.split(":")
-    if not 2 <= len(parts) <= 3 or parts[0] not in FUSED_LOSS or not parts[1].isdigit() \
-            or parts[2:] not in ([], ["compiled"]):
+    flags = parts[2:]
+    if len(parts) < 2 or parts[0] not in FUSED_LOSS or not parts[1].isdigit() \
+            or flags not in ([], ["compiled"], ["cudnn"], ["compiled", "cudnn"]):
         raise argparse.ArgumentTypeError(
-            f"'{text}': expected PATH:MICRO_BATCH[:compiled], PATH one of {', '.join(FUSED_LOSS)}")
-    return parts[0], int(parts[1]), len(parts) == 3
+            f"'{text}': expected PATH:MICRO_BATCH[:compiled][:cudnn], PATH one of {', '.join(FUSED_LOSS)}")
+    return parts[0], int(parts[1]), "compiled" in flags, "cudnn" in flags
 
 
-def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled: bool, args) -> dict:
-    """One training run with loss `path`; its record (`oom: true` if it ran out of GPU memory)."""
+def variant_text(path: str, micro_batch: int, compiled: bool, cudnn: bool) -> str:
+    return f"{path}:{micro_batch}" + (":compiled" if compiled else "") + (":cudnn" if cudnn else "")
+
+
+def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled: bool, args,
+             cudnn: bool = False) -> dict:
+    """One training run with loss `path`; its record (`oom: true` if it ran out of GPU memory).
+
+    `cudnn`: SDPA may use only cuDNN's attention kernel (`torch.nn.attention.sdpa_kernel`), where the
+    default lets torch pick (flash on an H200); a run it cannot serve is recorded with its error."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     from ropelaw.finetune import TrainSpec, train
 
     spec = TrainSpec(
@@ -139,19 +153,25 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
         "bench": "finetune_speed", **environment(), "path": path, "fused_loss": FUSED_LOSS[path],
         "model": str(args.model_dir or ("tiny" if args.tiny else "smollm2-135m random")), "seq": args.seq,
         "global_batch": args.global_batch, "micro_batch": micro_batch, "steps": args.steps, "ac": args.ac,
-        "compile": compiled, "tokens": args.tokens_sha256 or "uniform random",
+        "compile": compiled, "sdpa": "cudnn only" if cudnn else "torch's choice",
+        "tokens": args.tokens_sha256 or "uniform random",
     }
     timer = StepTimer()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    tag = label(path, micro_batch, compiled)
+    tag = label(path, micro_batch, compiled, cudnn)
     try:
-        record = train(str(model_dir), str(root / "data"), args.base, spec, str(root / f"ckpt_{tag}"),
-                       str(root / f"out_{tag}"), callbacks=[timer])
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]) if cudnn else contextlib.nullcontext():
+            record = train(str(model_dir), str(root / "data"), args.base, spec, str(root / f"ckpt_{tag}"),
+                           str(root / f"out_{tag}"), callbacks=[timer])
     except torch.OutOfMemoryError as err:
         message = str(err).splitlines()[0]
         record = None
+    except RuntimeError as err:  # no cuDNN kernel for this shape or device
+        if not cudnn:
+            raise
+        return {**base, "oom": False, "error": str(err).splitlines()[0]}
     if record is None:  # outside the except block, so the failed run's tensors can be freed
         gc.collect()
         torch.cuda.empty_cache()
@@ -202,20 +222,20 @@ def variant_summary(runs: dict[str, dict], args) -> dict:
            "global_batch": args.global_batch, "steps": args.steps, "tokens": args.tokens_sha256 or "uniform random"}
     cells = []
     for name, run in runs.items():
-        if run["oom"]:
-            cells.append(f"{name}: out of memory")
+        if run["oom"] or "error" in run:
+            cells.append(f"{name}: " + ("out of memory" if run["oom"] else run["error"]))
             continue
         cell = f"{name} {run['tokens_per_s']:,.0f} tokens/s"
         if run["peak_allocated_gib"] is not None:
             cell += f", {run['peak_allocated_gib']:.1f} GiB"
-        if name != ref_label and not ref["oom"]:
+        if name != ref_label and not ref["oom"] and "error" not in ref:
             ratio = run["tokens_per_s"] / ref["tokens_per_s"]
             diff = max(abs(a - b) / abs(b) for a, b in zip(run["losses"], ref["losses"]))
             out[f"{name}_speedup"], out[f"{name}_max_rel_loss_diff"] = ratio, diff
             cell += f", {ratio:.2f}× the first, loss diff {diff:.1e} over {min(len(run['losses']), len(ref['losses']))} steps"
         cells.append(cell)
     device = next((r.get("device") for r in runs.values() if r.get("device")), "CPU")
-    command = " ".join(f"{p}:{mb}" + (":compiled" if c else "") for p, mb, c in args.variants)
+    command = " ".join(variant_text(*v) for v in args.variants)
     data = f" --tokens {args.tokens}" if args.tokens else ""
     out["table_row"] = (f"| `python bench/finetune_speed.py{' --tiny' if args.tiny else ''} --steps {args.steps}"
                         f" --global-batch {args.global_batch}{data} --variants {command}` | {device} | "
@@ -237,7 +257,7 @@ def main() -> None:
     parser.add_argument("--base", type=float, default=1e6, help="the rotary base the cell tunes with")
     parser.add_argument("--ac", action="store_true", help="finetune.gradient_checkpointing")
     parser.add_argument("--compile", action="store_true", help="finetune.compile (every run)")
-    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None, metavar="PATH:MB[:compiled]",
+    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None, metavar="PATH:MB[:compiled][:cudnn]",
                         help="run these instead of --paths x --micro-batch; the first is the reference")
     parser.add_argument("--tokens", default=None, metavar="DIR",
                         help="train on a packed dataset's rows (tokens.bin + manifest.json) instead of random ones")
@@ -259,9 +279,9 @@ def main() -> None:
         model_dir, _ = prepare(root, args)
         if args.variants:
             runs = {}
-            for path, micro_batch, compiled in args.variants:
-                name = label(path, micro_batch, compiled)
-                runs[name] = run_path(root, model_dir, path, micro_batch, compiled, args)
+            for path, micro_batch, compiled, cudnn in args.variants:
+                name = label(path, micro_batch, compiled, cudnn)
+                runs[name] = run_path(root, model_dir, path, micro_batch, compiled, args, cudnn)
                 write_record(out_path("finetune_speed.jsonl"), runs[name])
             line = variant_summary(runs, args)
             write_record(out_path("finetune_speed.jsonl"), line)
