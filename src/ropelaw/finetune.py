@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -170,11 +171,19 @@ def run(args) -> None:
 
 
 def _leave_process_group() -> None:
-    """Under torchrun, tear the process group down before the interpreter exits. Left to exit, a rank of
-    the two-rank ZeRO-3 run on gloo once died in teardown ("terminate called without an active exception",
-    SIGABRT) after its work was written, and the launcher failed the job (tests/test_deepspeed.py)."""
+    """Under torchrun: wait for every rank, leave the process group, then end the process at once.
+
+    Left to the interpreter's teardown, a rank of a ZeRO-3 run on gloo sometimes died there after its
+    work was written ("terminate called without an active exception", SIGABRT: destructors run at exit
+    met a C++ thread still joinable), and the launcher failed the job: in tests/test_deepspeed.py, and
+    in the SLURM two-node test, where Snakemake's retry then trained the cell again. Leaving the group
+    first did not prevent it. The outputs are complete and in place when this runs (`train` writes them
+    atomically), so the rank flushes its streams and exits 0 without that teardown (`os._exit`)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
