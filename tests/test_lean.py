@@ -64,7 +64,7 @@ def test_grouped_attention_matches_the_model_attention_and_restores_it(attention
         hook.remove()
         assert seen and set(seen) == {64, 11}  # the output projection ran over chunks of positions
         assert torch.equal(_hidden(model, ids_bl), plain_bld)
-        assert all("forward" not in vars(layer.self_attn) for layer in model.model.layers)
+        assert all("forward" not in vars(layer.self_attn) and "forward" not in vars(layer) for layer in model.model.layers)
         assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     with pytest.raises(UserError, match="does not divide"), grouped_attention(tiny_gqa_llama(), 3, 64):
         pass
