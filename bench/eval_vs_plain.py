@@ -93,6 +93,13 @@ def peak_blocks(snapshot, top: int = 25) -> dict:
             "largest": [{"gib": round(gib(e["size"]), 3), "at": where(e)} for e in blocks[:top]]}
 
 
+def _stop_recording(row: dict, peak_report: bool) -> None:
+    """With `--peak-report`: the row's largest blocks at the recorded peak, then recording off."""
+    if peak_report:
+        row["peak_report"] = peak_blocks(torch.cuda.memory._snapshot())
+        torch.cuda.memory._record_memory_history(enabled=None)
+
+
 def scored_path(model, ids_bl, length, budget_gib, chunk="auto", groups="auto", decided=None):
     chunk_size, why = choose_chunk(model, length, 1, "auto" if chunk == "auto" else chunk, budget_gib,
                                    None if groups == "auto" else groups)
@@ -146,16 +153,12 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
             if decided:
                 row.update(chunk_size=decided["chunk_size"], head_groups=decided["head_groups"], chunking=decided)
             del err
-            if peak_report:
-                row["peak_report"] = peak_blocks(torch.cuda.memory._snapshot())
-                torch.cuda.memory._record_memory_history(enabled=None)
+            _stop_recording(row, peak_report)
             torch.cuda.empty_cache()
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("chunking", "peak_report")}), flush=True)
             continue
-        if peak_report:
-            row["peak_report"] = peak_blocks(torch.cuda.memory._snapshot())
-            torch.cuda.memory._record_memory_history(enabled=None)
+        _stop_recording(row, peak_report)
         row["ppl"] = ppl
         reference = reference or row
         if row is not reference:

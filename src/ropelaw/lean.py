@@ -147,10 +147,10 @@ def _lean_layer(layer: torch.nn.Module, forward):
     sequence tensors at its end. Added into the attention's and the MLP's outputs (buffers that
     nothing else holds, under `grouped_attention` and `chunked_mlp`) the peak is four. The same
     additions in the same order: the numbers are bitwise those of the layer's own forward."""
-    def run(*args, **kwargs):
-        hidden_bld = kwargs.pop("hidden_states", None) if not args else args[0]
-        if len(args) > 1 or torch.is_grad_enabled() or any(kwargs.get(k) is not None for k in ("cache", "past_key_values")):
-            return forward(*args, **kwargs) if args else forward(hidden_states=hidden_bld, **kwargs)
+    def run(hidden_states, *args, **kwargs):
+        if args or torch.is_grad_enabled() or any(kwargs.get(k) is not None for k in ("cache", "past_key_values")):
+            return forward(hidden_states, *args, **kwargs)
+        hidden_bld = hidden_states
         attended_bld, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_bld), **kwargs)
         attended_bld += hidden_bld  # residual + attention, as the layer adds them
         out_bld = layer.mlp(layer.post_attention_layernorm(attended_bld))
