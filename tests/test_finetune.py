@@ -155,13 +155,17 @@ def test_a_finished_runs_last_checkpoint_is_never_resumed(cell):
 
 
 class _Signal(TrainerCallback):
-    """Raises SIGUSR1 in this process as step `at` begins: `ropelaw finetune` stops after it (status 75)."""
+    """Raises SIGUSR1 in this process as step `at` begins: `ropelaw finetune` stops after it (status 75).
+    As step `fail_at` begins, raises an error instead (a crash)."""
 
     at: int | None = None
+    fail_at: int | None = None
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step + 1 == self.at:
             os.kill(os.getpid(), signal.SIGUSR1)
+        if state.global_step + 1 == self.fail_at:
+            raise RuntimeError(f"the disk is full\n(as step {self.fail_at} began)")
 
 
 @pytest.fixture(autouse=True)
@@ -177,7 +181,7 @@ def _signal_callback(monkeypatch):
     monkeypatch.setattr(trainer, "build_trainer", with_signal)
     previous = signal.getsignal(signal.SIGUSR1)
     yield
-    _Signal.at = None
+    _Signal.at = _Signal.fail_at = None
     signal.signal(signal.SIGUSR1, previous)
 
 
@@ -196,3 +200,79 @@ def test_an_interrupted_run_resumes_bitwise_and_averages_every_step(cell):
     assert resumed["train_loss"] == pytest.approx(clean["train_loss"], rel=1e-6)
     assert clean["train_loss"] == pytest.approx((2 * losses[0] + 2 * losses[1] + losses[2]) / 5, rel=1e-12)
     assert clean["train_loss"] != pytest.approx(losses[-1], rel=1e-4)  # not only the steps after a resume
+
+
+_KILLED_AT_STEP_5 = """
+import os, signal, sys
+from transformers import TrainerCallback
+from ropelaw import trainer
+from ropelaw.cli import main
+
+class Kill(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+build = trainer.build_trainer
+trainer.build_trainer = lambda model, spec, args, dataset, callbacks=(): build(model, spec, args, dataset, [*callbacks, Kill()])
+main(sys.argv[1:])
+"""
+
+
+def test_every_attempt_is_listed_with_how_it_ended_and_told_to_the_next(cell, capfd):
+    """Stopped by SIGUSR1 after step 3, crashed as step 5 began, killed (SIGKILL, a real process) as
+    step 5 began, then completed: the log of each new attempt names the earlier ones (Snakemake has
+    deleted theirs), the manifest lists all four, and the model is still the uninterrupted one, bitwise."""
+    import subprocess
+    import sys
+
+    from ropelaw.checkpoints import KILLED
+    from finetune_cell import finetune_args
+
+    assert finetune(cell, "clean") == 0
+    (only,) = manifest(cell, "clean")["attempts"]
+    assert (only["attempt"], only["outcome"], only["step"], only["resumed_from"]) == (1, "completed", 5, None)
+    _Signal.at = 3
+    assert finetune(cell, "run") == 75
+    _Signal.at, _Signal.fail_at = None, 5
+    with pytest.raises(RuntimeError, match="the disk is full"):
+        finetune(cell, "run")
+    _Signal.fail_at = None
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT_STEP_5, *finetune_args(cell, "run")],
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "attempt 3 of this run" in killed.stdout
+    capfd.readouterr()
+    assert finetune(cell, "run") == 0
+    log = capfd.readouterr().out
+    attempts = manifest(cell, "run")["attempts"]
+    assert [(a["attempt"], a["outcome"], a.get("step"), a["resumed_from"], a["last_checkpoint_step"]) for a in attempts] == [
+        (1, "stopped by SIGUSR1", 3, None, 3),
+        (2, "failed", 4, "checkpoint-3", 4),
+        (3, KILLED, None, "checkpoint-4", None),
+        (4, "completed", 5, "checkpoint-4", None),
+    ]
+    assert attempts[1]["error"] == "RuntimeError: the disk is full"
+    assert all(a["host"] and a["started"] <= a.get("ended", a["started"]) for a in attempts)
+    assert "attempt 4 of this run" in log
+    assert "attempt 1 (started" in log and "stopped by SIGUSR1 after step 3; last checkpoint at step 3" in log
+    assert "failed after step 4; error: RuntimeError: the disk is full; last checkpoint at step 4" in log
+    assert f"attempt 3 (started {attempts[2]['started']}" in log and KILLED in log
+    assert weights(cell, "run") == weights(cell, "clean")
+    assert not (cell / "run_ckpt").exists()  # the attempts went with the finished run's checkpoints
+
+
+def test_attempts_skip_a_line_cut_short_and_go_with_another_runs_checkpoints(tmp_path):
+    from ropelaw import checkpoints
+
+    checkpoints.claim(tmp_path, {"base": 1.0}, main=True)
+    assert checkpoints.begin_attempt(tmp_path, None) == 1
+    checkpoints.record(tmp_path, "checkpoint", step=2)
+    with open(tmp_path / checkpoints.ATTEMPTS, "a") as fh:
+        fh.write('{"event": "end", "outcome": "stopp')  # the process died inside the write
+    (run,) = checkpoints.attempts(tmp_path)
+    assert (run["outcome"], run["last_checkpoint_step"]) == (checkpoints.KILLED, 2)
+    assert checkpoints.begin_attempt(tmp_path, tmp_path / "checkpoint-2") == 2
+    assert checkpoints.attempts(tmp_path)[1]["resumed_at_step"] == 2
+    checkpoints.claim(tmp_path, {"base": 2.0}, main=True)  # another run's folder: removed, attempts too
+    assert checkpoints.attempts(tmp_path) == []

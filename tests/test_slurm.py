@@ -229,6 +229,13 @@ def test_finetune_stopped_through_slurm_resumes_to_the_uninterrupted_result(side
     assert resumed["spec"] == side_runs.spec == straight["spec"]
     step = re.fullmatch(r".*/checkpoint-(\d+)", resumed["resumed_from"])
     assert step and 3 <= int(step.group(1)) < 40 and straight["resumed_from"] is None
+    # The manifest lists both attempts with their SLURM jobs (Snakemake deleted the first one's log).
+    jobs = [job["JobID"] for job in sacct("--allocations", "--name", run_id) if is_cell_job(job["Comment"])]
+    assert [(a["slurm_job_id"], a["outcome"], a.get("step"), a["resumed_from"]) for a in resumed["attempts"]] == [
+        (jobs[0], "stopped by SIGUSR1", int(step.group(1)), None),
+        (jobs[1], "completed", 40, f"checkpoint-{step.group(1)}"),
+    ]
+    assert jobs[0] == side_runs.first_job and [a["slurm_job_id"] for a in straight["attempts"]] == [None]
     # The same losses at every step, the same final loss, the same weights.
     losses = [[(row["step"], row["loss"]) for row in m["log_history"] if "loss" in row] for m in (resumed, straight)]
     assert losses[0] == losses[1] and len(losses[0]) == 40

@@ -45,6 +45,8 @@ import yaml
 from test_slurm import _cluster_problem as single_node_problem
 from test_slurm import cluster_marks, is_cell_job
 
+from ropelaw.checkpoints import KILLED
+
 ROOT = Path(__file__).resolve().parents[1]
 CELL = "results/mini/base/base1000000_len64"
 NODES = ("rlnode1", "rlnode2")
@@ -321,4 +323,10 @@ def test_a_node_killed_ends_the_step_and_the_cell_resumes_to_the_same_result(run
         warnings.warn(f"attempt {job} ({attempts[job]}) failed though neither USR1 nor the kill hit it:\n{tail}")
     resumed, one_node = _result(runs.interrupted / CELL / "model"), _result(runs.base / "one_node/model")
     assert re.fullmatch(r".*/checkpoint-\d+", resumed[0]["resumed_from"] or ""), resumed[0]["resumed_from"]
+    # The manifest lists every attempt (Snakemake deleted their logs): stopped by USR1, the killed one with
+    # no end written (rank 0's worker was frozen, then ended by SLURM), ..., the completed one.
+    listed = {a["slurm_job_id"]: a["outcome"] for a in resumed[0]["attempts"]}
+    assert list(listed) == list(attempts), (listed, attempts)
+    assert listed[runs.first_job] == "stopped by SIGUSR1" and listed[runs.second_job] == KILLED, listed
+    assert list(listed.values())[-1] == "completed", listed
     _assert_bitwise(resumed, one_node)

@@ -14,19 +14,32 @@ and data). The life of that folder:
   `--forcerun`, or a deleted model) trains from the start and yields the same model bitwise.
   If the process dies between writing the model and removing the folder, what is left is a
   checkpoint before the last step, and resuming from it ends in the same model, bitwise.
+
+The folder also keeps the run's attempts (`ropelaw_attempts.jsonl`, one JSON line per event,
+appended by the main rank): each attempt's start (time, host, SLURM job, checkpoint resumed),
+each checkpoint it saved, and how it ended (stopped by SIGUSR1, or failed with its error). An
+attempt that was killed (SIGKILL, out of memory, a node lost) leaves no end, and its last
+checkpoint says how far it got. Snakemake deletes a rule's log before it retries the job, so a
+new attempt prints its predecessors (`history`), and the finished model's manifest lists them
+all (`attempts`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
 import struct
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ropelaw import provenance
 
 MARKER = "ropelaw_run.json"
+ATTEMPTS = "ropelaw_attempts.jsonl"
+KILLED = "ended without a record: killed (SIGKILL, out of memory, time limit or a lost node)"
 
 
 def claim(ckpt_dir: Path, identity: dict, main: bool) -> None:
@@ -111,3 +124,67 @@ def finish(ckpt_dir: Path) -> None:
     """Remove a finished run's resumable state: a re-run must train from the start."""
     if ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def record(ckpt_dir: Path, event: str, **fields) -> None:
+    """Append one event of this attempt to the run's attempts (main rank only; one line, flushed)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / ATTEMPTS
+    cut = path.is_file() and path.read_bytes()[-1:] not in (b"", b"\n")  # a line cut short by a kill
+    with open(path, "a") as fh:
+        fh.write("\n" * cut + json.dumps({"event": event, "time": _now(), **fields}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def begin_attempt(ckpt_dir: Path, resume: Path | None) -> int:
+    """Record the start of an attempt (main rank); returns its number, 1 for the first."""
+    number = len(attempts(ckpt_dir)) + 1
+    record(ckpt_dir, "start", attempt=number, host=platform.node(), slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+           resumed_from=resume.name if resume else None, resumed_at_step=_step(resume) if resume else 0)
+    return number
+
+
+def attempts(ckpt_dir: Path) -> list[dict]:
+    """The run's attempts so far, oldest first: start, host, SLURM job, checkpoint resumed, the last
+    checkpoint saved, and the outcome (`stopped`, `failed` with its error, or KILLED where no end was
+    written). The one running now reads as KILLED until it ends. A line cut short by a kill is skipped."""
+    path, runs = ckpt_dir / ATTEMPTS, []
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        kind = event.pop("event", None)
+        if kind == "start":
+            runs.append({**event, "started": event.pop("time"), "last_checkpoint_step": None, "outcome": KILLED})
+        elif runs and kind == "checkpoint":
+            runs[-1]["last_checkpoint_step"] = event["step"]
+        elif runs and kind == "end":
+            runs[-1].update(ended=event.pop("time"), **event)
+    return runs
+
+
+def completed(ckpt_dir: Path, steps: int) -> list[dict]:
+    """Every attempt of the run, the last one (running now) completed now at step `steps`: the manifest's."""
+    runs = attempts(ckpt_dir)
+    if runs:
+        runs[-1].update(outcome="completed", ended=_now(), step=steps)
+    return runs
+
+
+def history(runs: list[dict]) -> str:
+    """One line per earlier attempt, for the log of the next one."""
+    return "\n".join(
+        f"  attempt {run['attempt']} (started {run['started']} on {run['host']}"
+        + (f", SLURM job {run['slurm_job_id']}" if run.get("slurm_job_id") else "")
+        + f"): {run['outcome']}" + (f" after step {run['step']}" if run.get("step") is not None else "")
+        + (f"; error: {run['error']}" if run.get("error") else "")
+        + (f"; last checkpoint at step {run['last_checkpoint_step']}" if run["last_checkpoint_step"] else "")
+        for run in runs
+    )

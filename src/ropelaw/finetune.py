@@ -31,7 +31,7 @@ from ropelaw import UserError, checkpoints, methods, provenance, rope
 from ropelaw.checkpoints import claim as _claim_checkpoints, newest_checkpoint  # noqa: F401 (the tests import them here)
 from ropelaw.manifests import PackManifest
 from ropelaw.train_plan import SCHEDULES, Plan, TrainSpec, make_plan  # noqa: F401
-from ropelaw.trainer import StopOnSignal, loss_path_of, mean_step_loss
+from ropelaw.trainer import RecordCheckpoints, StopOnSignal, loss_path_of, mean_step_loss
 
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint saved; run again to resume
 
@@ -59,6 +59,11 @@ def _resume_point(args, ckpt_dir: Path, identity: dict, steps: int) -> Path | No
     resume = newest_checkpoint(ckpt_dir)
     if resume:
         print(f"resuming from {resume}", flush=True)
+    if args.process_index == 0:
+        if earlier := checkpoints.attempts(ckpt_dir):
+            print(f"attempt {len(earlier) + 1} of this run; the earlier ones (their logs are gone: Snakemake "
+                  f"deletes a rule's log before a retry):\n{checkpoints.history(earlier)}", flush=True)
+        checkpoints.begin_attempt(ckpt_dir, resume)
     return resume
 
 
@@ -85,11 +90,19 @@ def train(
     model, inv_freq = load_causal_lm(model_dir, method_spec, precision="fp32", attn_implementation=spec.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = PackedDataset(data_dir, plan.rows_per_epoch)
-    trainer = build_trainer(model, spec, args, dataset, [stopper, *callbacks])
+    trainer = build_trainer(model, spec, args, dataset, [stopper, RecordCheckpoints(), *callbacks])
     identity = run_identity(method_spec, spec, plan.world_size, model_dir, data_dir)
     resume = _resume_point(args, ckpt_dir, identity, spec.steps)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    main = args.process_index == 0
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except BaseException as err:
+        if main:
+            checkpoints.record(ckpt_dir, "end", outcome="failed", step=trainer.state.global_step, error=_one_line(err))
+        raise
     if stopper.stopped_at is not None:
+        if main:
+            checkpoints.record(ckpt_dir, "end", outcome="stopped by SIGUSR1", step=stopper.stopped_at)
         print(
             f"stopped by SIGUSR1 after step {stopper.stopped_at} of {spec.steps}: checkpoint saved in "
             f"{ckpt_dir}; run the same command again to resume (exit status {STOPPED_EXIT_CODE})",
@@ -133,6 +146,7 @@ def model_manifest(trainer, spec: TrainSpec, plan: Plan, data: PackManifest, met
         data_manifest_sha256=identity["data_manifest_sha256"],
         data_tokens_sha256=data.tokens_bin_sha256,
         resumed_from=str(resume) if resume else None,
+        attempts=checkpoints.completed(Path(trainer.args.output_dir), spec.steps),
         optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)),
         loss_path=loss_path_of(spec),
         inv_freq=inv_freq_after.tolist(),
@@ -144,6 +158,11 @@ def model_manifest(trainer, spec: TrainSpec, plan: Plan, data: PackManifest, met
         peak_gpu_allocated_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         log_history=log,
     )
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
 def add_arguments(parser) -> None:

@@ -2,7 +2,8 @@
 
 transformers' Trainer does the work (AdamW, schedule, clipping, bf16, gradient accumulation,
 DeepSpeed ZeRO when `deepspeed` names a config). `build_trainer` sets it up exactly as the plan
-says; `StopOnSignal` makes every rank save and stop at the same step on SIGUSR1; `LastStep`
+says; `StopOnSignal` makes every rank save and stop at the same step on SIGUSR1; `RecordCheckpoints`
+adds each checkpoint to the run's attempts (`ropelaw.checkpoints`); `LastStep`
 logs the last step and keeps the Trainer from checkpointing it (the finished model is saved
 instead, and a checkpoint at the last step is one a re-run must never resume). Every checkpoint
 step is also a logging step, so the per-step losses the log covers survive a resume and
@@ -12,10 +13,12 @@ step is also a logging step, so the per-step losses the log covers survive a res
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ropelaw import checkpoints
 from ropelaw.specs import loss_path, zero_stage
 from ropelaw.train_plan import SCHEDULES, Plan, TrainSpec
 
@@ -29,6 +32,15 @@ class LastStep(TrainerCallback):
             control.should_save = False
         elif control.should_save:
             control.should_log = True
+        return control
+
+
+class RecordCheckpoints(TrainerCallback):
+    """Add each checkpoint saved to the run's attempts (`checkpoints.record`, in the Trainer's output_dir)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoints.record(Path(args.output_dir), "checkpoint", step=state.global_step)
         return control
 
 
