@@ -107,6 +107,8 @@ CASES = [
     ("variant-named-builtin", _with(("methods", {"base": {"kind": "ntk"}})), ["methods.base", "built-in"]),
     ("variant-without-kind", _with(("methods", {"v": {"factor": 2}})), ["methods.v", "kind"]),
     ("seeds-repeated", _with(("grid.0.seeds", [1, 1])), ["grid[0].seeds"]),
+    ("seed-beyond-numpy", _with(("finetune.seed", 2**32)), ["finetune.seed", "4294967295"]),
+    ("seeds-beyond-numpy", _with(("grid.0.seeds", [2**32])), ["grid[0].seeds[0]", "4294967295"]),
     ("seeds-and-seed", _with(("grid.0.seeds", [1]), ("grid.0.finetune", {"seed": 2})), ["grid[0].finetune.seed", "seeds"]),
     ("tune-len-multiple", _with(("grid.0.tune_lengths", [100])), ["length_multiple", "100"]),
     ("base-below-one", _with(("grid.0.bases", [1])), ["grid[0].bases[0]"]),
