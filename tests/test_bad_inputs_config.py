@@ -114,6 +114,11 @@ CASES = [
     ("base-below-one", _with(("grid.0.bases", [1])), ["grid[0].bases[0]"]),
     ("grid-unknown-model", _with(("grid.0.model", "mnii")), ["grid[0].model", "did you mean 'mini'"]),
     ("model-names-ambiguous", _model_named_like_a_cell, ["'mini'", "'mini_base'", "read two ways", "rename"]),
+    ("adam-beta1-one", _with(("finetune.adam_beta1", 1.0)), ["finetune.adam_beta1", "1.0"]),
+    ("adam-beta2-one", _with(("models.mini.pretrain.adam_beta2", 1)), ["models.mini.pretrain.adam_beta2"]),
+    ("figure-formats-empty", _with(("figures", {"formats": []})), ["figures.formats", "non-empty"]),
+    ("figure-formats-repeated", _with(("figures", {"formats": ["png", "png"]})), ["figures.formats", "non-unique"]),
+    ("passkey-depths-repeated", _with(("passkey.depths", [0.5, 0.5])), ["passkey.depths", "non-unique"]),
     ("batch-not-divisible", _with(("finetune.micro_batch_size", 3)), ["global_batch_size", "micro_batch_size"]),
 ]
 
