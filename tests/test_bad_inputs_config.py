@@ -111,6 +111,8 @@ CASES = [
     ("seeds-beyond-numpy", _with(("grid.0.seeds", [2**32])), ["grid[0].seeds[0]", "4294967295"]),
     ("seeds-and-seed", _with(("grid.0.seeds", [1]), ("grid.0.finetune", {"seed": 2})), ["grid[0].finetune.seed", "seeds"]),
     ("tune-len-multiple", _with(("grid.0.tune_lengths", [100])), ["length_multiple", "100"]),
+    ("pretrain-len-multiple", _with(("models.mini.train_len", 100)),
+     ["models.mini.train_len", "100", "models.mini.pretrain.length_multiple = 64"]),
     ("base-below-one", _with(("grid.0.bases", [1])), ["grid[0].bases[0]"]),
     ("grid-unknown-model", _with(("grid.0.model", "mnii")), ["grid[0].model", "did you mean 'mini'"]),
     ("model-names-ambiguous", _model_named_like_a_cell, ["'mini'", "'mini_base'", "read two ways", "rename"]),
