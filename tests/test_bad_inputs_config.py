@@ -120,6 +120,8 @@ CASES = [
     ("adam-beta2-one", _with(("models.mini.pretrain.adam_beta2", 1)), ["models.mini.pretrain.adam_beta2"]),
     ("figure-formats-empty", _with(("figures", {"formats": []})), ["figures.formats", "non-empty"]),
     ("figure-formats-repeated", _with(("figures", {"formats": ["png", "png"]})), ["figures.formats", "non-unique"]),
+    ("passkey-prefix-with-key", _with(("passkey.prefix", "The {key} is here.")), ["passkey.prefix", "{key}", "needle"]),
+    ("passkey-question-with-key", _with(("passkey.question", "Is it {key}?")), ["passkey.question", "{key}"]),
     ("passkey-depths-repeated", _with(("passkey.depths", [0.5, 0.5])), ["passkey.depths", "non-unique"]),
     ("batch-not-divisible", _with(("finetune.micro_batch_size", 3)), ["global_batch_size", "micro_batch_size"]),
 ]
