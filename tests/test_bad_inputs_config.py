@@ -64,6 +64,17 @@ def _deepspeed_file(text: str):
     return edit
 
 
+def _hf_dir_config(text: str):
+    """An hf_dir model (geometry read from its files) whose config.json is `text`."""
+    def edit(config, tmp_path):
+        (tmp_path / "hf").mkdir()
+        (tmp_path / "hf" / "config.json").write_text(text)
+        config["models"]["hf"] = {"source": "hf_dir", "path": str(tmp_path / "hf")}
+        config["grid"].append({"model": "hf", "method": "ntk"})
+        return config
+    return edit
+
+
 def _two_blocks(config, tmp_path):
     config["grid"] = [
         {"model": "mini", "tune_lengths": [64], "bases": [500], "finetune": {"lr": 1e-4}},
@@ -123,6 +134,11 @@ CASES = [
     ("passkey-prefix-with-key", _with(("passkey.prefix", "The {key} is here.")), ["passkey.prefix", "{key}", "needle"]),
     ("passkey-question-with-key", _with(("passkey.question", "Is it {key}?")), ["passkey.question", "{key}"]),
     ("passkey-depths-repeated", _with(("passkey.depths", [0.5, 0.5])), ["passkey.depths", "non-unique"]),
+    ("hf-config-list", _hf_dir_config("[1, 2]"), ["hf/config.json", "JSON list", "config.json"]),
+    ("hf-config-theta-text", _hf_dir_config('{"head_dim": 16, "max_position_embeddings": 64, "rope_theta": "1e4"}'),
+     ["hf/config.json", "'rope_theta' is '1e4'", "not a positive number"]),
+    ("hf-config-no-heads", _hf_dir_config('{"hidden_size": 64, "num_attention_heads": 0, "max_position_embeddings": 64, '
+                                          '"rope_theta": 10000}'), ["hf/config.json", "'num_attention_heads' is 0"]),
     ("batch-not-divisible", _with(("finetune.micro_batch_size", 3)), ["global_batch_size", "micro_batch_size"]),
 ]
 
@@ -144,6 +160,17 @@ def test_unreadable_config_files(tmp_path, text, words):
     path = tmp_path / "config.yaml"
     path.write_text(text)
     _assert_one_line_error(["check-config", "--configfile", str(path)], tmp_path, words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--train-len", "inf"], ["train_len", "finite"]),
+    (["--tune-len", "inf"], ["tune_len", "finite"]),
+    (["--target-len", "1e300"], ["target_len 1e+300", "shorter length"]),
+], ids=["train-len-inf", "tune-len-inf", "target-len-overflow"])
+def test_predict_refuses_lengths_it_cannot_compute(tmp_path, args, words):
+    geometry = {"--head-dim": "128", "--train-len": "4096", "--rope-base": "10000"}
+    geometry.update(dict(zip(args[::2], args[1::2])))
+    _assert_one_line_error(["predict", *[x for pair in geometry.items() for x in pair]], tmp_path, words)
 
 
 def test_missing_config_file(tmp_path):
