@@ -173,6 +173,19 @@ def test_predict_refuses_lengths_it_cannot_compute(tmp_path, args, words):
     _assert_one_line_error(["predict", *[x for pair in geometry.items() for x in pair]], tmp_path, words)
 
 
+@pytest.mark.parametrize("text, words", [
+    ("- a\n", ["its top level is a list"]),
+    ("set-resources: 3\n", ["set-resources is a int"]),
+    ("set-resources:\n  finetune: [gpu=1]\n", ["set-resources.finetune is a list", "name: value"]),
+    ("{bad\n", ["YAML syntax error", "fix the YAML"]),
+], ids=["top-level-list", "set-resources-number", "rule-list", "yaml-syntax"])
+def test_plan_refuses_a_malformed_profile(tmp_path, text, words):
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "config.yaml").write_text(text)
+    _assert_one_line_error(["plan", "--configfile", str(ROOT / "tests/scenario/config.yaml"), "--profile",
+                            str(tmp_path / "profile")], tmp_path, ["--profile", "profile/config.yaml", *words])
+
+
 def test_missing_config_file(tmp_path):
     _assert_one_line_error(["check-config", "--configfile", str(tmp_path / "nope.yaml")], tmp_path, ["nope.yaml", "does not exist"])
 
