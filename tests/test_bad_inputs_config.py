@@ -64,6 +64,17 @@ def _deepspeed_file(text: str):
     return edit
 
 
+def _hf_dir_config(text: str):
+    """An hf_dir model (geometry read from its files) whose config.json is `text`."""
+    def edit(config, tmp_path):
+        (tmp_path / "hf").mkdir()
+        (tmp_path / "hf" / "config.json").write_text(text)
+        config["models"]["hf"] = {"source": "hf_dir", "path": str(tmp_path / "hf")}
+        config["grid"].append({"model": "hf", "method": "ntk"})
+        return config
+    return edit
+
+
 def _two_blocks(config, tmp_path):
     config["grid"] = [
         {"model": "mini", "tune_lengths": [64], "bases": [500], "finetune": {"lr": 1e-4}},
@@ -107,11 +118,27 @@ CASES = [
     ("variant-named-builtin", _with(("methods", {"base": {"kind": "ntk"}})), ["methods.base", "built-in"]),
     ("variant-without-kind", _with(("methods", {"v": {"factor": 2}})), ["methods.v", "kind"]),
     ("seeds-repeated", _with(("grid.0.seeds", [1, 1])), ["grid[0].seeds"]),
+    ("seed-beyond-numpy", _with(("finetune.seed", 2**32)), ["finetune.seed", "4294967295"]),
+    ("seeds-beyond-numpy", _with(("grid.0.seeds", [2**32])), ["grid[0].seeds[0]", "4294967295"]),
     ("seeds-and-seed", _with(("grid.0.seeds", [1]), ("grid.0.finetune", {"seed": 2})), ["grid[0].finetune.seed", "seeds"]),
     ("tune-len-multiple", _with(("grid.0.tune_lengths", [100])), ["length_multiple", "100"]),
+    ("pretrain-len-multiple", _with(("models.mini.train_len", 100)),
+     ["models.mini.train_len", "100", "models.mini.pretrain.length_multiple = 64"]),
     ("base-below-one", _with(("grid.0.bases", [1])), ["grid[0].bases[0]"]),
     ("grid-unknown-model", _with(("grid.0.model", "mnii")), ["grid[0].model", "did you mean 'mini'"]),
     ("model-names-ambiguous", _model_named_like_a_cell, ["'mini'", "'mini_base'", "read two ways", "rename"]),
+    ("adam-beta1-one", _with(("finetune.adam_beta1", 1.0)), ["finetune.adam_beta1", "1.0"]),
+    ("adam-beta2-one", _with(("models.mini.pretrain.adam_beta2", 1)), ["models.mini.pretrain.adam_beta2"]),
+    ("figure-formats-empty", _with(("figures", {"formats": []})), ["figures.formats", "non-empty"]),
+    ("figure-formats-repeated", _with(("figures", {"formats": ["png", "png"]})), ["figures.formats", "non-unique"]),
+    ("passkey-prefix-with-key", _with(("passkey.prefix", "The {key} is here.")), ["passkey.prefix", "{key}", "needle"]),
+    ("passkey-question-with-key", _with(("passkey.question", "Is it {key}?")), ["passkey.question", "{key}"]),
+    ("passkey-depths-repeated", _with(("passkey.depths", [0.5, 0.5])), ["passkey.depths", "non-unique"]),
+    ("hf-config-list", _hf_dir_config("[1, 2]"), ["hf/config.json", "JSON list", "config.json"]),
+    ("hf-config-theta-text", _hf_dir_config('{"head_dim": 16, "max_position_embeddings": 64, "rope_theta": "1e4"}'),
+     ["hf/config.json", "'rope_theta' is '1e4'", "not a positive number"]),
+    ("hf-config-no-heads", _hf_dir_config('{"hidden_size": 64, "num_attention_heads": 0, "max_position_embeddings": 64, '
+                                          '"rope_theta": 10000}'), ["hf/config.json", "'num_attention_heads' is 0"]),
     ("batch-not-divisible", _with(("finetune.micro_batch_size", 3)), ["global_batch_size", "micro_batch_size"]),
 ]
 
@@ -133,6 +160,30 @@ def test_unreadable_config_files(tmp_path, text, words):
     path = tmp_path / "config.yaml"
     path.write_text(text)
     _assert_one_line_error(["check-config", "--configfile", str(path)], tmp_path, words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--train-len", "inf"], ["train_len", "finite"]),
+    (["--tune-len", "inf"], ["tune_len", "finite"]),
+    (["--target-len", "1e300"], ["target_len 1e+300", "shorter length"]),
+], ids=["train-len-inf", "tune-len-inf", "target-len-overflow"])
+def test_predict_refuses_lengths_it_cannot_compute(tmp_path, args, words):
+    geometry = {"--head-dim": "128", "--train-len": "4096", "--rope-base": "10000"}
+    geometry.update(dict(zip(args[::2], args[1::2])))
+    _assert_one_line_error(["predict", *[x for pair in geometry.items() for x in pair]], tmp_path, words)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("- a\n", ["its top level is a list"]),
+    ("set-resources: 3\n", ["set-resources is a int"]),
+    ("set-resources:\n  finetune: [gpu=1]\n", ["set-resources.finetune is a list", "name: value"]),
+    ("{bad\n", ["YAML syntax error", "fix the YAML"]),
+], ids=["top-level-list", "set-resources-number", "rule-list", "yaml-syntax"])
+def test_plan_refuses_a_malformed_profile(tmp_path, text, words):
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "config.yaml").write_text(text)
+    _assert_one_line_error(["plan", "--configfile", str(ROOT / "tests/scenario/config.yaml"), "--profile",
+                            str(tmp_path / "profile")], tmp_path, ["--profile", "profile/config.yaml", *words])
 
 
 def test_missing_config_file(tmp_path):

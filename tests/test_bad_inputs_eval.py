@@ -96,3 +96,91 @@ def test_installed_command_refuses_unwritable_out_in_one_line(kit, tmp_path):
     result = subprocess.run([str(ropelaw), *argv], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("ropelaw evaluate: error: --out") and len(result.stderr.strip().splitlines()) == 1
+
+
+# --- ropelaw law and ropelaw figures: bad tables and outputs are one line, and nothing is replaced ---------
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A synthetic study's eval tables (tests/synthetic.py) and the law's tables of it."""
+    from synthetic import study as make_study
+
+    root = tmp_path_factory.mktemp("law_inputs")
+    paths, passkey = make_study(root)
+    passkey.to_csv(root / "passkey.csv", index=False)
+    (root / "kept.png").mkdir()
+    (root / "kept.png" / "inside.txt").write_text("kept")  # a folder named like a figure
+    assert main(["law", "--evals", *paths, "--bootstrap", "5", "--out-cells", str(root / "law/cells.csv"),
+                 "--out-fit", str(root / "law/fit.csv")]) == 0
+    return root, paths
+
+
+def _break(path: Path, how: str) -> None:
+    import pandas as pd
+
+    if how == "empty":
+        path.write_text("")
+    elif how.startswith("drop "):
+        pd.read_csv(path).drop(columns=[how[5:]]).to_csv(path, index=False)
+    elif how.startswith("nan "):
+        table = pd.read_csv(path)
+        table.loc[1, how[4:]] = float("nan")
+        table.to_csv(path, index=False)
+    elif how.startswith("text "):
+        table = pd.read_csv(path).astype({how[5:]: str})
+        table.loc[0, how[5:]] = "abc"
+        table.to_csv(path, index=False)
+
+
+LAW_CASES = [  # (argument changes, the file to break and how, what the one line must name)
+    ({"--factor": "nan"}, None, "--factor"),
+    ({"--bootstrap-seed": "-1"}, None, "--bootstrap-seed"),
+    ({"--out-cells": "{root}/law"}, None, "--out-cells {root}/law: is a folder"),
+    ({"--out-fit": "{root}/passkey.csv/fit.csv"}, None, "--out-fit"),
+    ({}, ("eval.csv", "empty"), "eval.csv: not a readable CSV table"),
+    ({}, ("eval.csv", "drop scope"), "eval.csv: columns ['scope'] missing"),
+    ({}, ("eval.csv", "text tune_len"), "eval.csv: columns ['tune_len'] hold"),
+    ({}, ("eval_docs.csv", "nan nll"), "eval_docs.csv: columns ['nll'] hold"),
+    ({"--passkey": "{root}/law/fit.csv", "--out-passkey": "{root}/out/passkey.csv"}, None, "fit.csv: columns"),
+]
+
+
+@pytest.mark.parametrize("changes, broken, named", LAW_CASES, ids=[f"law{i}" for i in range(len(LAW_CASES))])
+def test_bad_law_input_is_one_line_and_replaces_nothing(study, tmp_path, capsys, changes, broken, named):
+    import shutil
+
+    root, paths = study
+    shutil.copytree(root, tmp_path / "s")
+    root = tmp_path / "s"
+    paths = [p.replace(str(study[0]), str(root)) for p in paths]
+    if broken:
+        _break(Path(paths[-1]).with_name(broken[0]), broken[1])
+    args = {"--evals": paths, "--bootstrap": "5", "--out-cells": f"{root}/out/cells.csv", "--out-fit": f"{root}/out/fit.csv"}
+    args.update({k: v.replace("{root}", str(root)) for k, v in changes.items()})
+    files = lambda: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())  # noqa: E731
+    before = files()
+    capsys.readouterr()
+    code = main(["law", *[x for k, v in args.items() for x in (k, *(v if isinstance(v, list) else [v]))]])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert named.replace("{root}", str(root)) in err, err
+    assert files() == before  # no table written, and the folder that --out-cells named is intact
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"--out": "{root}/fig.txt"}, "--out {root}/fig.txt: the suffix names the format"),
+    ({"--out": "{root}/kept.png"}, "--out {root}/kept.png: is a folder"),
+    ({"--cells": "{root}/passkey.csv/cells.csv"}, "cells.csv is missing"),
+    ({"--cells": "{root}/law/fit.csv"}, "fit.csv: columns ['base'] missing"),
+], ids=["suffix", "out-folder", "cells-missing", "cells-not-cells"])
+def test_bad_figures_input_is_one_line(study, capsys, changes, named):
+    root, paths = study
+    args = {"--evals": paths, "--cells": f"{root}/law/cells.csv", "--model": "tiny", "--tune-len": "64",
+            "--out": f"{root}/figs/ppl.png"}
+    args.update({k: v.replace("{root}", str(root)) for k, v in changes.items()})
+    capsys.readouterr()
+    code = main(["figures", "ppl_vs_length", *[x for k, v in args.items() for x in (k, *(v if isinstance(v, list) else [v]))]])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert named.replace("{root}", str(root)) in err, err
+    assert (root / "law" / "cells.csv").is_file() and (root / "kept.png" / "inside.txt").is_file()
+    assert not list(root.glob("figs/*"))

@@ -92,6 +92,8 @@ CASES = [
         fused_loss="grad_in_forward", deepspeed=str(ZERO3))),
      ["'finetune.fused_loss' is grad_in_forward", "not supported under DeepSpeed ZeRO-3", "set it to true or checkpointed"],
      "out"),
+    ("finetune-seed-beyond-numpy", lambda c, t: _finetune(c, t / "out", spec=_spec(seed=2**32)),
+     ["seed = 4294967296 must be an integer in [0, 2**32)", "fix finetune.seed"], "out"),
     ("finetune-base-nan", lambda c, t: _finetune(c, t / "out", base="nan"),
      ["--base must be a number > 1", "fix the cell's base"], "out"),
     ("finetune-method-not-json", lambda c, t: [*_finetune(c, t / "out"), "--method", "{not json"],

@@ -194,6 +194,11 @@ def _check_models(cfg: dict) -> None:
         elif spec["source"] == "scratch":
             if spec["architecture"]["hidden_size"] % spec["architecture"]["num_heads"]:
                 raise UserError(f"config key 'models.{name}.architecture.hidden_size' must be divisible by num_heads")
+            multiple = spec["pretrain"]["length_multiple"]
+            if spec["train_len"] and spec["train_len"] % multiple:
+                raise UserError(f"config key 'models.{name}.train_len' ({spec['train_len']}) is not a multiple of "
+                                f"models.{name}.pretrain.length_multiple = {multiple}, the length it is pretrained "
+                                "at; change one of them")
             specs.build(specs.TrainingSpec, spec["pretrain"], f"models.{name}.pretrain")
             _check_deepspeed(f"models.{name}.pretrain", spec["pretrain"])
 

@@ -19,7 +19,6 @@ convention, BOS, chunking). Every argument and input file is checked before the 
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,21 +50,6 @@ def load_cell_model(model_dir, cell: dict, *, precision: str, attn_implementatio
         )
     model.eval()
     return model, inv_freq
-
-
-def check_out(out, flag: str = "--out") -> Path:
-    """Refuse an output path that cannot be written, before any model is loaded: its folder is
-    created if missing (as the final write would) and a scratch file is written there and removed."""
-    out = Path(out)
-    if out.is_dir():
-        raise UserError(f"{flag} {out}: is a folder; give a file path such as {out}/eval.csv")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
-    except OSError as err:
-        raise UserError(f"{flag} {out}: cannot write in {out.parent} ({err.strerror}); choose a writable path") from None
-    return out
 
 
 def docs_path(out) -> Path:
@@ -230,7 +214,7 @@ def check_arguments(args) -> None:
     edges = getattr(args, "bucket_edges", None) or []
     if edges and (edges != sorted(set(edges)) or edges[0] < 0):
         raise UserError(f"--bucket-edges {edges}: use strictly increasing edges from 0 (evaluation.bucket_edges)")
-    check_out(args.out)
+    provenance.check_out(args.out, "--out", "eval.csv")
 
 
 def run(args) -> None:

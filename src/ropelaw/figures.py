@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.backend_bases import FigureCanvasBase
 
-from ropelaw import UserError, methods, theory
+from ropelaw import UserError, methods, provenance, theory
 from ropelaw.cells import heatmap_figure, length_figure
-from ropelaw.law import GROUP, load_evals
+from ropelaw.law import GROUP, PASSKEY_COLUMNS, load_evals, read_table
 from ropelaw.methods import ON_TUNED
 from ropelaw.plotstyle import (BETA, BETA0, T_EXTRA, T_TRAIN, T_TUNE, base_colors, base_label, interval_text,
                                length_label, log_axis, new_figure, save, suptitle, wrap)
@@ -330,9 +332,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    read = lambda path: pd.read_csv(path) if path else None  # noqa: E731
-    tables = Tables(prefix_rows(load_evals(args.evals)), pd.read_csv(args.cells), read(args.fit),
-                    read(args.bootstrap), read(args.passkey))
+    formats = FigureCanvasBase.get_supported_filetypes()
+    for out in args.out:
+        if Path(out).suffix.lstrip(".") not in formats:
+            raise UserError(f"--out {out}: the suffix names the format; use one of .{', .'.join(sorted(formats))}")
+        provenance.check_out(out, "--out", f"{args.kind}.png")
+    law = "run the law rule (again)"
+    read = lambda path, columns: read_table(path, columns, law) if path else None  # noqa: E731
+    tables = Tables(prefix_rows(load_evals(args.evals)), read(args.cells, GROUP), read(args.fit, ["model", "method", "tune_len"]),
+                    read(args.bootstrap, ["model", "method", "tune_len"]), read(args.passkey, PASSKEY_COLUMNS))
     needs = {"ppl_vs_length": ("model", "tune_len"), "passkey_vs_length": ("model", "tune_len", "passkey"),
              "passkey_heatmap": ("model", "method", "base", "tune_len", "passkey")}.get(args.kind, ())
     missing = [f"--{n.replace('_', '-')}" for n in needs if getattr(args, n) is None]

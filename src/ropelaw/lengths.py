@@ -36,7 +36,7 @@ def eval_lengths(cfg: dict, blocks: list[int]) -> list[int]:
 
 
 def check_lists(cfg: dict) -> None:
-    """Every length list of the config is strictly increasing."""
+    """Every length list of the config is strictly increasing; the passkey templates hide the key once."""
     require_increasing("evaluation.lengths", cfg["evaluation"]["lengths"])
     for i, block in enumerate(cfg["grid"]):
         if "eval_lengths" in block:
@@ -46,6 +46,10 @@ def check_lists(cfg: dict) -> None:
         require_increasing("evaluation.bucket_edges", edges)
     if cfg["passkey"]["lengths"] is not None:
         require_increasing("passkey.lengths", cfg["passkey"]["lengths"])
+    for name in ("prefix", "question"):  # as ropelaw.passkey.PasskeySpec (which imports torch) refuses them
+        if "{key}" in cfg["passkey"][name]:
+            raise UserError(f"config key 'passkey.{name}' contains {{key}}, which only passkey.needle may hold "
+                            f"(the key is hidden there); remove it from passkey.{name}")
 
 
 def check_cell(cfg: dict, cell, blocks: list[int]) -> None:

@@ -89,15 +89,31 @@ def seconds_per_token(rows: list[dict], model: str, phase: str, gpu: str, length
     return max(y0 + (y1 - y0) * (length - x0) / (x1 - x0), min(y0, y1)) * scale
 
 
+def _mapping(block, key: str, path: Path) -> dict:
+    """A block of the profile's YAML that must map names to values (None: empty)."""
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise UserError(f"--profile: {path}: {key} is a {type(block).__name__}, not a mapping of names to values; "
+                        "write it as `name: value` lines")
+    return block
+
+
 def profile_jobs(profile_dir: Path) -> dict[str, Job]:
     """Job shape of the GPU rules as the profile's default-resources and set-resources give it."""
     path = profile_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"--profile: {path} does not exist; point --profile at a Snakemake profile directory")
-    profile = yaml.safe_load(path.read_text()) or {}
+    try:
+        profile = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"--profile: {path}: YAML syntax error ({str(err).splitlines()[0]}); fix the YAML") from None
+    profile = _mapping(profile, "its top level", path)
+    default = _mapping(profile.get("default-resources"), "default-resources", path)
+    per_rule = _mapping(profile.get("set-resources"), "set-resources", path)
     jobs = {}
     for rule in ("finetune", "evaluate", "passkey"):
-        res = {**profile.get("default-resources", {}), **profile.get("set-resources", {}).get(rule, {})}
+        res = {**default, **_mapping(per_rule.get(rule), f"set-resources.{rule}", path)}
         gres = re.fullmatch(r"gpu(?::([A-Za-z0-9_.]+))?:(\d+)", str(res.get("gres", "")))
         if gres:
             gpus, gpu_type = int(gres.group(2)) * int(res.get("nodes", 1)), gres.group(1) or ""

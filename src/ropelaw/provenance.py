@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from ropelaw import UserError
+
 _LIBRARIES = (
     "ropelaw", "torch", "transformers", "accelerate", "tokenizers", "deepspeed",
     "flash-attn", "numpy", "pandas", "snakemake", "gguf",
@@ -114,6 +116,22 @@ def write_json(path: str | Path, obj: Any) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_out(out, flag: str, example: str) -> Path:
+    """Refuse an output file path that cannot be written, before any work: an existing folder (which
+    `atomic_path` would replace) or a place where no file can be made. Its folder is created if missing
+    (as the final write would) and a scratch file is written there and removed."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{flag} {out}: is a folder; give a file path such as {out}/{example}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag} {out}: cannot write in {out.parent} ({err.strerror}); choose a writable path") from None
+    return out
 
 
 @contextlib.contextmanager

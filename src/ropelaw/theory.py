@@ -41,8 +41,8 @@ def _check_head_dim(head_dim: int) -> None:
 
 
 def _check_len(name: str, length: float) -> None:
-    if not length > 2 * math.pi:
-        raise UserError(f"{name} must be > 2*pi (a few tokens at least): got {length}")
+    if not (length > 2 * math.pi and math.isfinite(length)):
+        raise UserError(f"{name} must be a finite length > 2*pi (a few tokens at least): got {length}")
 
 
 def _check_base(name: str, base: float) -> None:
@@ -99,7 +99,10 @@ def min_base_for_length(target_len: float, head_dim: int, train_len: float, orig
     """
     _check_len("target_len", target_len)
     d_extra = critical_dim(head_dim, train_len, orig_base)
-    return (target_len / (2 * math.pi)) ** (head_dim / d_extra)
+    try:
+        return (target_len / (2 * math.pi)) ** (head_dim / d_extra)
+    except OverflowError:
+        raise UserError(f"target_len {target_len:g} needs a base beyond the largest float; give a shorter length") from None
 
 
 def min_base_for_length_paper(target_len: float, train_len: float, orig_base: float) -> float:
@@ -200,14 +203,22 @@ def model_geometry(config_path: str | Path) -> tuple[int, int, float]:
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read model config {path}: {err}") from None
 
-    def need(key: str, where: dict = config, shown: str = ""):
-        if where.get(key) is None:
-            raise UserError(f"{path}: missing key {shown or repr(key)}; give the value on the command line")
-        return where[key]
+    if not isinstance(config, dict):
+        raise UserError(f"{path} holds a JSON {type(config).__name__}, not a model config object; "
+                        "point at the model's config.json")
 
-    head_dim = config.get("head_dim") or need("hidden_size") // need("num_attention_heads")
+    def need(key: str, where: dict = config, shown: str = ""):
+        value = where.get(key) if isinstance(where, dict) else None
+        if value is None:
+            raise UserError(f"{path}: missing key {shown or repr(key)}; give the value on the command line")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise UserError(f"{path}: {shown or repr(key)} is {value!r}, not a positive number; fix the file "
+                            "or give the value on the command line")
+        return value
+
+    head_dim = need("head_dim") if config.get("head_dim") else need("hidden_size") // need("num_attention_heads")
     if config.get("rope_theta") is not None:
-        orig_base = config["rope_theta"]
+        orig_base = need("rope_theta")
     else:  # transformers v5 nests the base in rope_parameters
         orig_base = need("rope_theta", config.get("rope_parameters") or {}, "'rope_theta' (or 'rope_parameters.rope_theta')")
     return int(head_dim), int(need("max_position_embeddings")), float(orig_base)

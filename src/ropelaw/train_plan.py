@@ -38,8 +38,8 @@ class TrainSpec(TrainingSpec):
         for name in ("steps", "global_batch_size", "micro_batch_size", "checkpoint_every", "length_multiple",
                      "logging_steps"):
             self._check(name, int, lambda v: v >= 1, "an integer >= 1")
-        for name in ("warmup_steps", "seed"):
-            self._check(name, int, lambda v: v >= 0, "an integer >= 0")
+        self._check("warmup_steps", int, lambda v: v >= 0, "an integer >= 0")
+        self._check("seed", int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")  # numpy's seed range
         for name in ("lr", "max_grad_norm", "adam_epsilon"):
             self._check(name, float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
         self._check("weight_decay", float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")

@@ -52,15 +52,17 @@ depth) goes to its own table (empty when no passkey table is given).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from ropelaw import UserError, provenance
 from ropelaw.law.estimators import ESTIMATORS
-from ropelaw.law.tables import GROUP, cell_table, fit_table, load_cell
+from ropelaw.law.tables import EVAL_COLUMNS, EVAL_FIX, EVAL_NUMBERS, GROUP, cell_table, fit_table, load_cell, read_table
 
 PASSKEY_COLUMNS = GROUP + ["length", "depth", "prompts", "correct", "accuracy"]
+PASSKEY_ROWS = GROUP + ["length", "depth", "correct"]  # of a cell's passkey.csv, as the law reads it
 __all__ = ["GROUP", "PASSKEY_COLUMNS", "cell_table", "fit_table", "load_cell", "load_evals", "measure"]
 
 
@@ -94,11 +96,13 @@ def join_passkey(cells: pd.DataFrame, passkey: pd.DataFrame) -> pd.DataFrame:
     return cells.merge(pd.concat([overall, by_length], axis=1).reset_index(), on=GROUP, how="left")
 
 
-def load_evals(paths: list[str]) -> pd.DataFrame:
+def load_evals(paths: list[str], columns: list[str] = EVAL_COLUMNS, numeric: list[str] = EVAL_NUMBERS,
+               fix: str = EVAL_FIX) -> pd.DataFrame:
+    """Several per-cell tables (eval.csv by default) as one; a missing, unreadable or incomplete one is a UserError."""
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise UserError(f"evaluation tables missing: {missing}; run the evaluate rule first")
-    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    return pd.concat([read_table(p, columns, fix, numeric) for p in paths], ignore_index=True)
 
 
 def add_arguments(parser) -> None:
@@ -114,10 +118,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out-passkey", help="output CSV of retrieval accuracy per cell, length and depth")
 
 
-def run(args) -> None:
+def check_arguments(args) -> None:
+    """Every argument that can be checked before a table is read: the numbers, and the output files
+    (an existing folder there would be replaced by the table)."""
     if args.passkey and not args.out_passkey:
         raise UserError("--passkey needs --out-passkey, the table of accuracy per cell, length and depth")
-    passkey = load_evals(args.passkey) if args.passkey else pd.DataFrame()
+    if not (math.isfinite(args.factor) and args.factor > 1):
+        raise UserError(f"--factor {args.factor}: use a finite ratio > 1 (law.factor)")
+    if args.bootstrap < 1:
+        raise UserError(f"--bootstrap {args.bootstrap}: use 1 or more replicates (law.bootstrap)")
+    if args.bootstrap_seed < 0:
+        raise UserError(f"--bootstrap-seed {args.bootstrap_seed}: use an integer >= 0 (law.bootstrap_seed)")
+    for flag in ("--out-cells", "--out-fit", "--out-bootstrap", "--out-passkey"):
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path:
+            provenance.check_out(path, flag, f"{flag[6:]}.csv")
+
+
+def run(args) -> None:
+    check_arguments(args)
+    passkey = (load_evals(args.passkey, PASSKEY_ROWS, ["base", "tune_len", "length", "depth", "correct"],
+                          "run the passkey rule of that cell (again)") if args.passkey else pd.DataFrame())
     cells, fits, boot = measure(args.evals, args.estimator, args.factor, args.bootstrap, args.bootstrap_seed)
     cells = join_passkey(cells, passkey)
     tables = [(cells, args.out_cells), (fits, args.out_fit), (boot, args.out_bootstrap)]

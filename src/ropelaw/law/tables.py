@@ -19,11 +19,14 @@ import pandas as pd
 
 from ropelaw import UserError, theory
 from ropelaw.law import bootstrap
-from ropelaw.law.estimators import CENSORED, NO, Curve, curve
+from ropelaw.law.estimators import CENSORED, DOC_COLUMNS, NO, Curve, curve
 from ropelaw.methods import TRAINING_FREE
 
 GROUP = ["model", "method", "base", "tune_len"]
 IDENTITY = GROUP + ["head_dim", "train_len", "orig_base", "eval_set"]
+EVAL_COLUMNS = IDENTITY + ["scope", "end", "nll_sum", "tokens", "correct"]  # of eval.csv, as the law reads it
+EVAL_NUMBERS = ["base", "tune_len", "head_dim", "train_len", "orig_base", "end", "nll_sum", "tokens", "correct"]
+EVAL_FIX = "run the evaluate rule of that cell (again)"
 FIT_KEY = ["model", "method", "tune_len"]
 SEED_DIR = re.compile(r"_seed(\d+)$")
 
@@ -38,6 +41,26 @@ class Measured:
     docs_key: tuple  # the evaluation set: (model, longest length, number of documents)
     max_nll: float  # pooled NLL and tokens of the longest prefix
     max_tokens: float
+
+
+def read_table(path, columns: list[str], fix: str, numeric: list[str] = ()) -> pd.DataFrame:
+    """A CSV table that must exist, parse and hold `columns`, those of `numeric` as numbers in every row;
+    anything else is one UserError naming the file and `fix`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing; {fix}")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a readable CSV table ({str(err).splitlines()[0]}); {fix}") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: columns {missing} missing; {fix}")
+    wrong = [c for c in numeric if not pd.api.types.is_numeric_dtype(table[c]) or table[c].isna().any()]
+    if wrong:
+        raise UserError(f"{path}: columns {wrong} hold empty values or values that are not numbers (a cut or "
+                        f"edited file?); {fix}")
+    return table
 
 
 def _seed(table: pd.DataFrame, path: Path) -> int | None:
@@ -66,17 +89,14 @@ def _kind(table: pd.DataFrame, path: Path) -> dict:
 def load_cell(eval_csv: str, estimator: str) -> Measured:
     path = Path(eval_csv)
     docs_path = path.with_name("eval_docs.csv")
-    for needed in (path, docs_path):
-        if not needed.is_file():
-            raise UserError(f"{needed} is missing; run the evaluate rule of that cell first")
-    table = pd.read_csv(path)
+    table = read_table(path, EVAL_COLUMNS, EVAL_FIX, EVAL_NUMBERS)
     prefix = table[table.scope == "prefix"].sort_values("end")
     if prefix.empty:
         raise UserError(f"{path} has no prefix rows; re-run the cell's evaluate rule")
     info = {key: prefix[key].iloc[0] for key in IDENTITY}
     info = {k: (int(v) if isinstance(v, np.integer) else float(v) if isinstance(v, np.floating) else v) for k, v in info.items()}
     info |= _kind(table, path)
-    docs = pd.read_csv(docs_path)
+    docs = read_table(docs_path, DOC_COLUMNS, EVAL_FIX, DOC_COLUMNS)
     longest = prefix.iloc[-1]
     return Measured(
         info=info, seed=_seed(table, path),
