@@ -171,7 +171,9 @@ def test_bad_law_input_is_one_line_and_replaces_nothing(study, tmp_path, capsys,
     ({"--out": "{root}/kept.png"}, "--out {root}/kept.png: is a folder"),
     ({"--cells": "{root}/passkey.csv/cells.csv"}, "cells.csv is missing"),
     ({"--cells": "{root}/law/fit.csv"}, "fit.csv: columns ['base'] missing"),
-], ids=["suffix", "out-folder", "cells-missing", "cells-not-cells"])
+    ({"--model": "nope"}, "--model nope --tune-len 64: no tuned cell of the cells table has them; it has tiny at 64"),
+    ({"--tune-len": "65"}, "--model tiny --tune-len 65: no tuned cell"),
+], ids=["suffix", "out-folder", "cells-missing", "cells-not-cells", "no-such-model", "no-such-tune-len"])
 def test_bad_figures_input_is_one_line(study, capsys, changes, named):
     root, paths = study
     args = {"--evals": paths, "--cells": f"{root}/law/cells.csv", "--model": "tiny", "--tune-len": "64",

@@ -284,6 +284,11 @@ def _seed_rows(passkey: pd.DataFrame, seed: int | None) -> pd.DataFrame:
 def draw(kind: str, tables: Tables, study: str, model=None, tune_len=None, method=None, base=None, seed=None):
     """One figure of `kind` (KINDS); model/tune_len pick a ppl_vs_length, with method/base (and seed) a heatmap's cell."""
     if kind in ("ppl_vs_length", "passkey_vs_length"):
+        tuned = tables.cells[tables.cells.method != UNTUNED]  # as figure_names() names these figures
+        pairs = sorted({(m, int(t)) for m, t in tuned[["model", "tune_len"]].itertuples(index=False)})
+        if (model, int(tune_len)) not in pairs:
+            raise UserError(f"--model {model} --tune-len {tune_len}: no tuned cell of the cells table has them; "
+                            f"it has {', '.join(f'{m} at {t}' for m, t in pairs) or 'none'}")
         if kind == "ppl_vs_length":
             return ppl_vs_length(tables, model, int(tune_len), study)
         both = Tables(with_retrieval(tables.evals, tables.passkey), tables.cells)
