@@ -156,11 +156,17 @@ def _block_keys(cfg: dict, i: int, block: dict) -> list[Key]:
         raise UserError(f"config key 'grid[{i}].finetune.seed': the block also lists 'seeds'; keep one of them")
     keys = []
     for tune_len in block["tune_lengths"]:
+        seen: dict[int, int] = {}
         for j, spec in enumerate(block["bases"]):
             try:
                 base = theory.resolve_base(spec, geo.head_dim, geo.train_len, tune_len, geo.orig_base)
             except UserError as err:
                 raise UserError(f"config key 'grid[{i}].bases[{j}]': {err}") from None
+            if base in seen:
+                raise UserError(f"config key 'grid[{i}].bases[{j}]': {spec!r} is base {base} at tune length "
+                                f"{tune_len}, as bases[{seen[base]}] ({block['bases'][seen[base]]!r}) is: one cell; "
+                                "remove one of them")
+            seen[base] = j
             keys += [(model, method, base, tune_len, seed) for seed in block.get("seeds", [None])]
     return keys
 

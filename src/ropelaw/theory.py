@@ -150,6 +150,9 @@ def resolve_base(spec: float | str, head_dim: int, train_len: float, tune_len: f
     else:
         value = spec
     _check_base("base", value)
+    if not isinstance(spec, str) and value != round(value):
+        raise UserError(f"base {spec!r} is not a whole number; bases are integers (it would train and be named as "
+                        f"base{round(value)}): give {round(value)}")
     if round(value) < 2:
         raise UserError(f"base {spec!r} rounds to {round(value)}; bases are integers, give one >= 2")
     return round(value)
