@@ -79,6 +79,9 @@ SKIP = {
     "python bench/summarize.py <folder>": "a template: needs a benchmark run's folder",
     "snakemake -s Snakefile -d /tmp/smollm2_cpu --cores 2 --configfile config/smollm2_cpu.yaml":
         "a record of how the run was made (a scratch directory with the repository's config/)",
+    ".venv/bin/python -c \"import pandas as pd; t = pd.concat(pd.read_csv(f'results/smollm2_cpu/{m}/base100000_len8192/"
+    "eval.csv') for m in ('untuned', 'dynamic_ntk')); print(t[['method', 'scope', 'start', 'end', 'ppl', 'accuracy']]"
+    ".to_string())\"": "reads the tables of the 20-minute SmolLM2 CPU run (docs/smollm2_cpu.md), not committed",
 }
 
 
