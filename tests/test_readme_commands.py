@@ -52,6 +52,12 @@ SKIP = {
     "bash scripts/setup.sh": "installs packages (network)",
     "make setup": "installs packages (scripts/setup.sh)",
     ".venv/bin/snakemake --cores 2 --report report.html": "needs the main job's results",
+    ".venv/bin/python -c \"import glob, pandas as pd; t = pd.concat(map(pd.read_csv, glob.glob('results/tiny/*/*/eval.csv'))); "
+    "print(t[t.scope == 'prefix'].pivot_table(index=['method', 'base'], columns='end', values='ppl').round(1)); "
+    "print(pd.read_csv('results/law/cells.csv')[['method', 'base', 'measured_bound', 'bound_lo', 'bound_hi', 'n_docs', "
+    "'passkey_accuracy']].round(1).to_string()); "
+    "print(pd.read_csv('results/law/fit.csv')[['fitted_slope', 'fitted_slope_lo', 'fitted_slope_hi', 'theory_slope']])\"":
+        "prints the main job's tables (README, what the embedded default shows): needs its results",
     "pip install -e '.[test]'": "installs packages",
     "pip install --no-deps": "installs packages (a fragment of pip's options)",
     "pytest tests/test_slurm.py": "needs the local SLURM cluster (root)",
@@ -79,6 +85,9 @@ SKIP = {
     "python bench/summarize.py <folder>": "a template: needs a benchmark run's folder",
     "snakemake -s Snakefile -d /tmp/smollm2_cpu --cores 2 --configfile config/smollm2_cpu.yaml":
         "a record of how the run was made (a scratch directory with the repository's config/)",
+    ".venv/bin/python -c \"import pandas as pd; t = pd.concat(pd.read_csv(f'results/smollm2_cpu/{m}/base100000_len8192/"
+    "eval.csv') for m in ('untuned', 'dynamic_ntk')); print(t[['method', 'scope', 'start', 'end', 'ppl', 'accuracy']]"
+    ".to_string())\"": "reads the tables of the 20-minute SmolLM2 CPU run (docs/smollm2_cpu.md), not committed",
 }
 
 
