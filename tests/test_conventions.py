@@ -157,6 +157,42 @@ def test_per_token_bytes_rebuild_the_text(kit):
     assert text.word_starts([leading]).sum() == 2 and text.whitespace_runs([leading]).sum() + 1 == 4
 
 
+def test_byte_level_tokens_behind_a_sequence_decoder_count_their_bytes(kit):
+    """transformers 5.17 turns SmolLM2's GGUF tokenizer into byte-level tokens (`Ġthe`) with the decoder
+    [ByteFallback, Fuse, Replace ▁, ByteLevel]; read as SentencePiece, `Ġ` counted as its two UTF-8 bytes
+    and no token began a word (the GPU studies' bytes and words columns, docs/results)."""
+    from tokenizers import Tokenizer, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(kit.tokenizer.backend_tokenizer.to_str())
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(), decoders.Replace("▁", " "),
+                                         decoders.ByteLevel()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=kit.tokenizer.eos_token)
+    sample = "the  of\tand\n\nit was — café, naïve 漢字 done.\n"
+    ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    assert any(tokenizer.convert_ids_to_tokens(i).startswith("Ġ") for i in ids)
+    pieces = raw_bytes(tokenizer, len(tokenizer))
+    assert b"".join(pieces[i] for i in ids) == sample.encode("utf-8") == tokenizer.decode(ids).encode()
+    assert TokenText.from_bytes(pieces).word_starts([ids]).sum() == len(sample.split())
+
+
+def test_a_decoder_whose_text_the_token_bytes_do_not_give_is_refused():
+    """Per-id bytes are checked against the tokenizer's own decode of a probe text, whatever its decoder says."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{f"<0x{b:02X}>": 1 + b for b in range(256)}}
+    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"]:
+        vocab.setdefault(piece, len(vocab))
+    backend = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Replace("e", "E")])  # decodes to other text than its tokens
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    with pytest.raises(UserError, match="read as sentencepiece tokens, the ids of a probe text give"):
+        raw_bytes(tokenizer, len(tokenizer))
+
+
 def test_bos_policy_follows_the_tokenizer(kit):
     tokenizer = kit.tokenizer
     assert not adds_bos(tokenizer) and bos_id(tokenizer, "auto") is None

@@ -49,10 +49,14 @@ def _byte_level_decoder() -> dict[str, int]:
 
 
 def _decoder_kind(tokenizer) -> str:
+    """byte_level where a ByteLevel decoder maps the tokens to bytes, alone or as a stage of a Sequence:
+    transformers 5.17 converts SmolLM2's GGUF tokenizer with [ByteFallback, Fuse, Replace, ByteLevel], and
+    its tokens are byte-level ones (`Ġthe`); else sentencepiece where `▁` or byte fallback appear."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
     text = json.dumps(decoder)
-    if decoder and decoder.get("type") == "ByteLevel":
+    stages = (decoder.get("decoders") or [decoder]) if decoder else []
+    if any(stage.get("type") == "ByteLevel" for stage in stages):
         return "byte_level"
     if '"ByteFallback"' in text or "\\u2581" in text or "▁" in text:
         return "sentencepiece"
@@ -81,7 +85,25 @@ def raw_bytes(tokenizer, vocab_size: int) -> list[bytes]:
             out.append(bytes([int(match.group(1), 16)]))
         else:
             out.append(token.replace("▁", " ").encode())
+    _check_against_decode(tokenizer, out, kind)
     return out + [b""] * (vocab_size - len(out))
+
+
+PROBE = "In the beginning,\n\tGod said:  café, naïve — 漢字 end.\n"
+
+
+def _check_against_decode(tokenizer, pieces: list[bytes], kind: str) -> None:
+    """The per-id bytes of a probe text's ids must join into what the tokenizer decodes them to (a leading
+    space a SentencePiece decoder strips aside): else bits per byte and words would count other text."""
+    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    joined = b"".join(pieces[i] if i < len(pieces) else b"" for i in ids)
+    decoded = tokenizer.decode(ids, clean_up_tokenization_spaces=False).encode()
+    if joined not in (decoded, b" " + decoded):
+        raise UserError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: read as {kind} tokens, the ids of a probe text "
+            f"give {joined[:40]!r}... but decode to {decoded[:40]!r}...; bytes per token are not defined for its "
+            "decoder; use a fast tokenizer with a byte-level or SentencePiece decoder"
+        )
 
 
 @dataclass(frozen=True)
