@@ -100,6 +100,11 @@ def test_untuned_perplexity_equals_a_plain_computation(work):
         reference = math.exp(nll[: length - 1].mean().item())
         assert ppl[length] == pytest.approx(reference, rel=1e-3), length
         print(f"SmolLM2 untuned on the KJV, {length} tokens: workflow {ppl[length]:.4f}, reference {reference:.4f}")
+        # Bytes and words of the scored tokens are those of their decoded text (under transformers 5.17,
+        # SmolLM2's decoder is a Sequence around ByteLevel; read as SentencePiece, each Ġ counted two bytes).
+        text = tokenizer.decode(ids[0, 1:length])
+        row = table[(table.scope == "prefix") & (table.end == length)].iloc[0]
+        assert (row.bytes, row.words) == (len(text.encode("utf-8")), len(text.split())), length
     assert 1 < ppl[4096] < 50, "a pretrained model reads the Bible fluently"
 
 
