@@ -9,7 +9,7 @@ ByteLevel], and `ropelaw.tokentext` of that time read it as SentencePiece. Every
 character above U+007F (`Ġ` for a space, `Ċ` for a newline, ...) then counted as its two UTF-8 bytes and
 no byte was whitespace, so `bytes` is too large, `words` is one per row, and `bits_per_byte`, `byte_ppl`
 and `word_ppl` are wrong. The token counts, `nll_sum`, `ppl` and everything the law uses are not affected.
-Fixed in `ropelaw.tokentext` (commit after 2fe7949).
+Fixed in `ropelaw.tokentext` (95de67e).
 
 DIR is SmolLM2's tokenizer as `ropelaw convert-gguf` writes it (under transformers 5.17, DIR/tokenizer.json is
 the study's file, whose sha256 every eval.json records; a newer transformers writes another file with the same
