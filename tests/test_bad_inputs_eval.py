@@ -156,14 +156,14 @@ def test_bad_law_input_is_one_line_and_replaces_nothing(study, tmp_path, capsys,
         _break(Path(paths[-1]).with_name(broken[0]), broken[1])
     args = {"--evals": paths, "--bootstrap": "5", "--out-cells": f"{root}/out/cells.csv", "--out-fit": f"{root}/out/fit.csv"}
     args.update({k: v.replace("{root}", str(root)) for k, v in changes.items()})
-    files = lambda: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())  # noqa: E731
+    files = lambda: sorted((p.relative_to(root), p.is_file()) for p in root.rglob("*"))  # noqa: E731
     before = files()
     capsys.readouterr()
     code = main(["law", *[x for k, v in args.items() for x in (k, *(v if isinstance(v, list) else [v]))]])
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert named.replace("{root}", str(root)) in err, err
-    assert files() == before  # no table written, and the folder that --out-cells named is intact
+    assert files() == before  # no table written, no folder made, and the folder that --out-cells named is intact
 
 
 @pytest.mark.parametrize("changes, named", [
@@ -185,4 +185,4 @@ def test_bad_figures_input_is_one_line(study, capsys, changes, named):
     assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert named.replace("{root}", str(root)) in err, err
     assert (root / "law" / "cells.csv").is_file() and (root / "kept.png" / "inside.txt").is_file()
-    assert not list(root.glob("figs/*"))
+    assert not (root / "figs").exists()  # a refusal makes no folder

@@ -8,6 +8,7 @@ a file or directory that looks finished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -120,14 +121,19 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def check_out(out, flag: str, example: str) -> Path:
     """Refuse an output file path that cannot be written, before any work: an existing folder (which
-    `atomic_path` would replace) or a place where no file can be made. Its folder is created if missing
-    (as the final write would) and a scratch file is written there and removed."""
+    `atomic_path` would replace) or a place where no file can be made. A scratch file is written and
+    removed in the nearest folder that exists; the missing ones are left to the final write to make,
+    so a refusal leaves nothing behind."""
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{flag} {out}: is a folder; give a file path such as {out}/{example}")
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
         raise UserError(f"{flag} {out}: cannot write in {out.parent} ({err.strerror}); choose a writable path") from None
