@@ -151,7 +151,7 @@ def begin_attempt(ckpt_dir: Path, resume: Path | None) -> int:
 
 def attempts(ckpt_dir: Path) -> list[dict]:
     """The run's attempts so far, oldest first: start, host, SLURM job, checkpoint resumed, the last
-    checkpoint saved, and the outcome (`stopped`, `failed` with its error, or KILLED where no end was
+    checkpoint saved, and the outcome (`stopped by SIGUSR1`, `failed` with its error, or KILLED where no end was
     written). The one running now reads as KILLED until it ends. A line cut short by a kill is skipped."""
     path, runs = ckpt_dir / ATTEMPTS, []
     lines = path.read_text().splitlines() if path.is_file() else []
