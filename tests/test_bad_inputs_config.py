@@ -140,6 +140,13 @@ CASES = [
     ("hf-config-list", _hf_dir_config("[1, 2]"), ["hf/config.json", "JSON list", "config.json"]),
     ("hf-config-theta-text", _hf_dir_config('{"head_dim": 16, "max_position_embeddings": 64, "rope_theta": "1e4"}'),
      ["hf/config.json", "'rope_theta' is '1e4'", "not a positive number"]),
+    ("hf-config-length-not-whole", _hf_dir_config('{"head_dim": 16, "max_position_embeddings": 4096.5, "rope_theta": 1e4}'),
+     ["hf/config.json", "'max_position_embeddings' is 4096.5", "not a whole number", "models.hf.train_len"]),
+    ("hf-config-head-dim-not-whole", _hf_dir_config('{"head_dim": 16.5, "max_position_embeddings": 64, "rope_theta": 1e4}'),
+     ["hf/config.json", "'head_dim' is 16.5", "not a whole number", "models.hf.head_dim"]),
+    ("hf-config-hidden-not-whole", _hf_dir_config('{"hidden_size": 64.5, "num_attention_heads": 4, '
+                                                  '"max_position_embeddings": 64, "rope_theta": 1e4}'),
+     ["hf/config.json", "'hidden_size' is 64.5", "not a whole number"]),
     ("hf-config-no-heads", _hf_dir_config('{"hidden_size": 64, "num_attention_heads": 0, "max_position_embeddings": 64, '
                                           '"rope_theta": 10000}'), ["hf/config.json", "'num_attention_heads' is 0"]),
     ("batch-not-divisible", _with(("finetune.micro_batch_size", 3)), ["global_batch_size", "micro_batch_size"]),

@@ -37,11 +37,12 @@ def _read_geometry(model: str, source: str, path: str | None, package: str | Non
                    hub_id: str | None, revision: str | None) -> tuple[int, int, float]:
     """(head_dim, T_train, b0) as the model's own files give them (cached: GGUF and hub reads)."""
     spec, key = {"path": path, "package": package, "id": hub_id, "revision": revision}, f"models.{model}"
+    fix = f"give all of {key}.head_dim, {key}.train_len and {key}.rope_base (then the model's files are not read)"
     if source == "gguf":
-        return sources.gguf_geometry(sources.locate_gguf(spec, key))
+        return sources.gguf_geometry(sources.locate_gguf(spec, key), fix)
     if source == "hub":
-        return theory.model_geometry(sources.hub_config(spec, key))
-    return theory.model_geometry(Path(path) / "config.json")
+        return theory.model_geometry(sources.hub_config(spec, key), fix)
+    return theory.model_geometry(Path(path) / "config.json", fix)
 
 
 def geometry(cfg: dict, model: str) -> Geometry:
