@@ -141,6 +141,24 @@ def _fill_defaults(schema: dict, node: dict, value: Any) -> Any:
     return value
 
 
+def _integers(schema: dict, node: dict, value: Any) -> Any:
+    """`value` with every whole float where the schema wants an integer (YAML's 64.0) made an int, as bases
+    are: 64.0 would otherwise reach result paths (len64.0) and training loops as a float."""
+    node = resolve_ref(schema, node)
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, float) and "integer" in types and "number" not in types:
+        return int(value)  # the schema has checked that it is whole
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        return [_integers(schema, node["items"], item) for item in value]
+    if isinstance(value, dict):
+        extra = node.get("additionalProperties")
+        subs = {name: node.get("properties", {}).get(name, extra) for name in value}
+        return {name: _integers(schema, sub, item) if isinstance(sub, dict) else item
+                for (name, item), sub in zip(value.items(), subs.values())}
+    return value
+
+
 def validate(raw: dict, schema: dict | None = None) -> dict:
     """Schema-check `raw` and return a copy with every default filled in."""
     schema = schema or load_schema()
@@ -151,6 +169,7 @@ def validate(raw: dict, schema: dict | None = None) -> dict:
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), str(e.path)))
     if errors:
         raise _schema_error(errors[0])
+    raw = _integers(schema, schema, raw)
     overrides = {
         "models": {m: copy.deepcopy(spec.get("finetune", {})) for m, spec in raw["models"].items()},
         "grid": [copy.deepcopy(block.get("finetune", {})) for block in raw["grid"]],
