@@ -171,10 +171,11 @@ def test_check_config_refuses_in_one_line(tmp_path, edit, words):
     ("data: [unclosed\nmodels: {}\n", ["config.yaml", "YAML syntax error", "line"]),
     ("- data\n- models\n", ["config.yaml", "list", "mapping"]),
     ("data:\n\tshards: x\n", ["config.yaml", "YAML syntax error"]),
-], ids=["yaml-syntax", "yaml-list", "yaml-tab"])
+    (b"study: caf\xe9\n", ["config.yaml", "not YAML text", "#x00e9", "position 10", "save it as UTF-8"]),
+], ids=["yaml-syntax", "yaml-list", "yaml-tab", "yaml-latin1"])
 def test_unreadable_config_files(tmp_path, text, words):
     path = tmp_path / "config.yaml"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     _assert_one_line_error(["check-config", "--configfile", str(path)], tmp_path, words)
 
 
@@ -193,11 +194,13 @@ def test_predict_refuses_lengths_it_cannot_compute(tmp_path, args, words):
     ("- a\n", ["its top level is a list"]),
     ("set-resources: 3\n", ["set-resources is a int"]),
     ("set-resources:\n  finetune: [gpu=1]\n", ["set-resources.finetune is a list", "name: value"]),
-    ("{bad\n", ["YAML syntax error", "fix the YAML"]),
-], ids=["top-level-list", "set-resources-number", "rule-list", "yaml-syntax"])
+    ("{bad\n", ["YAML syntax error at line 2, column 1", "fix the YAML"]),
+    (b"# caf\xe9\n", ["not YAML text", "#x00e9", "save it as UTF-8"]),
+    ("[]\n", ["its top level is a list"]),
+], ids=["top-level-list", "set-resources-number", "rule-list", "yaml-syntax", "yaml-latin1", "top-level-empty-list"])
 def test_plan_refuses_a_malformed_profile(tmp_path, text, words):
     (tmp_path / "profile").mkdir()
-    (tmp_path / "profile" / "config.yaml").write_text(text)
+    (tmp_path / "profile" / "config.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
     _assert_one_line_error(["plan", "--configfile", str(ROOT / "tests/scenario/config.yaml"), "--profile",
                             str(tmp_path / "profile")], tmp_path, ["--profile", "profile/config.yaml", *words])
 

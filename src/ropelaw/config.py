@@ -39,19 +39,27 @@ def load_schema(path: str = str(SCHEMA_PATH)) -> dict:
         return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
+def parse_yaml(path: Path, label: str) -> Any:
+    """The YAML of an existing file; bad YAML (or bytes that are not UTF-8) is one `UserError` opening with `label`."""
+    try:
+        with open(path, "rb") as fh:  # bytes: PyYAML decodes them, and a decoding error is a YAMLError
+            return yaml.safe_load(fh)
+    except yaml.reader.ReaderError as err:
+        raise UserError(f"{label}: not YAML text ({str(err).splitlines()[0]}, at position {err.position}); "
+                        "save it as UTF-8 text") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{label}: YAML syntax error{where} ({problem}); fix the YAML") from None
+
+
 def load_yaml(path: str | Path) -> dict:
     """A config file as a mapping; a missing file, bad YAML or a non-mapping is one `UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"config file {path}: YAML syntax error{where} ({problem}); fix the YAML") from None
+    data = parse_yaml(path, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
