@@ -128,6 +128,12 @@ CASES = [
     ("base-not-whole", _with(("grid.0.bases", [500.4])), ["grid[0].bases[0]", "500.4", "not a whole number", "give 500"]),
     ("bases-one-cell", _with(("grid.0.bases", ["original", 1.0e6, 1000000])),
      ["grid[0].bases[2]", "1000000", "bases[1] (1000000.0)", "one cell"]),
+    ("base-name-too-long", _with(("grid.0.bases", [10, 1e300])),
+     ["grid[0].bases[1]", "base 1e+300", "over the 255-byte limit of a file name", "give a smaller base"]),
+    ("base-name-too-long-seed", _with(("grid.0.bases", [10**204]), ("grid.0.seeds", [1, 2**32 - 1])),
+     ["grid[0].bases[0]", "base 1e+204", "260 bytes", "_seed4294967295.log", "give a smaller base"]),
+    ("rope-base-name-too-long", _with(("models.mini.rope_base", 1e300)),
+     ["models.mini.rope_base", "base 1e+300", "255-byte limit"]),
     ("grid-unknown-model", _with(("grid.0.model", "mnii")), ["grid[0].model", "did you mean 'mini'"]),
     ("model-names-ambiguous", _model_named_like_a_cell, ["'mini'", "'mini_base'", "read two ways", "rename"]),
     ("adam-beta1-one", _with(("finetune.adam_beta1", 1.0)), ["finetune.adam_beta1", "1.0"]),
@@ -140,6 +146,13 @@ CASES = [
     ("hf-config-list", _hf_dir_config("[1, 2]"), ["hf/config.json", "JSON list", "config.json"]),
     ("hf-config-theta-text", _hf_dir_config('{"head_dim": 16, "max_position_embeddings": 64, "rope_theta": "1e4"}'),
      ["hf/config.json", "'rope_theta' is '1e4'", "not a positive number"]),
+    ("hf-config-length-not-whole", _hf_dir_config('{"head_dim": 16, "max_position_embeddings": 4096.5, "rope_theta": 1e4}'),
+     ["hf/config.json", "'max_position_embeddings' is 4096.5", "not a whole number", "models.hf.train_len"]),
+    ("hf-config-head-dim-not-whole", _hf_dir_config('{"head_dim": 16.5, "max_position_embeddings": 64, "rope_theta": 1e4}'),
+     ["hf/config.json", "'head_dim' is 16.5", "not a whole number", "models.hf.head_dim"]),
+    ("hf-config-hidden-not-whole", _hf_dir_config('{"hidden_size": 64.5, "num_attention_heads": 4, '
+                                                  '"max_position_embeddings": 64, "rope_theta": 1e4}'),
+     ["hf/config.json", "'hidden_size' is 64.5", "not a whole number"]),
     ("hf-config-no-heads", _hf_dir_config('{"hidden_size": 64, "num_attention_heads": 0, "max_position_embeddings": 64, '
                                           '"rope_theta": 10000}'), ["hf/config.json", "'num_attention_heads' is 0"]),
     ("batch-not-divisible", _with(("finetune.micro_batch_size", 3)), ["global_batch_size", "micro_batch_size"]),
@@ -158,10 +171,11 @@ def test_check_config_refuses_in_one_line(tmp_path, edit, words):
     ("data: [unclosed\nmodels: {}\n", ["config.yaml", "YAML syntax error", "line"]),
     ("- data\n- models\n", ["config.yaml", "list", "mapping"]),
     ("data:\n\tshards: x\n", ["config.yaml", "YAML syntax error"]),
-], ids=["yaml-syntax", "yaml-list", "yaml-tab"])
+    (b"study: caf\xe9\n", ["config.yaml", "not YAML text", "#x00e9", "position 10", "save it as UTF-8"]),
+], ids=["yaml-syntax", "yaml-list", "yaml-tab", "yaml-latin1"])
 def test_unreadable_config_files(tmp_path, text, words):
     path = tmp_path / "config.yaml"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     _assert_one_line_error(["check-config", "--configfile", str(path)], tmp_path, words)
 
 
@@ -180,11 +194,13 @@ def test_predict_refuses_lengths_it_cannot_compute(tmp_path, args, words):
     ("- a\n", ["its top level is a list"]),
     ("set-resources: 3\n", ["set-resources is a int"]),
     ("set-resources:\n  finetune: [gpu=1]\n", ["set-resources.finetune is a list", "name: value"]),
-    ("{bad\n", ["YAML syntax error", "fix the YAML"]),
-], ids=["top-level-list", "set-resources-number", "rule-list", "yaml-syntax"])
+    ("{bad\n", ["YAML syntax error at line 2, column 1", "fix the YAML"]),
+    (b"# caf\xe9\n", ["not YAML text", "#x00e9", "save it as UTF-8"]),
+    ("[]\n", ["its top level is a list"]),
+], ids=["top-level-list", "set-resources-number", "rule-list", "yaml-syntax", "yaml-latin1", "top-level-empty-list"])
 def test_plan_refuses_a_malformed_profile(tmp_path, text, words):
     (tmp_path / "profile").mkdir()
-    (tmp_path / "profile" / "config.yaml").write_text(text)
+    (tmp_path / "profile" / "config.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
     _assert_one_line_error(["plan", "--configfile", str(ROOT / "tests/scenario/config.yaml"), "--profile",
                             str(tmp_path / "profile")], tmp_path, ["--profile", "profile/config.yaml", *words])
 

@@ -46,6 +46,17 @@ def test_cells_resolve_symbolic_bases(raw):
     assert cells[1].path == "results/mini/base/base10_len64"
 
 
+def test_whole_floats_of_integer_keys_are_integers(raw):
+    """YAML's 64.0 where the schema wants an integer names the same cell as 64 (it gave len64.0 paths)."""
+    raw["models"]["mini"]["train_len"] = 64.0
+    raw["grid"][0].update(tune_lengths=[64.0], seeds=[7.0], finetune={"steps": 3.0})
+    raw["finetune"]["global_batch_size"] = 8.0
+    _, cells = resolve(raw)
+    assert [c.path for c in cells] == ["results/mini/untuned/base10000_len64", "results/mini/base/base10_len64_seed7",
+                                       "results/mini/base/base10000_len64_seed7", "results/mini/base/base1000000_len64_seed7"]
+    assert [type(cells[1].training[k]) for k in ("steps", "global_batch_size", "seed")] == [int, int, int]
+
+
 def _error(raw) -> str:
     with pytest.raises(UserError) as info:
         resolve(raw)

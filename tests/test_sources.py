@@ -18,7 +18,11 @@ def write_gguf(path: Path, **llama) -> Path:
     import gguf
 
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(llama.get("context_length", 4096))
+    context_length = llama.get("context_length", 4096)
+    if isinstance(context_length, float):  # a malformed header: the length as a float32
+        writer.add_float32("llama.context_length", context_length)
+    else:
+        writer.add_context_length(context_length)
     writer.add_rope_freq_base(llama.get("freq_base", 500000.0))
     writer.add_rope_dimension_count(llama.get("rope_dim", 128))
     writer.add_block_count(2)
@@ -53,6 +57,13 @@ def test_gguf_errors_name_the_fix(tmp_path):
         sources.locate_gguf({"package": "no-such-wheel", "path": "x.gguf"}, "models.m")
     with pytest.raises(UserError, match="models.m.path"):
         sources.locate_gguf({"path": str(tmp_path / "missing.gguf")}, "models.m")
+
+
+def test_a_gguf_length_that_is_not_whole_is_refused(tmp_path):
+    """A float context_length of 4096.5 used to be truncated to 4096 silently."""
+    path = write_gguf(tmp_path / "m.gguf", context_length=4096.5)
+    with pytest.raises(UserError, match=r"llama.context_length is 4096.5, not a positive whole number; give head_dim"):
+        sources.gguf_geometry(path)
 
 
 def test_a_gguf_cut_anywhere_is_refused(tmp_path):

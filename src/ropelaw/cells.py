@@ -26,6 +26,7 @@ from ropelaw import UserError, json_object, methods
 from ropelaw.paths import CELL_DIR, EVAL_ROWS, LEAF_PATTERN, TRAIN_ROWS, cell_file
 
 UNTUNED = "untuned"
+NAME_MAX = 255  # bytes in one file or folder name (ext4, XFS, Lustre, GPFS)
 # The identity and geometry columns that lead every row of a cell's result tables.
 TABLE_COLUMNS = ("model", "method", "base", "tune_len", "head_dim", "train_len", "orig_base", "eval_set")
 
@@ -38,6 +39,11 @@ def leaf(base: int, tune_len: int, seed: int | None = None) -> str:
 def heatmap_figure(model: str, method: str, base: int, tune_len: int, seed: int | None = None) -> str:
     """The file stem of a cell's passkey heatmap (the workflow's outputs and figures.figure_names share it)."""
     return f"passkey_heatmap_{model}_{method}_{leaf(base, tune_len, seed)}"
+
+
+def longest_name(model: str, method: str, base: int, tune_len: int, seed: int | None = None) -> str:
+    """The longest file name a cell gives: its passkey heatmap's log (the figure's .png/.pdf/.svg are as long)."""
+    return heatmap_figure(model, method, base, tune_len, seed) + ".log"
 
 
 def length_figure(prefix: str, model: str, tune_len: int) -> str:

@@ -39,19 +39,27 @@ def load_schema(path: str = str(SCHEMA_PATH)) -> dict:
         return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
+def parse_yaml(path: Path, label: str) -> Any:
+    """The YAML of an existing file; bad YAML (or bytes that are not UTF-8) is one `UserError` opening with `label`."""
+    try:
+        with open(path, "rb") as fh:  # bytes: PyYAML decodes them, and a decoding error is a YAMLError
+            return yaml.safe_load(fh)
+    except yaml.reader.ReaderError as err:
+        raise UserError(f"{label}: not YAML text ({str(err).splitlines()[0]}, at position {err.position}); "
+                        "save it as UTF-8 text") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{label}: YAML syntax error{where} ({problem}); fix the YAML") from None
+
+
 def load_yaml(path: str | Path) -> dict:
     """A config file as a mapping; a missing file, bad YAML or a non-mapping is one `UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"config file {path}: YAML syntax error{where} ({problem}); fix the YAML") from None
+    data = parse_yaml(path, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -141,6 +149,24 @@ def _fill_defaults(schema: dict, node: dict, value: Any) -> Any:
     return value
 
 
+def _integers(schema: dict, node: dict, value: Any) -> Any:
+    """`value` with every whole float where the schema wants an integer (YAML's 64.0) made an int, as bases
+    are: 64.0 would otherwise reach result paths (len64.0) and training loops as a float."""
+    node = resolve_ref(schema, node)
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, float) and "integer" in types and "number" not in types:
+        return int(value)  # the schema has checked that it is whole
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        return [_integers(schema, node["items"], item) for item in value]
+    if isinstance(value, dict):
+        extra = node.get("additionalProperties")
+        subs = {name: node.get("properties", {}).get(name, extra) for name in value}
+        return {name: _integers(schema, sub, item) if isinstance(sub, dict) else item
+                for (name, item), sub in zip(value.items(), subs.values())}
+    return value
+
+
 def validate(raw: dict, schema: dict | None = None) -> dict:
     """Schema-check `raw` and return a copy with every default filled in."""
     schema = schema or load_schema()
@@ -151,6 +177,7 @@ def validate(raw: dict, schema: dict | None = None) -> dict:
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), str(e.path)))
     if errors:
         raise _schema_error(errors[0])
+    raw = _integers(schema, schema, raw)
     overrides = {
         "models": {m: copy.deepcopy(spec.get("finetune", {})) for m, spec in raw["models"].items()},
         "grid": [copy.deepcopy(block.get("finetune", {})) for block in raw["grid"]],

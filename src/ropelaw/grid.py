@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 
 from ropelaw import UserError, lengths, methods, paths, sources, theory
-from ropelaw.cells import UNTUNED, Cell
+from ropelaw.cells import NAME_MAX, UNTUNED, Cell, longest_name
 
 EMBEDDED_DIR = "resources/embedded"  # shards below it are built by the workflow (rule fetch_embedded)
 CORPUS_DIR = "resources/corpus"  # the tuning corpus, built by the workflow (rule build_corpus)
@@ -37,11 +37,12 @@ def _read_geometry(model: str, source: str, path: str | None, package: str | Non
                    hub_id: str | None, revision: str | None) -> tuple[int, int, float]:
     """(head_dim, T_train, b0) as the model's own files give them (cached: GGUF and hub reads)."""
     spec, key = {"path": path, "package": package, "id": hub_id, "revision": revision}, f"models.{model}"
+    fix = f"give all of {key}.head_dim, {key}.train_len and {key}.rope_base (then the model's files are not read)"
     if source == "gguf":
-        return sources.gguf_geometry(sources.locate_gguf(spec, key))
+        return sources.gguf_geometry(sources.locate_gguf(spec, key), fix)
     if source == "hub":
-        return theory.model_geometry(sources.hub_config(spec, key))
-    return theory.model_geometry(Path(path) / "config.json")
+        return theory.model_geometry(sources.hub_config(spec, key), fix)
+    return theory.model_geometry(Path(path) / "config.json", fix)
 
 
 def geometry(cfg: dict, model: str) -> Geometry:
@@ -122,6 +123,16 @@ def check_variants(cfg: dict) -> None:
 
 
 # --- the grid -------------------------------------------------------------------------------------
+def _check_name_length(key: Key, where: str) -> None:
+    """Refuse, naming config key `where`, a cell whose file names would pass the file-system limit
+    (a base near 1e300 has 301 digits), before anything runs rather than at its first write."""
+    name = longest_name(*key)
+    size = len(name.encode())
+    if size > NAME_MAX:
+        raise UserError(f"config key '{where}': base {key[2]:.4g} makes file names of {size} bytes "
+                        f"({name[:32]}...{name[-24:]}), over the {NAME_MAX}-byte limit of a file name; give a smaller base")
+
+
 def _block_method(cfg: dict, i: int, block: dict) -> str:
     names = [m for m in method_names(cfg) if m != UNTUNED]
     if block["method"] not in names:
@@ -143,7 +154,9 @@ def _block_keys(cfg: dict, i: int, block: dict) -> list[Key]:
                 f"config key 'grid[{i}]': method {method} is training-free (it evaluates the untuned "
                 f"model at base{round(geo.orig_base)}_len{geo.train_len}); remove {', '.join(given)}"
             )
-        return [(model, method, round(geo.orig_base), geo.train_len, None)]
+        key = (model, method, round(geo.orig_base), geo.train_len, None)
+        _check_name_length(key, f"models.{model}.rope_base")
+        return [key]
     for key in ("tune_lengths", "bases"):
         if not block.get(key):
             raise UserError(f"config key 'grid[{i}].{key}' is required for method {method}")
@@ -167,7 +180,9 @@ def _block_keys(cfg: dict, i: int, block: dict) -> list[Key]:
                                 f"{tune_len}, as bases[{seen[base]}] ({block['bases'][seen[base]]!r}) is: one cell; "
                                 "remove one of them")
             seen[base] = j
-            keys += [(model, method, base, tune_len, seed) for seed in block.get("seeds", [None])]
+            for seed in block.get("seeds", [None]):
+                keys.append((model, method, base, tune_len, seed))
+                _check_name_length(keys[-1], f"grid[{i}].bases[{j}]")
     return keys
 
 
@@ -177,7 +192,9 @@ def memberships(cfg: dict) -> dict[Key, list[int]]:
     if cfg["evaluation"]["include_untuned"]:
         for model in dict.fromkeys(block["model"] for block in cfg["grid"]):
             geo = geometry(cfg, model)
-            out[model, UNTUNED, round(geo.orig_base), geo.train_len, None] = []
+            key = (model, UNTUNED, round(geo.orig_base), geo.train_len, None)
+            _check_name_length(key, f"models.{model}.rope_base")
+            out[key] = []
     for i, block in enumerate(cfg["grid"]):
         for key in _block_keys(cfg, i, block):
             blocks = out.setdefault(key, [])

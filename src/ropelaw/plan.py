@@ -17,10 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ropelaw import UserError
-from ropelaw.config import _merge, eval_lengths, load_yaml, method_spec, passkey_args, resolve, training_args
+from ropelaw.config import _merge, eval_lengths, load_yaml, method_spec, parse_yaml, passkey_args, resolve, training_args
 
 COLUMNS = ["model", "phase", "gpu", "seq_len", "tokens_per_s_per_gpu"]
 # Dense bf16 tensor-core peaks (NVIDIA datasheets, SXM parts): rows measured on one GPU serve another.
@@ -104,11 +102,7 @@ def profile_jobs(profile_dir: Path) -> dict[str, Job]:
     path = profile_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"--profile: {path} does not exist; point --profile at a Snakemake profile directory")
-    try:
-        profile = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"--profile: {path}: YAML syntax error ({str(err).splitlines()[0]}); fix the YAML") from None
-    profile = _mapping(profile, "its top level", path)
+    profile = _mapping(parse_yaml(path, f"--profile: {path}"), "its top level", path)
     default = _mapping(profile.get("default-resources"), "default-resources", path)
     per_rule = _mapping(profile.get("set-resources"), "set-resources", path)
     jobs = {}

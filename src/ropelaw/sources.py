@@ -144,14 +144,18 @@ def gguf_metadata(path: str) -> dict:
     return values
 
 
-def gguf_geometry(path: str | Path) -> tuple[int, int, float]:
+def gguf_geometry(path: str | Path, fix: str = "give head_dim, train_len and rope_base in the config") -> tuple[int, int, float]:
     """(head_dim, T_train, b0) from `{arch}.rope.dimension_count`, `.context_length`, `.rope.freq_base`."""
     meta = gguf_metadata(str(path))
     arch = meta.get("general.architecture")
     keys = [f"{arch}.rope.dimension_count", f"{arch}.context_length", f"{arch}.rope.freq_base"]
     missing = [k for k in keys if k not in meta]
     if missing:
-        raise UserError(f"{path}: GGUF header lacks {missing}; give train_len and rope_base in the config")
+        raise UserError(f"{path}: GGUF header lacks {missing}; {fix}")
+    for key in keys[:2]:
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or value != int(value):
+            raise UserError(f"{path}: GGUF header's {key} is {value!r}, not a positive whole number; {fix}")
     return int(meta[keys[0]]), int(meta[keys[1]]), float(meta[keys[2]])
 
 

@@ -198,8 +198,8 @@ def predict(
     }
 
 
-def model_geometry(config_path: str | Path) -> tuple[int, int, float]:
-    """(head_dim, train_len, orig_base) from a Hugging Face config.json."""
+def model_geometry(config_path: str | Path, fix: str = "give the value on the command line") -> tuple[int, int, float]:
+    """(head_dim, train_len, orig_base) from a Hugging Face config.json; `fix` ends a refusal (after "fix the file or")."""
     path = Path(config_path)
     try:
         config = json.loads(path.read_text())
@@ -210,18 +210,22 @@ def model_geometry(config_path: str | Path) -> tuple[int, int, float]:
         raise UserError(f"{path} holds a JSON {type(config).__name__}, not a model config object; "
                         "point at the model's config.json")
 
-    def need(key: str, where: dict = config, shown: str = ""):
+    def need(key: str, where: dict = config, shown: str = "", whole: bool = False):
         value = where.get(key) if isinstance(where, dict) else None
         if value is None:
-            raise UserError(f"{path}: missing key {shown or repr(key)}; give the value on the command line")
+            raise UserError(f"{path}: missing key {shown or repr(key)}; {fix}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise UserError(f"{path}: {shown or repr(key)} is {value!r}, not a positive number; fix the file "
-                            "or give the value on the command line")
+            raise UserError(f"{path}: {shown or repr(key)} is {value!r}, not a positive number; fix the file or {fix}")
+        if whole and value != int(value):
+            raise UserError(f"{path}: {shown or repr(key)} is {value!r}, not a whole number; fix the file or {fix}")
         return value
 
-    head_dim = need("head_dim") if config.get("head_dim") else need("hidden_size") // need("num_attention_heads")
+    if config.get("head_dim"):
+        head_dim = need("head_dim", whole=True)
+    else:
+        head_dim = need("hidden_size", whole=True) // need("num_attention_heads", whole=True)
     if config.get("rope_theta") is not None:
         orig_base = need("rope_theta")
     else:  # transformers v5 nests the base in rope_parameters
         orig_base = need("rope_theta", config.get("rope_parameters") or {}, "'rope_theta' (or 'rope_parameters.rope_theta')")
-    return int(head_dim), int(need("max_position_embeddings")), float(orig_base)
+    return int(head_dim), int(need("max_position_embeddings", whole=True)), float(orig_base)
