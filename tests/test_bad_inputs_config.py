@@ -134,6 +134,8 @@ CASES = [
      ["grid[0].bases[0]", "base 1e+204", "260 bytes", "_seed4294967295.log", "give a smaller base"]),
     ("rope-base-name-too-long", _with(("models.mini.rope_base", 1e300)),
      ["models.mini.rope_base", "base 1e+300", "255-byte limit"]),
+    ("method-name-too-long", _with(("methods", {"m" * 220: {"kind": "base"}}), ("grid.0.method", "m" * 220)),
+     ["grid[0].bases[0]", "255-byte limit", "whatever the base", "shorter name"]),
     ("grid-unknown-model", _with(("grid.0.model", "mnii")), ["grid[0].model", "did you mean 'mini'"]),
     ("model-names-ambiguous", _model_named_like_a_cell, ["'mini'", "'mini_base'", "read two ways", "rename"]),
     ("adam-beta1-one", _with(("finetune.adam_beta1", 1.0)), ["finetune.adam_beta1", "1.0"]),

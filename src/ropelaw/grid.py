@@ -128,9 +128,16 @@ def _check_name_length(key: Key, where: str) -> None:
     (a base near 1e300 has 301 digits), before anything runs rather than at its first write."""
     name = longest_name(*key)
     size = len(name.encode())
-    if size > NAME_MAX:
-        raise UserError(f"config key '{where}': base {key[2]:.4g} makes file names of {size} bytes "
-                        f"({name[:32]}...{name[-24:]}), over the {NAME_MAX}-byte limit of a file name; give a smaller base")
+    if size <= NAME_MAX:
+        return
+    model, method, base = key[:3]
+    shortest = len(longest_name(model, method, 1, *key[3:]).encode())  # the same cell with a one-digit base
+    if shortest > NAME_MAX:  # no base helps: the names are too long
+        raise UserError(f"config key '{where}': model '{model[:24]}...' and method '{method[:24]}...' make file names "
+                        f"of {shortest}+ bytes ({name[:32]}...{name[-24:]}), over the {NAME_MAX}-byte limit of a "
+                        f"file name, whatever the base; give the model (models:) or the method (methods:) a shorter name")
+    raise UserError(f"config key '{where}': base {base:.4g} makes file names of {size} bytes "
+                    f"({name[:32]}...{name[-24:]}), over the {NAME_MAX}-byte limit of a file name; give a smaller base")
 
 
 def _block_method(cfg: dict, i: int, block: dict) -> str:
