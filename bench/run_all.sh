@@ -11,6 +11,7 @@
 #   bash bench/run_all.sh train4    # 1 GPU: SmolLM2-135M at 8K, the three losses (grad_in_forward, checkpointed, plain)
 #   bash bench/run_all.sh eval4     # 1 GPU: 13B at 1M under an A100-80GB's cap (head groups); grouped vs own attention at 128K
 #   bash bench/run_all.sh eval5     # 1 GPU: 13B at 1M under the cap, 2 of 40 layers run (all resident): the peak memory in 3 minutes
+#   bash bench/run_all.sh eval9     # 1 GPU: 7B at 32K/100K, the default path beside chunks of 16K, 32K and the whole row, vs plain
 #   bash bench/run_all.sh train5    # 1 GPU: SmolLM2-135M at 8K, today's path vs the fast ones side by side, 50 steps (TOKENS_DIR: real rows)
 #   bash bench/run_all.sh train6    # 1 GPU: train5's reference and best path, each also with cuDNN's attention kernel only
 #
@@ -19,7 +20,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|train5|train6}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|train5|train6}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -105,6 +106,12 @@ eval3)
     step 240 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 2
     step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 32768 100000 --repeat 2
     ;;
+eval9)
+    # Issue 14 goal 1: is the default path's last 1% behind plain (eval3, eighth session) the 8,192-position chunk?
+    # The default (auto: 8192, 1 group) beside larger fixed chunks and the whole row, against plain, in one process.
+    step 300 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 3 \
+        --variants 16384:1 32768:1 whole:1
+    ;;
 train3)
     # Plain vs the checkpointed chunked loss (then fused_loss: true) in one process each
     # (bench/finetune_speed.py): steps/s, tokens/s, peak memory, per-step losses.
@@ -157,7 +164,7 @@ train6)
         --variants plain:4 plain:4:cudnn grad_in_forward:8:compiled grad_in_forward:8:compiled:cudnn
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, train5 or train6" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, train5 or train6" >&2
     exit 2
     ;;
 esac
