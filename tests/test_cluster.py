@@ -251,3 +251,23 @@ def test_in_ci_a_skipped_test_fails_with_its_reason(tmp_path, ci):
         assert done.stdout.count("a capability CI must have is missing") == 2 and "no frobnicator" in done.stdout
     else:
         assert done.returncode == 0 and "2 skipped" in done.stdout and "no frobnicator" in done.stdout, done.stdout
+
+
+def test_plan_takes_whole_step_rows_as_measured(tmp_path):
+    """A `finetune_step` row (a whole fine-tuning step) is not discounted by STEP_EFFICIENCY, as forward+backward
+    rows are; SmolLM2's row in BENCHMARKS.md is one, so the plan prices the small-base study's fine-tunes at it."""
+    from ropelaw.config import load_configs, resolve
+    from ropelaw.plan import Job, plan, read_throughput
+
+    table = tmp_path / "b.md"
+    table.write_text(TABLE + "| smollm2 | finetune_step | h200 | 8192 | 100000 | test |\n"
+                     "| smollm2 | finetune | h200 | 8192 | 400000 | test (ignored: the whole-step row wins) |\n"
+                     "| smollm2 | evaluate | h200 | 8192 | 50000 | test |\n")
+    cfg, cells = resolve(load_configs([ROOT / "config/smollm2_small.yaml", ROOT / "config/smollm2_small/part_b1.yaml"]),
+                         check_data=False)
+    jobs = {rule: Job(1, "h200", None) for rule in ("finetune", "evaluate", "passkey")}
+    tuned = [line for line in plan(cfg, cells, jobs, read_throughput(table)) if line["step"] == "finetune"]
+    assert len(tuned) == 2
+    for line in tuned:
+        assert line["tokens"] == 450 * 8 * 8192
+        assert line["gpu_hours"] == pytest.approx(450 * 8 * 8192 / 100000 / 3600)

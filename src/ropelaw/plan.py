@@ -4,7 +4,8 @@
 
 Throughput is read from the table of BENCHMARKS.md whose header is
 `| model | phase | gpu | seq_len | tokens_per_s_per_gpu | source |` (measured tokens per
-second per GPU, phase `finetune` or `evaluate`); GPUs per job and time limits from the
+second per GPU, phase `finetune` (forward+backward), `finetune_step` (a whole fine-tuning step,
+optimizer included) or `evaluate`); GPUs per job and time limits from the
 profile's resources of rules finetune, evaluate and passkey. The assumptions that turn
 one into the other are printed above the plan (ASSUMPTIONS). Data preparation, model
 downloads and the CPU rules are not counted. Needs no data, model or GPU.
@@ -30,8 +31,9 @@ ASSUMPTIONS = [
     "(dense layers constant, attention linear); one measured length = constant",
     "a GPU type without rows takes another type's rows x the ratio of dense bf16 peaks "
     f"({', '.join(f'{k} {v:g}' for k, v in PEAK_BF16_TFLOPS.items())} TFLOP/s): pessimistic for A100",
-    f"a fine-tuning step runs at {STEP_EFFICIENCY:.0%} of the measured forward+backward rate, per GPU "
-    "(the Trainer path with ZeRO-3 on 2 GPUs in BENCHMARKS.md; more nodes may do worse)",
+    f"a fine-tuning step runs at {STEP_EFFICIENCY:.0%} of the measured forward+backward rate (phase finetune), per "
+    "GPU (the Trainer path with ZeRO-3 on 2 GPUs in BENCHMARKS.md; more nodes may do worse); a model with rows of "
+    "whole steps (phase finetune_step) takes those as measured",
     "evaluation reads data.eval.max_docs rows of the cell's longest length (its eval_lengths); a "
     "length-dependent method (dynamic NTK) does one forward per length; passkey: one forward per prompt",
     "wall time = GPU-hours / GPUs of the job; queueing is not counted",
@@ -133,8 +135,7 @@ def plan(cfg: dict, cells: list, jobs: dict[str, Job], rows: list[dict]) -> list
             args = training_args(cfg, cell)
             tokens = args["steps"] * args["global_batch_size"] * cell.tune_len
             job = jobs["finetune"]
-            rate = seconds_per_token(rows, cell.model, "finetune", job.gpu_type, cell.tune_len)
-            lines.append(_line(cell, "finetune", tokens, None if rate is None else tokens * rate / STEP_EFFICIENCY, job))
+            lines.append(_line(cell, "finetune", tokens, _step_seconds(rows, cell, job, tokens), job))
         forwards = [(L, max_docs) for L in lengths] if spec.length_dependent else [(max(lengths), max_docs)]
         _add_eval(lines, cell, "evaluate", forwards, jobs["evaluate"], rows)
         if passkey["enabled"]:
@@ -142,6 +143,16 @@ def plan(cfg: dict, cells: list, jobs: dict[str, Job], rows: list[dict]) -> list
             forwards = [(L, prompts) for L in passkey_args(cfg, cell)["lengths"]]
             _add_eval(lines, cell, "passkey", forwards, jobs["passkey"], rows)
     return lines
+
+
+def _step_seconds(rows: list[dict], cell, job: Job, tokens: int) -> float | None:
+    """GPU-seconds of `tokens` of fine-tuning: at a measured whole-step rate if the model has one, else at
+    the forward+backward rate over STEP_EFFICIENCY; None if neither was measured."""
+    step = seconds_per_token(rows, cell.model, "finetune_step", job.gpu_type, cell.tune_len)
+    if step is not None:
+        return tokens * step
+    rate = seconds_per_token(rows, cell.model, "finetune", job.gpu_type, cell.tune_len)
+    return None if rate is None else tokens * rate / STEP_EFFICIENCY
 
 
 def _add_eval(lines, cell, step, forwards, job: Job, rows) -> None:
