@@ -421,3 +421,16 @@ def test_real_tables_of_earlier_studies(tmp_path, part, study):
     if part == "a":
         assert "ppl_8K untuned = " + {"smollm2": "10.83", "smollm2_law": "12.55"}[study] in \
             row_of(rows, "expectation: lr 1e-4 still > 2x untuned").inputs  # PLAN.md 3.1's 12.55
+
+
+def test_published_part_a_gives_its_committed_verdicts():
+    """docs/results/smollm2_small/part_a (ran 2026-12-02): the rules, run again on the published tables, give the
+    verdicts.csv committed beside them, and the lr* that set config/smollm2_small.yaml's finetune.lr."""
+    published = ROOT / "docs/results/smollm2_small/part_a"
+    rows = V.verdicts("a", published)
+    with (published / "verdicts.csv").open() as f:
+        committed = [(r["claim"], r["inputs"], r["verdict"]) for r in csv.DictReader(f)]
+    assert [(r.claim, r.inputs, r.verdict) for r in rows] == committed
+    assert verdict(rows, "lr*") == "lr* = 0.001 (change finetune.lr before b1)"
+    from ropelaw.config import load_yaml
+    assert load_yaml(ROOT / "config/smollm2_small.yaml")["finetune"]["lr"] == 1e-3
