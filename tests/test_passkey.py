@@ -184,6 +184,22 @@ def test_prompt_that_cannot_fit_is_a_user_error(corpus):
         replace(SPEC, needle="no key here")
 
 
+@pytest.mark.parametrize("lengths, words", [([40, 96], "passkey.lengths: 40 tokens"), ([96, 512], "passkey.lengths: 512")])
+def test_cli_refuses_a_length_it_cannot_build_before_loading_the_model(corpus, tmp_path, capsys, lengths, words):
+    """Every length's prompts are built before the model loads: a bad one is the one line, not a model error
+    (the model folder here holds no model) and not after the other lengths have run."""
+    spec = json.dumps({**asdict(SPEC), "lengths": lengths, "depths": [0.5], "trials": 1})
+    cell = dict(model="t", method="base", base=500, tune_len=64, head_dim=16, train_len=64, orig_base=1e4, eval_set="e",
+                seed=None, kind="base", method_options={}, eval_lengths=[96, 256], untuned_dir="", training=None)
+    (tmp_path / "model").mkdir()
+    code = main(["passkey", "--model", str(tmp_path / "model"), "--cell-json", json.dumps(cell),
+                 "--eval-data", str(corpus.root / "eval"), "--tokenizer", str(corpus.root / "tokenizer"),
+                 "--spec", spec, "--precision", "fp32", "--out", str(tmp_path / "out/passkey.csv")])
+    err = capsys.readouterr().err
+    assert code != 0 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_law_joins_retrieval_accuracy():
     # Base 500 finds every key at 128 and none at 256; base 1e6 misses one of its 8 prompts, at 256.
     rows = []

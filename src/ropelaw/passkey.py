@@ -173,15 +173,23 @@ def greedy_answer(model, input_ids_bl, n_new: int):
     return torch.stack(tokens, 1).cpu()
 
 
+def all_prompts(tokenizer, docs_nl, spec: PasskeySpec, bos: int | None = None) -> dict[int, list[Prompt]]:
+    """The prompts of every length of `spec`: a length the templates do not fit, or one the rows cannot fill, is
+    a `UserError` here, before a model is loaded."""
+    return {length: build_prompts(tokenizer, docs_nl, spec, length, bos) for length in spec.lengths}
+
+
 def evaluate_passkey(model, tokenizer, docs_nl, spec: PasskeySpec, *, batch_size: int = 1, progress: bool = True,
-                     bos: int | None = None):
-    """(one row per prompt, sha256 of every prompt's tokens in order); `bos` as in `build_prompts`."""
+                     bos: int | None = None, prompts_by_length: dict[int, list[Prompt]] | None = None):
+    """(one row per prompt, sha256 of every prompt's tokens in order); `bos` as in `build_prompts`;
+    `prompts_by_length` as `all_prompts` gives them (made here if not given)."""
     from tqdm.auto import tqdm
 
+    prompts_by_length = prompts_by_length or all_prompts(tokenizer, docs_nl, spec, bos)
     digest = hashlib.sha256()
     rows = []
     for length in spec.lengths:
-        prompts = build_prompts(tokenizer, docs_nl, spec, length, bos)
+        prompts = prompts_by_length[length]
         n_new = max(len(_ids(tokenizer, " " + p.key)) for p in prompts) + EXTRA_TOKENS
         for first in tqdm(range(0, len(prompts), batch_size), desc=f"passkey L={length}", disable=not progress):
             batch = prompts[first : first + batch_size]
@@ -227,9 +235,11 @@ def run(args) -> None:
     docs = load_eval_docs(args.eval_data)
     tokenizer, tokenizer_identity = load_tokenizer(args.tokenizer)
     bos = bos_id(tokenizer, args.bos)
+    prompts_by_length = all_prompts(tokenizer, docs, spec, bos)  # a length that cannot be built fails before the model loads
     model, inv_freq = load_cell_model(args.model, cell, precision=args.precision, attn_implementation=args.attn_implementation)
     started = time.perf_counter()
-    table, prompts_sha256 = evaluate_passkey(model, tokenizer, docs, spec, batch_size=args.batch_size, bos=bos)
+    table, prompts_sha256 = evaluate_passkey(model, tokenizer, docs, spec, batch_size=args.batch_size, bos=bos,
+                                             prompts_by_length=prompts_by_length)
     seconds = time.perf_counter() - started
     for key, value in reversed(cell.columns().items()):
         table.insert(0, key, value)
