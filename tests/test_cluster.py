@@ -271,3 +271,24 @@ def test_plan_takes_whole_step_rows_as_measured(tmp_path):
     for line in tuned:
         assert line["tokens"] == 450 * 8 * 8192
         assert line["gpu_hours"] == pytest.approx(450 * 8 * 8192 / 100000 / 3600)
+
+
+def test_plan_counts_the_prepared_rows_where_they_exist(tmp_path, monkeypatch):
+    """Evaluation is priced at data.eval.max_docs rows until prepare-eval has made them; then at the rows its
+    manifest lists (the KJV gives one row of 1M, not max_docs = 4)."""
+    from ropelaw.config import load_configs, resolve
+    from ropelaw.plan import Job, plan, read_throughput
+
+    table = tmp_path / "b.md"
+    table.write_text(TABLE + "| smollm2 | evaluate | h200 | 8192 | 50000 | test |\n")
+    cfg, cells = resolve(load_configs([ROOT / "config/smollm2_small.yaml", ROOT / "config/smollm2_small/part_b1.yaml"]),
+                         check_data=False)
+    jobs = {rule: Job(1, "h200", None) for rule in ("finetune", "evaluate", "passkey")}
+    monkeypatch.chdir(tmp_path)
+    evaluated = lambda: [line["tokens"] for line in plan(cfg, cells, jobs, read_throughput(table))  # noqa: E731
+                         if line["step"] == "evaluate"]
+    assert evaluated() == [4 * 1000000] * 2  # data.eval.max_docs
+    manifest = tmp_path / cells[0].eval_rows_dir / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"n_docs": 1, "length": 1000000}))
+    assert evaluated() == [1000000] * 2

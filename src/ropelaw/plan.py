@@ -13,6 +13,7 @@ downloads and the CPU rules are not counted. Needs no data, model or GPU.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ ASSUMPTIONS = [
     f"a fine-tuning step runs at {STEP_EFFICIENCY:.0%} of the measured forward+backward rate (phase finetune), per "
     "GPU (the Trainer path with ZeRO-3 on 2 GPUs in BENCHMARKS.md; more nodes may do worse); a model with rows of "
     "whole steps (phase finetune_step) takes those as measured",
-    "evaluation reads data.eval.max_docs rows of the cell's longest length (its eval_lengths); a "
-    "length-dependent method (dynamic NTK) does one forward per length; passkey: one forward per prompt",
+    "evaluation reads the rows of the cell's longest length (its eval_lengths): as many as their manifest lists "
+    "where `ropelaw prepare-eval` has made them, else data.eval.max_docs (an upper bound: a text may give fewer rows "
+    "of a long length); a length-dependent method (dynamic NTK) does one forward per length; passkey: one forward "
+    "per prompt",
     "wall time = GPU-hours / GPUs of the job; queueing is not counted",
 ]
 
@@ -136,13 +139,23 @@ def plan(cfg: dict, cells: list, jobs: dict[str, Job], rows: list[dict]) -> list
             tokens = args["steps"] * args["global_batch_size"] * cell.tune_len
             job = jobs["finetune"]
             lines.append(_line(cell, "finetune", tokens, _step_seconds(rows, cell, job, tokens), job))
-        forwards = [(L, max_docs) for L in lengths] if spec.length_dependent else [(max(lengths), max_docs)]
+        rows_read = _prepared_rows(cell) or max_docs
+        forwards = [(L, rows_read) for L in lengths] if spec.length_dependent else [(max(lengths), rows_read)]
         _add_eval(lines, cell, "evaluate", forwards, jobs["evaluate"], rows)
         if passkey["enabled"]:
             prompts = len(passkey["depths"]) * passkey["trials"]
             forwards = [(L, prompts) for L in passkey_args(cfg, cell)["lengths"]]
             _add_eval(lines, cell, "passkey", forwards, jobs["passkey"], rows)
     return lines
+
+
+def _prepared_rows(cell) -> int | None:
+    """The number of evaluation rows of the cell's longest length, if `ropelaw prepare-eval` has made them here."""
+    manifest = Path(cell.eval_rows_dir) / "manifest.json"
+    try:
+        return int(json.loads(manifest.read_text())["n_docs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _step_seconds(rows: list[dict], cell, job: Job, tokens: int) -> float | None:
