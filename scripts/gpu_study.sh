@@ -63,11 +63,7 @@ unpack() {
 }
 
 # The commit of the tree in folder $1, from the payload's record: its commit if no tracked file changed since, else +dirty.
-tree_commit() {
-    PYTHONPATH=$1/src "$PY" -c 'import json, sys
-from ropelaw.provenance import commit_of_copy
-print(commit_of_copy(sys.argv[2], json.load(open(sys.argv[1]))))' "$HOME_DIR/payload/source/tree.json" "$1"
-}
+tree_commit() { carry commit --record "$HOME_DIR/payload/source/tree.json" --root "$1"; }
 
 smk() {
     local configs
@@ -115,9 +111,7 @@ payload)
     echo "$SHA  $gguf" | sha256sum -c - || exit 1
     echo "$(corpus_sha)  resources/corpus/corpus.jsonl.zst" | sha256sum -c - || exit 1
     # the commit and every tracked file's sha256: the device's copy has no .git (start names its commit from this)
-    source=$(mktemp -d) && PYTHONPATH=$PWD/src "$PY" -c 'import json, sys
-from ropelaw.provenance import tree_record
-json.dump(tree_record("."), open(sys.argv[1], "w"))' "$source/tree.json" || exit 1
+    source=$(mktemp -d) && carry record --out "$source/tree.json" || exit 1
     rm -rf .carry && carry split --out .carry --piece-mib "$mib" source="$source" \
         wheels=.wheels gguf="$gguf" corpus=resources/corpus embedded=resources/embedded || exit 1
     rm -rf "$source"

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ropelaw import UserError
+from ropelaw import UserError, provenance
 
 INDEX = "index.json"
 CHUNK = 1 << 20
@@ -246,6 +246,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     j.add_argument("--out", type=Path, required=True, help="where the files go (OUT/NAME/...)")
     j.add_argument("--expect", action="append", default=[], metavar="NAME=SHA256",
                    help="a file's sha256 as recorded elsewhere (repeat the flag for several)")
+    r = sub.add_parser("record", help="write the checkout's commit and every tracked file's sha256 (JSON)")
+    r.add_argument("--root", type=Path, default=Path("."), help="the git checkout (default: here)")
+    r.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    m = sub.add_parser("commit", help="print the commit of a copy without .git, from a `record` (+dirty if changed)")
+    m.add_argument("--record", type=Path, required=True, help="the JSON file `record` wrote")
+    m.add_argument("--root", type=Path, default=Path("."), help="the copy (default: here)")
 
 
 def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
@@ -265,6 +271,14 @@ def run(args: argparse.Namespace) -> None:
     elif args.action == "check":
         piece = check_piece(args.dir, args.piece)
         print(f"{piece.name}: {piece.size} bytes, sha256 as in the index")
+    elif args.action == "record":
+        provenance.write_json(args.out, provenance.tree_record(args.root))
+    elif args.action == "commit":
+        try:
+            record = json.loads(args.record.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"carry commit: cannot read {args.record} ({err}); give the file `carry record` wrote") from None
+        print(provenance.commit_of_copy(args.root, record))
     else:
         index = join(args.dir, args.out, dict(_pairs(args.expect, "join --expect")))
         print(f"{len(index.files)} files written under {args.out}, every sha256 as recorded")
