@@ -423,14 +423,22 @@ def test_real_tables_of_earlier_studies(tmp_path, part, study):
             row_of(rows, "expectation: lr 1e-4 still > 2x untuned").inputs  # PLAN.md 3.1's 12.55
 
 
-def test_published_part_a_gives_its_committed_verdicts():
-    """docs/results/smollm2_small/part_a (ran 2026-12-02): the rules, run again on the published tables, give the
-    verdicts.csv committed beside them, and the lr* that set config/smollm2_small.yaml's finetune.lr."""
-    published = ROOT / "docs/results/smollm2_small/part_a"
-    rows = V.verdicts("a", published)
+@pytest.mark.parametrize("part", ["a", "b1"])
+def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
+    """docs/results/smollm2_small/part_a and part_b1 (ran 2026-12-02): the rules, run again on the published tables,
+    give the verdicts.csv committed beside them. b1's rows that read part b2 say "missing" until b2 is published;
+    then this fails until b1's verdicts.csv is written again with both (PLAN.md section 9's command)."""
+    monkeypatch.chdir(ROOT)  # as PLAN.md's command runs it: the "missing" notes name paths from the root
+    published = Path(f"docs/results/smollm2_small/part_{part}")
+    rows = V.verdicts(part, published)
     with (published / "verdicts.csv").open() as f:
         committed = [(r["claim"], r["inputs"], r["verdict"]) for r in csv.DictReader(f)]
     assert [(r.claim, r.inputs, r.verdict) for r in rows] == committed
-    assert verdict(rows, "lr*") == "lr* = 0.001 (change finetune.lr before b1)"
-    from ropelaw.config import load_yaml
-    assert load_yaml(ROOT / "config/smollm2_small.yaml")["finetune"]["lr"] == 1e-3
+    if part == "a":  # the lr* that set config/smollm2_small.yaml's finetune.lr
+        assert verdict(rows, "lr*") == "lr* = 0.001 (change finetune.lr before b1)"
+        from ropelaw.config import load_yaml
+        assert load_yaml(ROOT / "config/smollm2_small.yaml")["finetune"]["lr"] == 1e-3
+    else:  # PLAN.md's results: beta3 at 1.61x its control, so B1 to B4 are not tested
+        assert verdict(rows, "adapted (1304)") == "not adapted"
+        assert row_of(rows, "adapted (1304)").inputs == "ppl_8K = 15.86; control_ppl_8K = 9.836"
+        assert verdict(rows, "B4 (1304)") == "not tested (flat but not adapted)"
