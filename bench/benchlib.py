@@ -157,22 +157,32 @@ def out_path(name: str) -> Path:
     return Path(os.environ.get("OUT") or Path(__file__).parent / "results") / name
 
 
-KERNEL_CLASSES = {  # substrings of CUDA kernel names, in the order they are tried
+KERNEL_CLASSES = {  # substrings of CUDA kernel (or, on the CPU, operator) names, in the order they are tried
     "attention": ("fmha", "flash", "attention", "cudnn_generated"),
-    "matmul": ("gemm", "nvjet", "xmma", "cutlass", "gemv"),
+    "matmul": ("gemm", "nvjet", "xmma", "cutlass", "gemv", "aten::mm", "aten::addmm", "aten::bmm"),
+    "optimizer": ("adam", "multi_tensor"),
+    "compiled": ("triton",),
 }
 
 
-def kernel_breakdown(prof, top: int = 25) -> dict:
-    """GPU time of a torch.profiler run by kernel class (attention, matmul, other) and its top kernels."""
-    kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
-    total = {"attention": 0.0, "matmul": 0.0, "other": 0.0}
+def kernel_breakdown(prof, top: int = 25, per: int = 1) -> dict:
+    """Seconds of a torch.profiler run by kernel class (attention, matmul, optimizer, compiled, other) and its top
+    kernels, divided by `per` (the steps profiled): GPU kernels, or CPU operators' self time if there are none."""
+    events = prof.key_averages()
+    kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    on_gpu = bool(kernels)
+    if not on_gpu:
+        kernels = [e for e in events if e.key.startswith("aten::")]
+    total = {kind: 0.0 for kind in (*KERNEL_CLASSES, "other")}
     rows = []
     for event in kernels:
-        us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+        if on_gpu:
+            us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+        else:
+            us = event.self_cpu_time_total
         name = event.key.lower()
         kind = next((k for k, subs in KERNEL_CLASSES.items() if any(s in name for s in subs)), "other")
-        total[kind] += us / 1e6
-        rows.append({"kernel": event.key[:120], "class": kind, "seconds": us / 1e6, "calls": event.count})
+        total[kind] += us / 1e6 / per
+        rows.append({"kernel": event.key[:120], "class": kind, "seconds": us / 1e6 / per, "calls": event.count / per})
     rows.sort(key=lambda r: -r["seconds"])
-    return {"gpu_seconds_by_class": total, "top_kernels": rows[:top]}
+    return {"gpu_seconds_by_class" if on_gpu else "cpu_seconds_by_class": total, "top_kernels": rows[:top]}

@@ -68,6 +68,38 @@ class StepTimer(TrainerCallback):
         self.ends.append(self._now())
 
 
+class StepProfiler(TrainerCallback):
+    """torch.profiler over optimizer steps skip+1 .. skip+n: GPU kernels (CPU operators without a GPU)."""
+
+    def __init__(self, skip: int, n: int):
+        self.skip, self.n = skip, n
+        self.prof = None
+        self.started = self.wall = None
+        self.result: dict = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        from torch.profiler import ProfilerActivity, profile
+
+        if state.global_step == self.skip:
+            cuda = torch.cuda.is_available()
+            if cuda:
+                torch.cuda.synchronize()
+            self.prof = profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU])
+            self.prof.__enter__()
+            self.started = time.perf_counter()
+        elif self.prof is not None and state.global_step == self.skip + self.n:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.wall = time.perf_counter() - self.started
+            self.prof.__exit__(None, None, None)
+            breakdown = benchlib.kernel_breakdown(self.prof, per=self.n)
+            by_class = breakdown.get("gpu_seconds_by_class") or breakdown["cpu_seconds_by_class"]
+            busy = sum(by_class.values())
+            self.result = {"profiled_steps": self.n, "profiled_step_s": self.wall / self.n,
+                           "busy_fraction": busy / (self.wall / self.n), **breakdown}
+            self.prof = None
+
+
 def prepare(root: Path, args) -> tuple[Path, int]:
     """A model folder (the given one, or random weights of the shape) and packed random rows."""
     from tokenizers import Tokenizer, models
@@ -157,6 +189,10 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
         "tokens": args.tokens_sha256 or "uniform random",
     }
     timer = StepTimer()
+    callbacks = [timer]
+    if args.profile:
+        profiler = StepProfiler(args.skip, args.profile)
+        callbacks.append(profiler)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -164,7 +200,7 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
     try:
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]) if cudnn else contextlib.nullcontext():
             record = train(str(model_dir), str(root / "data"), args.base, spec, str(root / f"ckpt_{tag}"),
-                           str(root / f"out_{tag}"), callbacks=[timer])
+                           str(root / f"out_{tag}"), callbacks=callbacks)
     except torch.OutOfMemoryError as err:
         message = str(err).splitlines()[0]
         record = None
@@ -178,12 +214,13 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
         return {**base, "oom": True, "error": message, "peak_allocated_gib": gib(torch.cuda.max_memory_allocated())
                 if torch.cuda.is_available() else None}
     assert record["loss_path"] == path, record["loss_path"]
-    step_s = float(np.median(np.diff(timer.ends)[args.skip:]))
+    step_s = float(np.median(np.diff(timer.ends)[args.skip + args.profile:]))  # profiled steps left out
     return {
         **base, "oom": False, "optimizer": record["optimizer"], "steps_per_s": 1 / step_s,
         "tokens_per_s": args.global_batch * args.seq / step_s, "step_s_all": np.diff(timer.ends).tolist(),
         "peak_allocated_gib": gib(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None,
         "losses": [row["loss"] for row in record["log_history"] if "loss" in row],
+        **(profiler.result if args.profile else {}),
     }
 
 
@@ -261,6 +298,8 @@ def main() -> None:
                         help="run these instead of --paths x --micro-batch; the first is the reference")
     parser.add_argument("--tokens", default=None, metavar="DIR",
                         help="train on a packed dataset's rows (tokens.bin + manifest.json) instead of random ones")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile N optimizer steps of every run after --skip: seconds per step by kernel class")
     args = parser.parse_args()
     if args.variants and len({label(*v) for v in args.variants}) < len(args.variants):
         parser.error("--variants: each configuration once")
@@ -271,6 +310,9 @@ def main() -> None:
     args.seq = args.seq or (128 if args.tiny else 8192)
     args.steps = args.steps or (4 if args.tiny else 20)
     args.skip = args.skip if args.skip is not None else (1 if args.tiny else 3)
+    if args.profile and args.skip + args.profile >= args.steps:
+        parser.error(f"--profile {args.profile}: --skip {args.skip} + {args.profile} profiled steps leave none of "
+                     f"--steps {args.steps} to time; raise --steps")
     bad = [mb for mb in ([v[1] for v in args.variants] if args.variants else args.micro_batch) if args.global_batch % mb]
     if bad:
         parser.error(f"--global-batch {args.global_batch} is not a multiple of --micro-batch {bad}")

@@ -14,13 +14,14 @@
 #   bash bench/run_all.sh eval9     # 1 GPU: 7B at 32K/100K, the default path beside chunks of 16K, 32K and the whole row, vs plain
 #   bash bench/run_all.sh train5    # 1 GPU: SmolLM2-135M at 8K, today's path vs the fast ones side by side, 50 steps (TOKENS_DIR: real rows)
 #   bash bench/run_all.sh train6    # 1 GPU: train5's reference and best path, each also with cuDNN's attention kernel only
+#   bash bench/run_all.sh train7    # 1 GPU: train6's reference and fast path, 5 steps of each profiled by kernel class
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
 # zstandard (ropelaw.data imports it; the device machine lacks it: carry its cp312 wheel).
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|train5|train6}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|train5|train6|train7}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -163,8 +164,17 @@ train6)
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 50 \
         --variants plain:4 plain:4:cudnn grad_in_forward:8:compiled grad_in_forward:8:compiled:cudnn
     ;;
+train7)
+    # Issue 14 goal 3: where a step's GPU time goes. The reference and the fast path of train6, 30 steps each,
+    # steps 4-8 profiled (GPU seconds per step by kernel class, busy fraction); predictions before the run in
+    # bench/results/2026-12-02-session9/PREDICTIONS.md. TOKENS_DIR as train5.
+    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
+    step 400 python3 bench/finetune_speed.py $model $tokens --steps 30 --profile 5 \
+        --variants plain:4 grad_in_forward:8:compiled
+    ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, train5 or train6" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, train5, train6 or train7" >&2
     exit 2
     ;;
 esac

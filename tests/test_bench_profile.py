@@ -1,0 +1,46 @@
+"""bench/finetune_speed.py --profile (issue 14, goal 3: where a fine-tuning step's time goes), run on the CPU with
+the tiny shape: every run's record carries the profiled steps' time per step by class, and a --profile that leaves
+no step to time is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def finetune_speed(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'bench'}", "OUT": str(tmp_path)}
+    return subprocess.run([sys.executable, str(ROOT / "bench/finetune_speed.py"), "--tiny", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_profile_records_time_per_step_by_class(tmp_path):
+    done = finetune_speed(tmp_path, "--steps", "5", "--skip", "1", "--profile", "2", "--variants", "plain:4",
+                          "grad_in_forward:4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = [r for r in map(json.loads, (tmp_path / "finetune_speed.jsonl").read_text().splitlines()) if "path" in r]
+    assert [r["path"] for r in runs] == ["plain", "grad_in_forward"]
+    for run in runs:
+        assert run["profiled_steps"] == 2
+        by_class = run["cpu_seconds_by_class"]  # no GPU here: the operators' CPU time
+        assert set(by_class) == {"attention", "matmul", "optimizer", "compiled", "other"}
+        assert by_class["matmul"] > 0 and by_class["attention"] > 0 and by_class["optimizer"] > 0
+        # per step, not summed over the profiled steps: the operators fit in one step's wall time
+        assert 0 < sum(by_class.values()) < run["profiled_step_s"] * 1.05
+        assert run["busy_fraction"] == sum(by_class.values()) / run["profiled_step_s"]
+        matmul_calls = sum(k["calls"] for k in run["top_kernels"] if k["kernel"] == "aten::mm")
+        assert matmul_calls > 0 and matmul_calls == int(matmul_calls)
+        assert len(run["step_s_all"]) == 5
+
+
+def test_profile_that_leaves_no_step_to_time_is_one_line(tmp_path):
+    done = finetune_speed(tmp_path, "--steps", "4", "--skip", "1", "--profile", "3", "--variants", "plain:4")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "--profile 3: --skip 1 + 3 profiled steps leave none of --steps 4 to time; raise --steps")
+    assert not (tmp_path / "finetune_speed.jsonl").exists()
