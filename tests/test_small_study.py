@@ -37,7 +37,7 @@ def _cells(*paths: Path) -> dict[str, str]:
 
 
 def test_the_parts_are_the_study_cut_into_slices():
-    assert [p.stem for p in PARTS] == ["part_a", "part_b1", "part_b2", "part_c", "part_d"]
+    assert [p.stem for p in PARTS] == ["part_a", "part_b1", "part_b1x", "part_b2", "part_b2x", "part_c", "part_d"]
     whole = _cells(STUDY)
     union: dict[str, str] = {}
     for part in PARTS:
@@ -55,12 +55,22 @@ def test_the_parts_answer_what_the_plan_says():
                                       "results/smollm2/lr3e4/base1304_len8192", "results/smollm2/untuned/base100000_len8192"]
     assert sorted(part["part_b1"]) == ["results/smollm2/base/base100000_len8192", "results/smollm2/base/base1304_len8192"]
     assert sorted(part["part_b2"]) == ["results/smollm2/base/base100000_len8192", "results/smollm2/base/base500_len8192"]
+    # PLAN.md's amendment 1: the b parts again at 1,000 steps on the fast training path, apart from b1's cells
+    assert sorted(part["part_b1x"]) == ["results/smollm2/steps1000/base100000_len8192",
+                                        "results/smollm2/steps1000/base1304_len8192"]
+    assert sorted(part["part_b2x"]) == ["results/smollm2/steps1000/base100000_len8192",
+                                        "results/smollm2/steps1000/base500_len8192"]
+    for name in ("part_b1x", "part_b2x"):
+        for cell in part[name].values():
+            training = json.loads(cell)["training"]
+            assert (training["steps"], training["micro_batch_size"], training["global_batch_size"], training["lr"],
+                    training["compile"], training["fused_loss"]) == (1000, 8, 8, 1e-3, True, "grad_in_forward")
     assert sorted(part["part_c"]) == sorted(f"results/smollm2/base/base{b}_len16384"
                                             for b in (100000, 200000, 304201, 500000, 1000000))  # 304201: beta0
     assert sorted(part["part_d"]) == ["results/smollm2/base/base500_len16384", "results/smollm2/base_logn/base500_len16384"]
     learning_rates = {json.loads(c)["training"]["lr"] for c in part["part_a"].values() if json.loads(c)["training"]}
     assert learning_rates == {1e-4, 3e-4, 1e-3}
-    for name in ("part_b1", "part_b2", "part_d"):  # evaluated to 1M: one row of the KJV
+    for name in ("part_b1", "part_b2", "part_b1x", "part_b2x", "part_d"):  # evaluated to 1M: one row of the KJV
         assert {json.loads(c)["eval_lengths"][-1] for c in part[name].values()} == {1_000_000}
 
 

@@ -135,9 +135,9 @@ def test_a_missing_cell(tmp_path):
 GOOD_KEYS = {2048: 8, 4096: 7, 8192: 6, 16384: 1, 32768: 0}
 
 
-def part_b(root: Path, small: int, small_curve, control_curve, small_keys=None, control_keys=None):
-    cell(root, "base", small, 8192, small_curve, small_keys or {2048: 2, 4096: 2, 8192: 1, 16384: 0, 32768: 0})
-    cell(root, "base", 100000, 8192, control_curve, control_keys or GOOD_KEYS)
+def part_b(root: Path, small: int, small_curve, control_curve, small_keys=None, control_keys=None, method="base"):
+    cell(root, method, small, 8192, small_curve, small_keys or {2048: 2, 4096: 2, 8192: 1, 16384: 0, 32768: 0})
+    cell(root, method, 100000, 8192, control_curve, control_keys or GOOD_KEYS)
 
 
 def test_b_agrees(tmp_path):
@@ -152,6 +152,27 @@ def test_b_agrees(tmp_path):
         assert verdict(rows, "controls of b1 and b2") == "reported: spread <= 2%"
         assert row_of(rows, f"B2 ({base})").note == ""
         assert verdict(rows, f"B4 past T_tune ({base})") == "reported (no rule)"
+
+
+def test_b1x_and_b2x_judge_the_steps1000_cells_with_b_rules(tmp_path):
+    """PLAN.md's amendment 1: b1x and b2x are b1 and b2 on the `steps1000` cells, paired with each other. b1's and
+    b2's cells (method `base`) beside them are not read: here they would give "not adapted" everywhere."""
+    for part, small, small_curve, control_curve in (("b1x", 1304, curve(7.0, 2.0), curve(6.0, 500.0)),
+                                                    ("b2x", 500, curve(7.5, 1.5), curve(6.05, 480.0))):
+        part_b(tmp_path / f"part_{part}", small, small_curve, control_curve, method="steps1000")
+        part_b(tmp_path / f"part_{part}", small, curve(20.0, 1.2), curve(6.0, 500.0))  # an unadapted 'base' beside
+    for part, base in (("b1x", 1304), ("b2x", 500)):
+        rows = V.verdicts(part, tmp_path / f"part_{part}")
+        assert verdict(rows, f"adapted ({base})") == "adapted"
+        for claim in ("B1", "B2", "B3", "B4"):
+            assert verdict(rows, f"{claim} ({base})") == "agrees", claim
+        assert verdict(rows, "B1, order") == "agrees"
+        assert verdict(rows, "controls of b1x and b2x") == "reported: spread <= 2%"
+    (tmp_path / "part_b2x/cells/steps1000/base500_len8192/eval.csv").unlink()
+    rows = V.verdicts("b1x", tmp_path / "part_b1x")
+    assert verdict(rows, "B1, order") == \
+        f"not tested (missing: {tmp_path}/part_b2x/cells/steps1000/base500_len8192/eval.csv)"
+    assert verdict(rows, "B1 (1304)") == "agrees"
 
 
 def test_b_disagrees(tmp_path):
@@ -340,7 +361,7 @@ def test_command_writes_markdown_and_csv(tmp_path):
     assert "bound 500,000 = 30,000 (C = 1.31)" in rows[0]["inputs"]
 
 
-@pytest.mark.parametrize("part", ["a", "b1", "b2", "c", "d"])
+@pytest.mark.parametrize("part", ["a", "b1", "b2", "b1x", "b2x", "c", "d"])
 def test_empty_folder_is_not_tested_not_a_traceback(tmp_path, part):
     rows = V.verdicts(part, tmp_path)
     assert rows and all(r.verdict.startswith("not tested") for r in rows), [r.verdict for r in rows]

@@ -2,12 +2,14 @@
 
     python docs/results/smollm2_small/verdicts.py PART RESULTS_DIR [--other DIR] [--csv FILE]
 
-PART is a, b1, b2, c or d. RESULTS_DIR is the part's published folder, as PLAN.md section 7 says
+PART is a, b1, b2, b1x, b2x, c or d (b1x and b2x: PLAN.md's amendment 1, the b rules on the
+`steps1000` cells). RESULTS_DIR is the part's published folder, as PLAN.md section 7 says
 (`study.tgz` unpacked into docs/results/smollm2_small/part_X/), with the layout of
 docs/results/smollm2_law: `cells/<method>/<leaf>/{eval.csv,passkey.csv}` (the tarball's
 `results/smollm2/`), `law/cells.csv` (its `results/law/`) and `logs/finetune/smollm2/<method>/<leaf>.log`.
-Rules that read another part (b1 with b2, d with b1's control) read `--other DIR`, by default the
-sibling folder `RESULTS_DIR/../part_b2` (for b1), `part_b1` (for b2 and d). Every claim gives one
+Rules that read another part (b1 with b2, b1x with b2x, d with b1's control) read `--other DIR`, by
+default the sibling folder `RESULTS_DIR/../part_b2` (for b1), `part_b1` (for b2 and d), `part_b2x` (for
+b1x), `part_b1x` (for b2x). Every claim gives one
 row: the numbers its rule reads, the threshold, the verdict word of PLAN.md. An input that is not
 there (a cell not run, a length not evaluated) gives "not tested (missing: FILE ...)".
 Output: a markdown table on stdout; `--csv FILE` writes the same rows.
@@ -83,8 +85,10 @@ ORIGINAL = 100000
 BETA3 = 1304          # PLAN.md section 2: beta3 = 1,303.8 at 8K, the grid's 1,304
 BETA0_16K = 304201    # PLAN.md section 2: the floor of 304,201.7
 LRS = {"lr1e4": 1e-4, "lr3e4": 3e-4, "lr1e3": 1e-3}  # part a's methods (config/smollm2_small/part_a.yaml)
-SMALL = {"b1": BETA3, "b2": 500}
-OTHER = {"b1": "part_b2", "b2": "part_b1", "d": "part_b1"}
+SMALL = {"b1": BETA3, "b2": 500, "b1x": BETA3, "b2x": 500}
+PAIR = {"b1": "b2", "b2": "b1", "b1x": "b2x", "b2x": "b1x"}  # the parts whose controls are the same cell
+B_METHOD = {"b1": "base", "b2": "base", "b1x": "steps1000", "b2x": "steps1000"}  # amendment 1: its own cells
+OTHER = {"b1": "part_b2", "b2": "part_b1", "b1x": "part_b2x", "b2x": "part_b1x", "d": "part_b1"}
 BASES_C = [100000, 200000, BETA0_16K, 500000, 1000000]
 COLUMNS = ["part", "claim", "inputs", "threshold", "verdict", "note"]
 
@@ -278,15 +282,15 @@ def part_a(t: Tables, _other: Tables) -> list[Row]:
 
 # ---------------------------------------------------------------- parts b1, b2 (PLAN.md 3.2)
 
-def _adapted(t: Tables, base: int) -> tuple[bool | None, float | None, float | None]:
-    small, control = t.ppl("base", base, T8, T8), t.ppl("base", ORIGINAL, T8, T8)
+def _adapted(t: Tables, base: int, m: str = "base") -> tuple[bool | None, float | None, float | None]:
+    small, control = t.ppl(m, base, T8, T8), t.ppl(m, ORIGINAL, T8, T8)
     if small is None or control is None:
         return None, small, control
     return small <= THRESHOLDS["adapted"] * control, small, control
 
 
-def _b1_ratio(t: Tables, base: int) -> float | None:
-    p8, p128 = t.ppl("base", base, T8, T8), t.ppl("base", base, T8, L128)
+def _b1_ratio(t: Tables, base: int, m: str = "base") -> float | None:
+    p8, p128 = t.ppl(m, base, T8, T8), t.ppl(m, base, T8, L128)
     return None if p8 is None or p128 is None else p128 / p8
 
 
@@ -295,27 +299,28 @@ def _retrieval(t: Tables, method: str, base: int, tune_len: int, lengths) -> dic
 
 
 def part_b(part: str, t: Tables, other: Tables) -> list[Row]:
-    base, label = SMALL[part], f"{SMALL[part]}"
-    other_part = "b2" if part == "b1" else "b1"
+    base, label, m = SMALL[part], f"{SMALL[part]}", B_METHOD[part]
+    other_part = PAIR[part]
+    pair = " and ".join(sorted((part, other_part)))
     out = []
     # the controls' spread (needs both parts)
-    c_own = t.ppl("base", ORIGINAL, T8, T8)
-    c_other = other.ppl("base", ORIGINAL, T8, T8)
+    c_own = t.ppl(m, ORIGINAL, T8, T8)
+    c_other = other.ppl(m, ORIGINAL, T8, T8)
     miss = t.take_missing() + other.take_missing()
     spread_note = ""
     thr = f"differ by <= {THRESHOLDS['control_spread']:.0%}"
     inputs = show(**{f"control ppl_8K {part}": c_own, f"control ppl_8K {other_part}": c_other})
     if miss:
-        out.append(Row(part, "controls of b1 and b2", inputs, thr, missing_word(miss)))
+        out.append(Row(part, f"controls of {pair}", inputs, thr, missing_word(miss)))
     else:
         spread = pct(c_own, c_other)
         big = spread > THRESHOLDS["control_spread"]
         if big:
-            spread_note = f"control spread b1/b2 {spread:.1%} > {THRESHOLDS['control_spread']:.0%}"
-        out.append(Row(part, "controls of b1 and b2", inputs + f"; spread = {spread:.2%}", thr,
+            spread_note = f"control spread {pair.replace(' and ', '/')} {spread:.1%} > {THRESHOLDS['control_spread']:.0%}"
+        out.append(Row(part, f"controls of {pair}", inputs + f"; spread = {spread:.2%}", thr,
                        "reported: spread > 2%" if big else "reported: spread <= 2%"))
 
-    adapted, small8, control8 = _adapted(t, base)
+    adapted, small8, control8 = _adapted(t, base, m)
     miss = t.take_missing()
     out.append(Row(part, f"adapted ({label})", show(ppl_8K=small8, control_ppl_8K=control8),
                    f"ppl_8K <= {THRESHOLDS['adapted']:g} x control's",
@@ -326,17 +331,17 @@ def part_b(part: str, t: Tables, other: Tables) -> list[Row]:
         out.append(Row(part, name, inputs, threshold, blocked or verdict, note))
 
     # B1
-    ratio = _b1_ratio(t, base)
-    p8, p128 = t.ppl("base", base, T8, T8), t.ppl("base", base, T8, L128)
+    ratio = _b1_ratio(t, base, m)
+    p8, p128 = t.ppl(m, base, T8, T8), t.ppl(m, base, T8, L128)
     miss = t.take_missing()
     thr = f"ppl_128K / ppl_8K <= {THRESHOLDS['b1_ratio']:g}"
     claim(f"B1 ({label})", show(ppl_8K=p8, ppl_128K=p128, ratio=ratio), thr,
           missing_word(miss) if miss else ("agrees" if ratio <= THRESHOLDS["b1_ratio"] else "disagrees"))
     # B1, order: both parts' small bases, each adapted against its own control
-    ratios = {part: ratio, other_part: _b1_ratio(other, SMALL[other_part])}
-    adapt_other, _, _ = _adapted(other, SMALL[other_part])
+    ratios = {base: ratio, SMALL[other_part]: _b1_ratio(other, SMALL[other_part], m)}
+    adapt_other, _, _ = _adapted(other, SMALL[other_part], m)
     miss = t.take_missing() + other.take_missing()
-    r500, r1304 = ratios["b2"], ratios["b1"]
+    r500, r1304 = ratios[500], ratios[BETA3]
     if miss:
         verdict = missing_word(miss)
     elif not (adapted and adapt_other):
@@ -345,8 +350,8 @@ def part_b(part: str, t: Tables, other: Tables) -> list[Row]:
         verdict = "agrees" if r500 < r1304 else "disagrees" if r500 > r1304 else "unsettled"
     out.append(Row(part, "B1, order", show(ratio_500=r500, ratio_1304=r1304), "500's ratio < beta3's (1304)", verdict))
     # B2: the control against the small base, at 32K and 128K
-    s = {L: t.ppl("base", base, T8, L) for L in (L32, L128)}
-    c = {L: t.ppl("base", ORIGINAL, T8, L) for L in (L32, L128)}
+    s = {L: t.ppl(m, base, T8, L) for L in (L32, L128)}
+    c = {L: t.ppl(m, ORIGINAL, T8, L) for L in (L32, L128)}
     miss = t.take_missing()
     if miss:
         verdict = missing_word(miss)
@@ -359,18 +364,18 @@ def part_b(part: str, t: Tables, other: Tables) -> list[Row]:
     claim(f"B2 ({label})", show(ppl_32K=s[L32], ppl_128K=s[L128], control_ppl_32K=c[L32], control_ppl_128K=c[L128]),
           "control above the small base at 32K and 128K", verdict, spread_note)
     # B3
-    p1m = t.ppl("base", base, T8, L1M)
-    p128 = t.ppl("base", base, T8, L128)
+    p1m = t.ppl(m, base, T8, L1M)
+    p128 = t.ppl(m, base, T8, L128)
     miss = t.take_missing()
     r = None if miss else p1m / p128
     claim(f"B3 ({label})", show(ppl_128K=p128, ppl_1M=p1m, ratio=r), f"ppl_1M / ppl_128K <= {THRESHOLDS['b3_ratio']:g}",
           missing_word(miss) if miss else ("agrees" if r <= THRESHOLDS["b3_ratio"] else "disagrees"))
     # B4
     short = [2048, 4096, 8192]
-    name, thr, (inputs, verdict) = f"B4 ({label})", _b4_threshold(), _b4(t, "base", base, T8, t, short)
+    name, thr, (inputs, verdict) = f"B4 ({label})", _b4_threshold(), _b4(t, m, base, T8, t, short, control_method=m)
     claim(name, inputs, thr, verdict, spread_note)
-    past = {**_retrieval(t, "base", base, T8, [T16, L32])}
-    ctrl = {**_retrieval(t, "base", ORIGINAL, T8, [T16, L32])}
+    past = {**_retrieval(t, m, base, T8, [T16, L32])}
+    ctrl = {**_retrieval(t, m, ORIGINAL, T8, [T16, L32])}
     miss = t.take_missing()
     claim(f"B4 past T_tune ({label})", show(**{f"{L // 1024}K": v for L, v in past.items()},
           **{f"control {L // 1024}K": v for L, v in ctrl.items()}), "(no rule)",
@@ -383,10 +388,11 @@ def _b4_threshold() -> str:
             f"{fmt(THRESHOLDS['b4_drop'])}; disagrees: at every such L, within {fmt(THRESHOLDS['b4_within'])}")
 
 
-def _b4(t: Tables, method: str, base: int, tune_len: int, control: Tables, lengths) -> tuple[str, str]:
+def _b4(t: Tables, method: str, base: int, tune_len: int, control: Tables, lengths,
+        control_method: str = "base") -> tuple[str, str]:
     """(inputs, verdict) of B4's rule for one small-base cell against a control (base 1e5 at 8K)."""
     small = _retrieval(t, method, base, tune_len, lengths)
-    ctrl = _retrieval(control, "base", ORIGINAL, T8, lengths)
+    ctrl = _retrieval(control, control_method, ORIGINAL, T8, lengths)
     miss = t.take_missing() + (control.take_missing() if control is not t else [])
     inputs = show(**{f"{L // 1024}K": v for L, v in small.items()},
                   **{f"control {L // 1024}K": v for L, v in ctrl.items()})
@@ -541,7 +547,7 @@ def part_d(t: Tables, other: Tables) -> list[Row]:
     return out
 
 
-PARTS = {"a": part_a, "b1": lambda t, o: part_b("b1", t, o), "b2": lambda t, o: part_b("b2", t, o),
+PARTS = {"a": part_a, **{b: (lambda t, o, b=b: part_b(b, t, o)) for b in ("b1", "b2", "b1x", "b2x")},
          "c": part_c, "d": part_d}
 
 
@@ -566,7 +572,8 @@ def main(argv=None) -> int:
     parser.add_argument("results", type=Path,
                         help="the part's published folder, e.g. docs/results/smollm2_small/part_b1")
     parser.add_argument("--other", type=Path, default=None,
-                        help="the other part that a rule reads (b1: part_b2; b2 and d: part_b1); "
+                        help="the other part that a rule reads (b1: part_b2; b2 and d: part_b1; b1x: part_b2x; "
+                             "b2x: part_b1x); "
                              "default: the sibling folder")
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     args = parser.parse_args(argv)
