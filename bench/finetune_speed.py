@@ -20,20 +20,19 @@ $OUT/finetune_speed.jsonl (default bench/results/) its steps/s and tokens/s (med
 micro-batch, a summary line with each path's speed-up over plain and over checkpointed, the
 largest relative difference of its per-step losses from plain's, and a table row for BENCHMARKS.md.
 
-`--variants PATH:MICRO_BATCH[:compiled][:cudnn]` runs exactly those configurations instead (same global
-batch, same rows, same seed), and the first one is the reference: each later one is reported as its
+`--variants PATH:MICRO_BATCH[:compiled][:cudnn|:flash|:efficient]` runs exactly those configurations instead
+(same global batch, same rows, same seed), and the first one is the reference: each later one is reported as its
 speed-up over it and its largest relative per-step loss difference from it. `--tokens DIR` trains
 on the rows of a packed dataset (`tokens.bin` + `manifest.json`, e.g. a study's
 `data/train_len8192`, cycled as needed) instead of uniform random tokens, so that the loss falls
-and the loss comparison means something. `:cudnn` lets SDPA use only cuDNN's attention kernel (the
-default lets torch choose: flash on an H200), to see whether the attention kernel is what keeps a
-step from going faster.
+and the loss comparison means something. `:cudnn`, `:flash` or `:efficient` lets SDPA use only that
+attention kernel (the default lets torch choose: cuDNN's on an H200 with torch 2.11, as train7's profile
+showed), to see whether the attention kernel is what keeps a step from going faster.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import tempfile
@@ -145,33 +144,38 @@ def packed_rows(folder: Path, seq: int, vocab: int) -> np.ndarray:
     return tokens_rl.astype(np.int64)
 
 
-def label(path: str, micro_batch: int, compiled: bool, cudnn: bool = False) -> str:
-    return f"{path}_mb{micro_batch}" + ("_compiled" if compiled else "") + ("_cudnn" if cudnn else "")
+SDPA_BACKENDS = ("cudnn", "flash", "efficient")  # a variant's `:BACKEND`: SDPA may use that kernel only
+
+
+def label(path: str, micro_batch: int, compiled: bool, sdpa: str | None = None) -> str:
+    return f"{path}_mb{micro_batch}" + ("_compiled" if compiled else "") + (f"_{sdpa}" if sdpa else "")
 
 
 def parse_variant(text: str) -> tuple[str, int, bool, bool]:
-    """'PATH:MICRO_BATCH[:compiled][:cudnn]' -> (path, micro_batch, compiled, cudnn)."""
+    """'PATH:MICRO_BATCH[:compiled][:BACKEND]' -> (path, micro_batch, compiled, BACKEND or None)."""
     parts = text.split(":")
     flags = parts[2:]
+    compiled = flags[:1] == ["compiled"]
+    backend = flags[1:] if compiled else flags
     if len(parts) < 2 or parts[0] not in FUSED_LOSS or not parts[1].isdigit() \
-            or flags not in ([], ["compiled"], ["cudnn"], ["compiled", "cudnn"]):
+            or len(backend) > 1 or (backend and backend[0] not in SDPA_BACKENDS):
         raise argparse.ArgumentTypeError(
-            f"'{text}': expected PATH:MICRO_BATCH[:compiled][:cudnn], PATH one of {', '.join(FUSED_LOSS)}")
-    return parts[0], int(parts[1]), "compiled" in flags, "cudnn" in flags
+            f"'{text}': expected PATH:MICRO_BATCH[:compiled][:{'|:'.join(SDPA_BACKENDS)}], "
+            f"PATH one of {', '.join(FUSED_LOSS)}")
+    return parts[0], int(parts[1]), compiled, (backend[0] if backend else None)
 
 
-def variant_text(path: str, micro_batch: int, compiled: bool, cudnn: bool) -> str:
-    return f"{path}:{micro_batch}" + (":compiled" if compiled else "") + (":cudnn" if cudnn else "")
+def variant_text(path: str, micro_batch: int, compiled: bool, sdpa: str | None) -> str:
+    return f"{path}:{micro_batch}" + (":compiled" if compiled else "") + (f":{sdpa}" if sdpa else "")
 
 
 def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled: bool, args,
-             cudnn: bool = False) -> dict:
+             sdpa: str | None = None) -> dict:
     """One training run with loss `path`; its record (`oom: true` if it ran out of GPU memory).
 
-    `cudnn`: SDPA may use only cuDNN's attention kernel (`torch.nn.attention.sdpa_kernel`), where the
-    default lets torch pick (flash on an H200); a run it cannot serve is recorded with its error."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
+    `sdpa` ('cudnn', 'flash' or 'efficient'): SDPA may use only that attention kernel
+    (`torch.nn.attention.sdpa_kernel`), where None lets torch pick (cuDNN's on an H200 with torch 2.11: the
+    profile of train7); a run that kernel cannot serve is recorded with its error."""
     from ropelaw.finetune import TrainSpec, train
 
     spec = TrainSpec(
@@ -185,7 +189,7 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
         "bench": "finetune_speed", **environment(), "path": path, "fused_loss": FUSED_LOSS[path],
         "model": str(args.model_dir or ("tiny" if args.tiny else "smollm2-135m random")), "seq": args.seq,
         "global_batch": args.global_batch, "micro_batch": micro_batch, "steps": args.steps, "ac": args.ac,
-        "compile": compiled, "sdpa": "cudnn only" if cudnn else "torch's choice",
+        "compile": compiled, "sdpa": f"{sdpa} only" if sdpa else "torch's choice",
         "tokens": args.tokens_sha256 or "uniform random",
     }
     timer = StepTimer()
@@ -196,16 +200,16 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    tag = label(path, micro_batch, compiled, cudnn)
+    tag = label(path, micro_batch, compiled, sdpa)
     try:
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]) if cudnn else contextlib.nullcontext():
+        with benchlib.sdpa_context(sdpa or "default"):
             record = train(str(model_dir), str(root / "data"), args.base, spec, str(root / f"ckpt_{tag}"),
                            str(root / f"out_{tag}"), callbacks=callbacks)
     except torch.OutOfMemoryError as err:
         message = str(err).splitlines()[0]
         record = None
-    except RuntimeError as err:  # no cuDNN kernel for this shape or device
-        if not cudnn:
+    except RuntimeError as err:  # no kernel of that backend for this shape or device
+        if not sdpa:
             raise
         return {**base, "oom": False, "error": str(err).splitlines()[0]}
     if record is None:  # outside the except block, so the failed run's tensors can be freed
@@ -294,7 +298,7 @@ def main() -> None:
     parser.add_argument("--base", type=float, default=1e6, help="the rotary base the cell tunes with")
     parser.add_argument("--ac", action="store_true", help="finetune.gradient_checkpointing")
     parser.add_argument("--compile", action="store_true", help="finetune.compile (every run)")
-    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None, metavar="PATH:MB[:compiled][:cudnn]",
+    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None, metavar="PATH:MB[:compiled][:BACKEND]",
                         help="run these instead of --paths x --micro-batch; the first is the reference")
     parser.add_argument("--tokens", default=None, metavar="DIR",
                         help="train on a packed dataset's rows (tokens.bin + manifest.json) instead of random ones")
@@ -321,9 +325,9 @@ def main() -> None:
         model_dir, _ = prepare(root, args)
         if args.variants:
             runs = {}
-            for path, micro_batch, compiled, cudnn in args.variants:
-                name = label(path, micro_batch, compiled, cudnn)
-                runs[name] = run_path(root, model_dir, path, micro_batch, compiled, args, cudnn)
+            for path, micro_batch, compiled, sdpa in args.variants:
+                name = label(path, micro_batch, compiled, sdpa)
+                runs[name] = run_path(root, model_dir, path, micro_batch, compiled, args, sdpa)
                 write_record(out_path("finetune_speed.jsonl"), runs[name])
             line = variant_summary(runs, args)
             write_record(out_path("finetune_speed.jsonl"), line)

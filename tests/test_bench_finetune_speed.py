@@ -1,6 +1,6 @@
-"""bench/finetune_speed.py --profile (issue 14, goal 3: where a fine-tuning step's time goes), run on the CPU with
-the tiny shape: every run's record carries the profiled steps' time per step by class, and a --profile that leaves
-no step to time is one line."""
+"""bench/finetune_speed.py (issue 14, goal 3), run on the CPU with the tiny shape: --profile gives every run's
+record the profiled steps' time per step by class, a --profile that leaves no step to time is one line, and a
+variant names at most one attention kernel."""
 
 from __future__ import annotations
 
@@ -44,3 +44,13 @@ def test_profile_that_leaves_no_step_to_time_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1].endswith(
         "--profile 3: --skip 1 + 3 profiled steps leave none of --steps 4 to time; raise --steps")
     assert not (tmp_path / "finetune_speed.jsonl").exists()
+
+
+def test_a_variant_names_one_attention_kernel(tmp_path):
+    done = finetune_speed(tmp_path, "--steps", "3", "--variants", "plain:4", "plain:4:flash")
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = [r for r in map(json.loads, (tmp_path / "finetune_speed.jsonl").read_text().splitlines()) if "path" in r]
+    assert [r["sdpa"] for r in runs] == ["torch's choice", "flash only"]
+    for bad in ("plain:4:cudnn:flash", "plain:4:fast", "plain:4:flash:compiled"):
+        done = finetune_speed(tmp_path, "--variants", bad)
+        assert done.returncode == 2 and "expected PATH:MICRO_BATCH[:compiled][:cudnn|:flash|:efficient]" in done.stderr
