@@ -273,6 +273,36 @@ def test_plan_takes_whole_step_rows_as_measured(tmp_path):
         assert line["gpu_hours"] == pytest.approx(450 * 8 * 8192 / 100000 / 3600)
 
 
+def test_plan_prices_each_training_path_at_its_own_row(tmp_path):
+    """A table with a `training` column: b1's cells (plain, micro-batch 4) at the plain row, b1x's (fused loss,
+    compiled, micro-batch 8) at theirs; a path with no row of its own at the rows that name none, else the slowest."""
+    from ropelaw.config import load_configs, resolve
+    from ropelaw.plan import Job, plan, read_throughput
+
+    head = "| model | phase | gpu | seq_len | tokens_per_s_per_gpu | training | source |\n|---|---|---|---|---|---|---|\n"
+    rows = ("| smollm2 | finetune_step | h200 | 8192 | 100000 | plain, micro-batch 4 | test |\n"
+            "| smollm2 | finetune_step | h200 | 8192 | 160000 | grad_in_forward+compiled, micro-batch 8 | test |\n"
+            "| smollm2 | evaluate | h200 | 8192 | 50000 |  | test |\n")
+    jobs = {rule: Job(1, "h200", None) for rule in ("finetune", "evaluate", "passkey")}
+
+    def seconds(part: str, table_text: str, **override) -> set[float]:
+        table = tmp_path / "b.md"
+        table.write_text(table_text)
+        configs = load_configs([ROOT / "config/smollm2_small.yaml", ROOT / f"config/smollm2_small/{part}.yaml"])
+        for block in configs["grid"]:
+            block["finetune"].update(override)
+        cfg, cells = resolve(configs, check_data=False)
+        return {round(line["gpu_hours"] * 3600 / line["tokens"] * 1e6, 6)
+                for line in plan(cfg, cells, jobs, read_throughput(table)) if line["step"] == "finetune"}
+
+    assert seconds("part_b1", head + rows) == {10.0}  # microseconds per token: 1 / 100,000
+    assert seconds("part_b1x", head + rows) == {6.25}  # 1 / 160,000
+    # checkpointed has no row: the slowest of the named paths; with an unnamed row present, that one
+    assert seconds("part_b1x", head + rows, fused_loss="checkpointed") == {10.0}
+    unnamed = "| smollm2 | finetune_step | h200 | 8192 | 125000 |  | test |\n"
+    assert seconds("part_b1x", head + rows + unnamed, fused_loss="checkpointed") == {8.0}
+
+
 def test_plan_counts_the_prepared_rows_where_they_exist(tmp_path, monkeypatch):
     """Evaluation is priced at data.eval.max_docs rows until prepare-eval has made them; then at the rows its
     manifest lists (the KJV gives one row of 1M, not max_docs = 4)."""

@@ -5,7 +5,10 @@
 Throughput is read from the table of BENCHMARKS.md whose header is
 `| model | phase | gpu | seq_len | tokens_per_s_per_gpu | source |` (measured tokens per
 second per GPU, phase `finetune` (forward+backward), `finetune_step` (a whole fine-tuning step,
-optimizer included) or `evaluate`); GPUs per job and time limits from the
+optimizer included) or `evaluate`). A table may add a `training` column after these: the training path a
+`finetune_step` row was measured on (`training_path`, e.g. `grad_in_forward+compiled, micro-batch 8`); a
+cell's fine-tune takes the rows of its own path, else the rows that name none, else the slowest. GPUs per
+job and time limits from the
 profile's resources of rules finetune, evaluate and passkey. The assumptions that turn
 one into the other are printed above the plan (ASSUMPTIONS). Data preparation, model
 downloads and the CPU rules are not counted. Needs no data, model or GPU.
@@ -34,7 +37,8 @@ ASSUMPTIONS = [
     f"({', '.join(f'{k} {v:g}' for k, v in PEAK_BF16_TFLOPS.items())} TFLOP/s): pessimistic for A100",
     f"a fine-tuning step runs at {STEP_EFFICIENCY:.0%} of the measured forward+backward rate (phase finetune), per "
     "GPU (the Trainer path with ZeRO-3 on 2 GPUs in BENCHMARKS.md; more nodes may do worse); a model with rows of "
-    "whole steps (phase finetune_step) takes those as measured",
+    "whole steps (phase finetune_step) takes those as measured: the rows of the cell's training path (loss path, "
+    "compiled or not, micro-batch), else those that name no path, else the slowest",
     "evaluation reads the rows of the cell's longest length (its eval_lengths): as many as their manifest lists "
     "where `ropelaw prepare-eval` has made them, else data.eval.max_docs (an upper bound: a text may give fewer rows "
     "of a long length); a length-dependent method (dynamic NTK) does one forward per length; passkey: one forward "
@@ -65,7 +69,8 @@ def read_throughput(path: Path) -> list[dict]:
             header = cells
         elif header and not set(line.replace("|", "").strip()) <= set("-: "):
             row = dict(zip(header, cells))
-            rows.append({**row, "seq_len": int(row["seq_len"]), "tokens_per_s_per_gpu": float(row["tokens_per_s_per_gpu"])})
+            rows.append({**row, "seq_len": int(row["seq_len"]), "tokens_per_s_per_gpu": float(row["tokens_per_s_per_gpu"]),
+                         "training": row.get("training", "")})
     if not rows:
         raise UserError(f"--benchmarks: {path} has no table with the header `| {' | '.join(COLUMNS)} |`")
     return rows
@@ -138,7 +143,8 @@ def plan(cfg: dict, cells: list, jobs: dict[str, Job], rows: list[dict]) -> list
             args = training_args(cfg, cell)
             tokens = args["steps"] * args["global_batch_size"] * cell.tune_len
             job = jobs["finetune"]
-            lines.append(_line(cell, "finetune", tokens, _step_seconds(rows, cell, job, tokens), job))
+            lines.append(_line(cell, "finetune", tokens, _step_seconds(rows, cell, job, tokens, training_path(args)),
+                               job))
         rows_read = _prepared_rows(cell) or max_docs
         forwards = [(L, rows_read) for L in lengths] if spec.length_dependent else [(max(lengths), rows_read)]
         _add_eval(lines, cell, "evaluate", forwards, jobs["evaluate"], rows)
@@ -158,12 +164,27 @@ def _prepared_rows(cell) -> int | None:
         return None
 
 
-def _step_seconds(rows: list[dict], cell, job: Job, tokens: int) -> float | None:
-    """GPU-seconds of `tokens` of fine-tuning: at a measured whole-step rate if the model has one, else at
-    the forward+backward rate over STEP_EFFICIENCY; None if neither was measured."""
-    step = seconds_per_token(rows, cell.model, "finetune_step", job.gpu_type, cell.tune_len)
-    if step is not None:
-        return tokens * step
+def training_path(args: dict) -> str:
+    """The training path of a cell's fine-tune as the `training` column names it: loss path, compiled or not,
+    micro-batch ('plain, micro-batch 4', 'grad_in_forward+compiled, micro-batch 8'); DeepSpeed's is its own."""
+    loss = "plain" if args["fused_loss"] is False else "grad_in_forward" if args["fused_loss"] is True \
+        else args["fused_loss"]
+    text = f"{loss}{'+compiled' if args['compile'] else ''}, micro-batch {args['micro_batch_size']}"
+    return text + (", deepspeed" if args.get("deepspeed") else "")
+
+
+def _step_seconds(rows: list[dict], cell, job: Job, tokens: int, path: str = "") -> float | None:
+    """GPU-seconds of `tokens` of fine-tuning: at a measured whole-step rate if the model has one (the rows of
+    training path `path`, else those that name no path, else the slowest path's), else at the forward+backward
+    rate over STEP_EFFICIENCY; None if neither was measured."""
+    steps = [r for r in rows if r["model"] == cell.model and r["phase"] == "finetune_step"]
+    mine = [r for r in steps if r["training"] == path] or [r for r in steps if not r["training"]]
+    if mine:
+        return tokens * seconds_per_token(mine, cell.model, "finetune_step", job.gpu_type, cell.tune_len)
+    if steps:
+        return tokens * max(seconds_per_token([r for r in steps if r["training"] == other], cell.model,
+                                              "finetune_step", job.gpu_type, cell.tune_len)
+                            for other in {r["training"] for r in steps})
     rate = seconds_per_token(rows, cell.model, "finetune", job.gpu_type, cell.tune_len)
     return None if rate is None else tokens * rate / STEP_EFFICIENCY
 
