@@ -42,6 +42,20 @@ print(max(rows, key=lambda r: (r["length"], r["tflops"]))["backend"] if rows els
 EOF
 }
 
+# Every part imports these (ropelaw.data imports zstandard, which the device machine lacks): one line if not.
+missing=$(python3 -c '
+import importlib
+missing = []
+for name in ("torch", "transformers", "accelerate", "zstandard"):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        missing.append(name)
+print(" ".join(missing))')
+if [ -n "$missing" ]; then
+    echo "bench/run_all.sh: $(command -v python3) cannot import: $missing; install them for that python3 (on the device machine, carry the wheels: python3 -m pip install --no-index --no-deps .wheels/zstandard-*.whl)" | tee -a "$log" >&2
+    exit 2
+fi
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name(), torch.cuda.device_count())' | tee -a "$log"
 

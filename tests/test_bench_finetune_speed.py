@@ -54,3 +54,22 @@ def test_a_variant_names_one_attention_kernel(tmp_path):
     for bad in ("plain:4:cudnn:flash", "plain:4:fast", "plain:4:flash:compiled"):
         done = finetune_speed(tmp_path, "--variants", bad)
         assert done.returncode == 2 and "expected PATH:MICRO_BATCH[:compiled][:cudnn|:flash|:efficient]" in done.stderr
+
+
+def test_run_all_names_a_missing_module_before_any_step(tmp_path):
+    """bench/run_all.sh on a python3 that cannot import zstandard (the device machine's, before the carried wheel is
+    installed): one line naming it and the fix, exit 2, before any benchmark (the part name is a bogus one, so a
+    check that lets it through ends at the unknown part instead)."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods/zstandard.py").write_text("raise ImportError('blocked for this test')\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/python3").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    (tmp_path / "bin/python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "PYTHONPATH": str(tmp_path / "mods"),
+           "OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", "bench/run_all.sh", "no-such-part"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"bench/run_all.sh: {tmp_path / 'bin/python3'} cannot import: zstandard; install them for that python3 (on the "
+        "device machine, carry the wheels: python3 -m pip install --no-index --no-deps .wheels/zstandard-*.whl)"]
