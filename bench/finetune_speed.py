@@ -46,7 +46,8 @@ from transformers import TrainerCallback
 import benchlib
 from benchlib import environment, gib, out_path, write_record
 
-FUSED_LOSS = {"grad_in_forward": "grad_in_forward", "checkpointed": "checkpointed", "plain": False}
+FUSED_LOSS = {"grad_in_forward": "grad_in_forward", "checkpointed": "checkpointed", "plain": False,
+              "grad_in_forward_compiled": "grad_in_forward_compiled"}
 
 
 class StepTimer(TrainerCallback):
@@ -292,7 +293,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 20; --tiny: 4)")
     parser.add_argument("--global-batch", type=int, default=8, help="rows per optimizer step")
     parser.add_argument("--micro-batch", type=int, nargs="+", default=[4], help="rows per forward; several: a sweep")
-    parser.add_argument("--paths", nargs="+", choices=list(FUSED_LOSS), default=list(FUSED_LOSS),
+    parser.add_argument("--paths", nargs="+", choices=list(FUSED_LOSS), default=["grad_in_forward", "checkpointed", "plain"],
                         help="loss paths, run in this order (default: all three, plain last)")
     parser.add_argument("--skip", type=int, default=None, help="steps left out of the median (default 3; --tiny: 1)")
     parser.add_argument("--base", type=float, default=1e6, help="the rotary base the cell tunes with")

@@ -15,7 +15,7 @@
 #   bash bench/run_all.sh train5    # 1 GPU: SmolLM2-135M at 8K, today's path vs the fast ones side by side, 50 steps (TOKENS_DIR: real rows)
 #   bash bench/run_all.sh train6    # 1 GPU: train5's reference and best path, each also with cuDNN's attention kernel only
 #   bash bench/run_all.sh train7    # 1 GPU: train6's reference and fast path, 5 steps of each profiled by kernel class
-#   bash bench/run_all.sh train8    # 1 GPU: the fast path with torch's attention (cuDNN), flash's and efficient's, profiled
+#   bash bench/run_all.sh train8    # 1 GPU: the fast path beside its compiled loss chunk and flash's and efficient's attention
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
 # zstandard (ropelaw.data imports it; the device machine lacks it: carry its cp312 wheel).
@@ -190,12 +190,14 @@ train7)
     ;;
 train8)
     # Issue 14 goal 3: train7 found torch's choice of attention on the H200 is cuDNN's kernel (so train6's
-    # "cuDNN only" ran the same kernel), 43% of the fast step. The fast path with flash's kernel beside it,
-    # profiled as train7; predictions before the run in bench/results/2026-12-02-session9/PREDICTIONS.md.
+    # "cuDNN only" ran the same kernel), 43% of the fast step. Beside the fast path: the same with its loss
+    # chunk fused by torch.compile (fused_loss: grad_in_forward_compiled), and with flash's and efficient's
+    # attention; profiled as train7; predictions before the run in bench/results/2026-12-02-session9/PREDICTIONS.md.
     model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
     tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 30 --profile 5 \
-        --variants grad_in_forward:8:compiled grad_in_forward:8:compiled:flash grad_in_forward:8:compiled:efficient
+        --variants grad_in_forward:8:compiled grad_in_forward_compiled:8:compiled grad_in_forward:8:compiled:flash \
+        grad_in_forward:8:compiled:efficient
     ;;
 *)
     echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, train5, train6, train7 or train8" >&2

@@ -14,6 +14,7 @@ AdamW, the Trainer's default); `true` runs grad_in_forward, except under ZeRO-3.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from pathlib import Path
@@ -73,9 +74,10 @@ def _batch():
     return ids, labels
 
 
-def _loss_and_grads(model, ids, labels, **kwargs):
+def _loss_and_grads(model, ids, labels, count_rows=True, **kwargs):
+    """Loss and gradients; `count_rows`: under LogitRows, a dispatch mode, in which torch.compile runs eagerly."""
     model.zero_grad()
-    with LogitRows() as rows:
+    with LogitRows() if count_rows else contextlib.nullcontext(LogitRows()) as rows:
         loss = model(input_ids=ids, labels=labels, **kwargs).loss
         rows.phase = "backward"
         (0.37 * loss).backward()  # a gradient other than 1 flows in, as under some loss scalings
@@ -93,12 +95,13 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(model, path, chunk, num
     assert plain_rows.rows == {"forward": [3 * 21], "backward": []}
     fast = copy.deepcopy(model)
     fastloss.install_chunked_loss(fast, path, chunk)
-    fast_loss, fast_grads, logits = _loss_and_grads(fast, ids, labels, **kwargs)
+    compiled = path == "grad_in_forward_compiled"  # counted, it would run eagerly: its rows are grad_in_forward's
+    fast_loss, fast_grads, logits = _loss_and_grads(fast, ids, labels, count_rows=not compiled, **kwargs)
     rows = logits.rows
     chunks = [min(chunk, 63 - start) for start in range(0, 63, chunk)]
     # grad_in_forward: each chunk's logits once, in the forward; checkpointed: again in the backward
-    assert rows["forward"] == chunks
-    assert sorted(rows["backward"]) == ([] if path == "grad_in_forward" else sorted(chunks))
+    assert rows["forward"] == ([] if compiled else chunks)
+    assert sorted(rows["backward"]) == ([] if path.startswith("grad_in_forward") else sorted(chunks))
     torch.testing.assert_close(fast_loss, plain_loss, rtol=1e-6, atol=0)
     assert set(fast_grads) == set(plain_grads)
     for name, grad in plain_grads.items():  # relative to the tensor: elements near 0 are summation noise
@@ -141,7 +144,7 @@ def test_the_loss_path_of_each_setting(tmp_path):
     from ropelaw.train_plan import TrainSpec
 
     assert [loss_path(v, zero3=False) for v in (True, False, *LOSS_PATHS)] == [
-        "grad_in_forward", "plain", "grad_in_forward", "checkpointed"]
+        "grad_in_forward", "plain", "grad_in_forward", "checkpointed", "grad_in_forward_compiled"]
     assert [loss_path(v, zero3=True) for v in (True, False, "checkpointed")] == [
         "checkpointed", "plain", "checkpointed"]
     with pytest.raises(UserError, match="'finetune.fused_loss' is grad_in_forward, which is not supported under "
@@ -172,19 +175,34 @@ def test_the_schema_offers_exactly_the_paths():
 def test_finetune_with_each_loss_path_trains_like_the_plain_path(tmp_path, monkeypatch):
     cell = make_cell(tmp_path, hidden=32, vocab=96)
     monkeypatch.setattr(fastloss, "CHUNK_TOKENS", 24)  # 64 positions per micro-batch: 3 uneven chunks
-    runs = {"plain": False, "fast": True, "checkpointed": "checkpointed"}
+    runs = {"plain": False, "fast": True, "checkpointed": "checkpointed", "compiled": "grad_in_forward_compiled"}
     steps, weights = {}, {}
     for name, fused in runs.items():
         assert finetune(cell, name, {"logging_steps": 1, "steps": 5, "fused_loss": fused}) == 0
         record = manifest(cell, name)
         assert record["spec"]["fused_loss"] == fused
-        assert record["loss_path"] == {"plain": "plain", "fast": "grad_in_forward"}.get(name, name)
+        assert record["loss_path"] == {"plain": "plain", "fast": "grad_in_forward"}.get(name, fused)
         steps[name] = [(row["step"], row["loss"]) for row in record["log_history"] if "loss" in row]
         weights[name] = load_file(cell / name / "model.safetensors")
     assert all([s for s, _ in steps[name]] == [1, 2, 3, 4, 5] for name in runs)
     assert steps["plain"][0][1] != steps["plain"][-1][1]  # the weights moved
-    for name in ("fast", "checkpointed"):
+    for name in ("fast", "checkpointed", "compiled"):
         np.testing.assert_allclose([x for _, x in steps[name]], [x for _, x in steps["plain"]], rtol=1e-5)
         for key, tensor in weights["plain"].items():  # in norm: Adam magnifies the noise of gradients near 0
             assert (weights[name][key] - tensor).norm() <= 1e-5 * tensor.norm(), f"{name} {key}"
     assert SPEC["precision"] == "fp32"
+
+
+def test_the_compiled_path_runs_the_chunk_through_torch_compile(model):
+    """grad_in_forward_compiled computes each chunk's NLL and gradient in a torch.compile'd function (the
+    equality test above holds for it too): dynamo captures it, and the eager grad_in_forward captures nothing."""
+    from torch._dynamo.utils import counters
+
+    ids, labels = _batch()
+    for path, graphs in (("grad_in_forward", 0), ("grad_in_forward_compiled", 1)):
+        torch._dynamo.reset()
+        counters.clear()
+        fast = copy.deepcopy(model)
+        fastloss.install_chunked_loss(fast, path, 24)
+        _loss_and_grads(fast, ids, labels, count_rows=False)
+        assert (counters["stats"]["unique_graphs"] >= 1) == bool(graphs), path

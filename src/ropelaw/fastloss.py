@@ -24,6 +24,11 @@ and one chunk's logits exist at a time, in one of two ways:
   takes the next path and `grad_in_forward` is refused. (Forced on in tests/test_deepspeed.py's
   2-rank CPU run, it found the weight gathered and matched the plain path; why, and whether that
   holds on GPUs, is not established.)
+- `grad_in_forward_compiled`: `grad_in_forward` with each chunk's log-softmax, NLL, softmax − one-hot
+  and cast fused by `torch.compile` (`_nll_and_grad`): the eager path passes over the chunk's fp32
+  probabilities five times (log-softmax, exp, scale, the target's subtraction, the cast); train7's profile
+  of the fast step (BENCHMARKS.md, ninth session) puts the kernels that are neither attention nor matmul
+  at 0.055 s of its 0.357 s. The matmuls stay cuBLAS's. Not yet measured on a GPU.
 - `checkpointed`: each chunk's logits and summed cross-entropy under activation
   checkpointing, recomputed one chunk at a time in the backward (four matmuls per chunk). The
   lm_head is called as a module, so ZeRO-3's parameter hooks gather its weight as usual.
@@ -37,6 +42,8 @@ Both give the sum over the same (shifted) targets divided by the same count as t
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -49,6 +56,22 @@ CHUNK_TOKENS = 4096  # positions per chunk: 4096 x 49,152 fp32 logits = 0.8 GB a
 IGNORE = -100  # transformers' ignore_index
 
 
+def _nll_and_grad(logits_cv: torch.Tensor, safe_c: torch.Tensor, valid_c: torch.Tensor, divisor: torch.Tensor,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's summed NLL over its valid rows, and (softmax - onehot(target)) * valid / divisor in `dtype`:
+    what LinearCrossEntropy's eager loop computes, written to be fused (`grad_in_forward_compiled`)."""
+    logprobs_cv = torch.log_softmax(logits_cv.float(), dim=-1)
+    nll = -torch.where(valid_c, logprobs_cv.gather(1, safe_c[:, None])[:, 0], 0.0).sum()
+    onehot_cv = torch.arange(logits_cv.shape[-1], device=logits_cv.device)[None, :] == safe_c[:, None]
+    g_cv = (logprobs_cv.exp() - onehot_cv.float()) * (valid_c / divisor)[:, None]
+    return nll, g_cv.to(dtype)
+
+
+@functools.cache
+def _compiled_nll_and_grad():
+    return torch.compile(_nll_and_grad)
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """sum of NLL(softmax(h @ W^T), targets) / divisor, with both gradients computed in the forward.
 
@@ -58,7 +81,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden_nh, weight_vh, targets_n, divisor, dtype, chunk_tokens, grad_enabled):
+    def forward(ctx, hidden_nh, weight_vh, targets_n, divisor, dtype, chunk_tokens, grad_enabled, compiled=False):
         h_nh, w_vh = hidden_nh.to(dtype), weight_vh.to(dtype)
         want_h, want_w = (grad_enabled and need for need in ctx.needs_input_grad[:2])
         grad_h_nh = torch.empty_like(h_nh) if want_h else None
@@ -69,16 +92,20 @@ class LinearCrossEntropy(torch.autograd.Function):
             targets_c, h_ch = targets_n[piece], h_nh[piece]
             valid_c = targets_c != IGNORE
             safe_c = targets_c.clamp_min(0)
-            # logits in `dtype`, log-softmax in fp32: F.cross_entropy(logits.float()) and its backward, by hand
-            logprobs_cv = torch.log_softmax(h_ch @ w_vh.T, dim=-1, dtype=torch.float32)
-            rows_c = torch.arange(len(safe_c), device=logprobs_cv.device)
-            total -= torch.where(valid_c, logprobs_cv[rows_c, safe_c], 0.0).sum()
-            if not (want_h or want_w):
-                continue
-            scale_c1 = (valid_c / divisor)[:, None]  # 1/divisor, 0 on ignored rows
-            g_cv = logprobs_cv.exp_().mul_(scale_c1)  # softmax / divisor, in place
-            g_cv[rows_c, safe_c] -= scale_c1[:, 0]
-            g_cv = g_cv.to(dtype)
+            if compiled and (want_h or want_w):
+                nll_c, g_cv = _compiled_nll_and_grad()(h_ch @ w_vh.T, safe_c, valid_c, divisor, dtype)
+                total += nll_c
+            else:
+                # logits in `dtype`, log-softmax in fp32: F.cross_entropy(logits.float()) and its backward, by hand
+                logprobs_cv = torch.log_softmax(h_ch @ w_vh.T, dim=-1, dtype=torch.float32)
+                rows_c = torch.arange(len(safe_c), device=logprobs_cv.device)
+                total -= torch.where(valid_c, logprobs_cv[rows_c, safe_c], 0.0).sum()
+                if not (want_h or want_w):
+                    continue
+                scale_c1 = (valid_c / divisor)[:, None]  # 1/divisor, 0 on ignored rows
+                g_cv = logprobs_cv.exp_().mul_(scale_c1)  # softmax / divisor, in place
+                g_cv[rows_c, safe_c] -= scale_c1[:, 0]
+                g_cv = g_cv.to(dtype)
             if want_h:
                 grad_h_nh[piece] = g_cv @ w_vh
             if want_w:
@@ -93,7 +120,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         h_dtype, w_dtype = ctx.dtypes
         grad_h = None if grad_h_nh is None else grad_h_nh.to(h_dtype) * grad_loss
         grad_w = None if grad_w_vh is None else grad_w_vh.to(w_dtype) * grad_loss
-        return grad_h, grad_w, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None
 
 
 def _chunk_nll(hidden_nh: torch.Tensor, targets_n: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
@@ -120,13 +147,13 @@ def chunked_causal_lm_loss(
         divisor = (targets_n != IGNORE).sum()
     else:
         divisor = torch.as_tensor(num_items_in_batch, device=hidden_nh.device)
-    if path == "grad_in_forward":
+    if path in ("grad_in_forward", "grad_in_forward_compiled"):
         device = hidden_nh.device.type
         weight = lm_head.weight
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
         with torch.autocast(device, enabled=False):  # the Function casts to `dtype` itself
             return LinearCrossEntropy.apply(hidden_nh, weight, targets_n, divisor, dtype, chunk_tokens,
-                                            torch.is_grad_enabled())
+                                            torch.is_grad_enabled(), path == "grad_in_forward_compiled")
     assert path == "checkpointed", path
     total = hidden_nh.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden_nh.shape[0], chunk_tokens):
@@ -144,7 +171,7 @@ def install_chunked_loss(model, path: str = "grad_in_forward", chunk_tokens: int
     """
     assert path in PATHS, path
     decoder, lm_head, plain = model.get_decoder(), model.get_output_embeddings(), model.forward
-    if path == "grad_in_forward" and getattr(lm_head, "bias", None) is not None:
+    if path.startswith("grad_in_forward") and getattr(lm_head, "bias", None) is not None:
         raise UserError("finetune.fused_loss: the grad_in_forward loss (what true runs) does not handle an lm_head "
                         "with a bias, and this model's has one; set fused_loss: checkpointed or false")
 
