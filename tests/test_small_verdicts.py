@@ -140,38 +140,28 @@ def part_b(root: Path, small: int, small_curve, control_curve, small_keys=None, 
     cell(root, method, 100000, 8192, control_curve, control_keys or GOOD_KEYS)
 
 
-def test_b_agrees(tmp_path):
-    part_b(tmp_path / "part_b1", 1304, curve(7.0, 2.0), curve(6.0, 500.0))
-    part_b(tmp_path / "part_b2", 500, curve(7.5, 1.5), curve(6.05, 480.0))
-    for part, base in (("b1", 1304), ("b2", 500)):
+@pytest.mark.parametrize("pair, method", [(("b1", "b2"), "base"), (("b1x", "b2x"), "steps1000")])
+def test_b_agrees(tmp_path, pair, method):
+    """b1x and b2x (PLAN.md's amendment 1) are b1 and b2 on the `steps1000` cells, paired with each other; b1's and
+    b2's cells (method `base`) beside them are not read: there they would give "not adapted" everywhere."""
+    for part, small, small_curve, control_curve in ((pair[0], 1304, curve(7.0, 2.0), curve(6.0, 500.0)),
+                                                    (pair[1], 500, curve(7.5, 1.5), curve(6.05, 480.0))):
+        part_b(tmp_path / f"part_{part}", small, small_curve, control_curve, method=method)
+        if method != "base":
+            part_b(tmp_path / f"part_{part}", small, curve(20.0, 1.2), curve(6.0, 500.0))  # an unadapted 'base'
+    for part, base in zip(pair, (1304, 500)):
         rows = V.verdicts(part, tmp_path / f"part_{part}")
         assert verdict(rows, f"adapted ({base})") == "adapted"
         for claim in ("B1", "B2", "B3", "B4"):
             assert verdict(rows, f"{claim} ({base})") == "agrees", claim
         assert verdict(rows, "B1, order") == "agrees"
-        assert verdict(rows, "controls of b1 and b2") == "reported: spread <= 2%"
+        assert verdict(rows, f"controls of {pair[0]} and {pair[1]}") == "reported: spread <= 2%"
         assert row_of(rows, f"B2 ({base})").note == ""
         assert verdict(rows, f"B4 past T_tune ({base})") == "reported (no rule)"
-
-
-def test_b1x_and_b2x_judge_the_steps1000_cells_with_b_rules(tmp_path):
-    """PLAN.md's amendment 1: b1x and b2x are b1 and b2 on the `steps1000` cells, paired with each other. b1's and
-    b2's cells (method `base`) beside them are not read: here they would give "not adapted" everywhere."""
-    for part, small, small_curve, control_curve in (("b1x", 1304, curve(7.0, 2.0), curve(6.0, 500.0)),
-                                                    ("b2x", 500, curve(7.5, 1.5), curve(6.05, 480.0))):
-        part_b(tmp_path / f"part_{part}", small, small_curve, control_curve, method="steps1000")
-        part_b(tmp_path / f"part_{part}", small, curve(20.0, 1.2), curve(6.0, 500.0))  # an unadapted 'base' beside
-    for part, base in (("b1x", 1304), ("b2x", 500)):
-        rows = V.verdicts(part, tmp_path / f"part_{part}")
-        assert verdict(rows, f"adapted ({base})") == "adapted"
-        for claim in ("B1", "B2", "B3", "B4"):
-            assert verdict(rows, f"{claim} ({base})") == "agrees", claim
-        assert verdict(rows, "B1, order") == "agrees"
-        assert verdict(rows, "controls of b1x and b2x") == "reported: spread <= 2%"
-    (tmp_path / "part_b2x/cells/steps1000/base500_len8192/eval.csv").unlink()
-    rows = V.verdicts("b1x", tmp_path / "part_b1x")
+    (tmp_path / f"part_{pair[1]}/cells/{method}/base500_len8192/eval.csv").unlink()
+    rows = V.verdicts(pair[0], tmp_path / f"part_{pair[0]}")
     assert verdict(rows, "B1, order") == \
-        f"not tested (missing: {tmp_path}/part_b2x/cells/steps1000/base500_len8192/eval.csv)"
+        f"not tested (missing: {tmp_path}/part_{pair[1]}/cells/{method}/base500_len8192/eval.csv)"
     assert verdict(rows, "B1 (1304)") == "agrees"
 
 
