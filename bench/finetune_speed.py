@@ -152,7 +152,7 @@ def label(path: str, micro_batch: int, compiled: bool, sdpa: str | None = None) 
     return f"{path}_mb{micro_batch}" + ("_compiled" if compiled else "") + (f"_{sdpa}" if sdpa else "")
 
 
-def parse_variant(text: str) -> tuple[str, int, bool, bool]:
+def parse_variant(text: str) -> tuple[str, int, bool, str | None]:
     """'PATH:MICRO_BATCH[:compiled][:BACKEND]' -> (path, micro_batch, compiled, BACKEND or None)."""
     parts = text.split(":")
     flags = parts[2:]

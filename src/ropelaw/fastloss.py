@@ -7,7 +7,7 @@ A causal LM's forward computes logits [batch, tokens, vocab], casts them to fp32
 cross-entropy, and autograd keeps them for the backward: for SmolLM2 (a 49,152-token
 vocabulary) at 8K tokens and micro-batch 4, 6.4 GB of fp32 logits and as much again for their
 gradient. Here the decoder's last hidden states are cut into chunks of `CHUNK_TOKENS` positions,
-and one chunk's logits exist at a time, in one of two ways:
+and one chunk's logits exist at a time, in one of three ways:
 
 - `grad_in_forward` (what `fused_loss: true` runs): `LinearCrossEntropy`, an autograd Function
   that computes, chunk by chunk in the forward, the summed NLL, the gradient of the loss with
@@ -35,7 +35,7 @@ and one chunk's logits exist at a time, in one of two ways:
   Measured on an H200 (BENCHMARKS.md): 15-34 GiB less than the plain loss for SmolLM2-135M,
   4-7% slower.
 
-Both give the sum over the same (shifted) targets divided by the same count as transformers'
+All three give the sum over the same (shifted) targets divided by the same count as transformers'
 `ForCausalLMLoss`: the same loss and gradients up to rounding (tests/test_finetune_fast.py: within
 1e-6 relative in fp32; checkpointed on a batch of at most CHUNK_TOKENS positions: the same bits).
 """
