@@ -20,6 +20,9 @@ plain's peak, so only this ratio can be halved), the chunk, the groups and why, 
 difference of the perplexities. A path that runs out of memory is recorded as such.
 `--peak-report` (GPU) records the allocator's trace and keeps, per row, the largest blocks alive at
 its peak and the lines that allocated them: what a memory model must count.
+`--profile` adds one more call per path under torch.profiler and records its seconds by kernel class
+(attention, matmul, other; `benchlib.kernel_breakdown`: GPU kernels, or CPU operators on the CPU), so that a
+difference in time between two paths can be put where it is.
 `--cap-gib 80` caps the process (`torch.cuda.set_per_process_memory_fraction`) like an A100-80GB.
 `--run-layers N` keeps every layer's weights on the GPU but runs only the first N layers: every
 layer has the same shape, so the peak memory of a whole forward is measured (weights, one layer's
@@ -36,7 +39,7 @@ import time
 
 import torch
 
-from benchlib import SHAPES, environment, gib, llama_config, out_path, write_record
+from benchlib import SHAPES, environment, gib, kernel_breakdown, llama_config, out_path, write_record
 from ropelaw.chunking import choose_chunk
 from ropelaw.scoring import Scoring, score_window
 
@@ -124,8 +127,19 @@ def parse_variant(text: str) -> tuple[str, int | str, int | str]:
         raise argparse.ArgumentTypeError(f"{text!r}: use CHUNK:GROUPS, e.g. whole:1, 8192:2, auto:4") from None
 
 
+def profiled(fn, device: str) -> dict:
+    """Seconds by kernel class of one more call of `fn` (GPU kernels; CPU operators without a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU]) as prof:
+        fn()
+        _sync(device)
+    return kernel_breakdown(prof)
+
+
 def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=True, warmup=True,
-            weights_gib=None, peak_report=False) -> list[dict]:
+            weights_gib=None, peak_report=False, profile=False) -> list[dict]:
     """One row per path at this length: plain, default, then each variant."""
     ids = ids_bl[:, :length]
     weights_gib = weights_gib or gib(sum(p.numel() * p.element_size() for p in model.parameters()))
@@ -139,14 +153,16 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
             torch.cuda.memory._record_memory_history(max_entries=200_000, stacks="python", clear_history=True)
         try:
             if name == "plain":
-                row["seconds"], row["peak_gib"], ppl = measure(lambda: plain_path(model, ids.to(device)), device, repeat,
-                                                             warmup)
+                call = lambda: plain_path(model, ids.to(device))  # noqa: E731
+                row["seconds"], row["peak_gib"], ppl = measure(call, device, repeat, warmup)
             else:
                 fixed = length if chunk == "whole" else chunk
-                row["seconds"], row["peak_gib"], (ppl, why) = measure(
-                    lambda: scored_path(model, ids, length, budget_gib, fixed, groups, decided), device, repeat, warmup)
+                call = lambda: scored_path(model, ids, length, budget_gib, fixed, groups, decided)  # noqa: E731
+                row["seconds"], row["peak_gib"], (ppl, why) = measure(call, device, repeat, warmup)
                 row.update(chunk_size=why["chunk_size"], head_groups=why["head_groups"], chunk_reason=why["reason"],
                            chunking=why)
+            if profile:
+                row.update(profiled(call, device))
         except torch.OutOfMemoryError as err:
             row.update(result="out of memory", error=str(err).splitlines()[0],
                        peak_gib=gib(torch.cuda.max_memory_allocated()) if device == "cuda" else None)
@@ -189,6 +205,8 @@ def main() -> None:
                         help="time the first call (for rows so long that a second call costs too much)")
     parser.add_argument("--peak-report", action="store_true",
                         help="record the allocator's trace (GPU) and keep the 25 largest blocks alive at its peak")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more call per path under torch.profiler: its seconds by kernel class")
     args = parser.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -218,7 +236,7 @@ def main() -> None:
     for length in lengths:
         for row in compare(model, ids_bl, length, device, args.repeat, args.budget_gib, args.variants,
                            plain=not args.no_plain, warmup=not args.no_warmup, weights_gib=weights_gib,
-                           peak_report=args.peak_report and device == "cuda"):
+                           peak_report=args.peak_report and device == "cuda", profile=args.profile):
             write_record(out_path("eval_vs_plain.jsonl"), {"bench": "eval_vs_plain", **environment(),
                                                             "shape": "tiny" if args.tiny else args.shape,
                                                             "weights": "random", "cap_gib": args.cap_gib,

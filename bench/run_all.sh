@@ -12,6 +12,7 @@
 #   bash bench/run_all.sh eval4     # 1 GPU: 13B at 1M under an A100-80GB's cap (head groups); grouped vs own attention at 128K
 #   bash bench/run_all.sh eval5     # 1 GPU: 13B at 1M under the cap, 2 of 40 layers run (all resident): the peak memory in 3 minutes
 #   bash bench/run_all.sh eval9     # 1 GPU: 7B at 32K/100K, the default path beside chunks of 16K, 32K and the whole row, vs plain
+#   bash bench/run_all.sh eval10    # 1 GPU: eval9's plain, default and whole row at 32K/100K, each profiled by kernel class
 #   bash bench/run_all.sh train5    # 1 GPU: SmolLM2-135M at 8K, today's path vs the fast ones side by side, 50 steps (TOKENS_DIR: real rows)
 #   bash bench/run_all.sh train6    # 1 GPU: train5's reference and best path, each also with cuDNN's attention kernel only
 #   bash bench/run_all.sh train7    # 1 GPU: train6's reference and fast path, 5 steps of each profiled by kernel class
@@ -22,7 +23,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|train5|train6|train7|train8}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|train5|train6|train7|train8}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -159,6 +160,13 @@ eval5)
     step 280 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80 \
         --run-layers 2 --variants auto:8
     ;;
+eval10)
+    # Issue 14 goal 1: eval9 found the default path's 1% behind plain is not its chunk size, and at 32K even the
+    # whole row is 0.8-1.0% behind. Plain, the default and the whole row at 32K and 100K, each profiled once more
+    # (seconds by kernel class); predictions in bench/results/2026-12-02-session9/PREDICTIONS.md.
+    step 300 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 2 --variants whole:1 \
+        --profile
+    ;;
 train5)
     # Issue 14 goal 3, side by side in one process: today's path (plain loss, micro-batch 4, eager: session 3's
     # default, first, the reference) vs the fused loss, compiled and larger micro-batches, at the studies' global
@@ -200,7 +208,7 @@ train8)
         grad_in_forward:8:compiled:efficient
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, train5, train6, train7 or train8" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, train5, train6, train7 or train8" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,7 @@
-"""bench/finetune_speed.py (issue 14, goal 3), run on the CPU with the tiny shape: --profile gives every run's
-record the profiled steps' time per step by class, a --profile that leaves no step to time is one line, and a
-variant names at most one attention kernel."""
+"""The benchmark tools of issue 14 on the CPU, with tiny shapes: bench/finetune_speed.py's --profile (every run's
+record carries the profiled steps' time per step by class; a --profile that leaves no step to time is one line) and
+its variants (at most one attention kernel each); bench/eval_vs_plain.py's --profile; bench/run_all.sh's check of
+the modules every part imports."""
 
 from __future__ import annotations
 
@@ -73,3 +74,18 @@ def test_run_all_names_a_missing_module_before_any_step(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"bench/run_all.sh: {tmp_path / 'bin/python3'} cannot import: zstandard; install them for that python3 (on the "
         "device machine, carry the wheels: python3 -m pip install --no-index --no-deps .wheels/zstandard-*.whl)"]
+
+
+def test_eval_vs_plain_profiles_every_path(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'bench'}", "OUT": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(ROOT / "bench/eval_vs_plain.py"), "--tiny", "--tokens", "256",
+                           "--variants", "whole:1", "--profile"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "eval_vs_plain.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["plain", "default", "whole:1"]
+    for row in rows:  # one profiled call each: its operators' time, the matrix products among them
+        by_class = row["cpu_seconds_by_class"]
+        assert by_class["matmul"] > 0 and by_class["attention"] > 0
+        assert sum(by_class.values()) < 10 * row["seconds"]
+        assert any(k["kernel"] == "aten::mm" or k["kernel"] == "aten::addmm" for k in row["top_kernels"])
