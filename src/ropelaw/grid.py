@@ -133,7 +133,8 @@ def _check_name_length(key: Key, where: str) -> None:
     model, method, base = key[:3]
     shortest = len(longest_name(model, method, 1, *key[3:]).encode())  # the same cell with a one-digit base
     if shortest > NAME_MAX:  # no base helps: the names are too long
-        raise UserError(f"config key '{where}': model '{model[:24]}...' and method '{method[:24]}...' make file names "
+        clip = lambda text: text if len(text) <= 24 else text[:24] + "..."  # noqa: E731
+        raise UserError(f"config key '{where}': model '{clip(model)}' and method '{clip(method)}' make file names "
                         f"of {shortest}+ bytes ({name[:32]}...{name[-24:]}), over the {NAME_MAX}-byte limit of a "
                         f"file name, whatever the base; give the model (models:) or the method (methods:) a shorter name")
     raise UserError(f"config key '{where}': base {base:.4g} makes file names of {size} bytes "
