@@ -45,9 +45,9 @@ from transformers import TrainerCallback
 
 import benchlib
 from benchlib import environment, gib, out_path, write_record
+from ropelaw.specs import LOSS_PATHS
 
-FUSED_LOSS = {"grad_in_forward": "grad_in_forward", "checkpointed": "checkpointed", "plain": False,
-              "grad_in_forward_compiled": "grad_in_forward_compiled"}
+FUSED_LOSS = {**{path: path for path in LOSS_PATHS}, "plain": False}  # a path's name: its finetune.fused_loss
 
 
 class StepTimer(TrainerCallback):
@@ -85,13 +85,13 @@ class StepProfiler(TrainerCallback):
             if cuda:
                 torch.cuda.synchronize()
             self.prof = profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU])
-            self.prof.__enter__()
+            self.prof.start()
             self.started = time.perf_counter()
         elif self.prof is not None and state.global_step == self.skip + self.n:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.wall = time.perf_counter() - self.started
-            self.prof.__exit__(None, None, None)
+            self.prof.stop()
             breakdown = benchlib.kernel_breakdown(self.prof, per=self.n)
             by_class = breakdown.get("gpu_seconds_by_class") or breakdown["cpu_seconds_by_class"]
             busy = sum(by_class.values())

@@ -50,7 +50,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ropelaw import UserError
-from ropelaw.specs import LOSS_PATHS as PATHS
+from ropelaw.specs import GRAD_IN_FORWARD, LOSS_PATHS as PATHS
 
 CHUNK_TOKENS = 4096  # positions per chunk: 4096 x 49,152 fp32 logits = 0.8 GB at a time for SmolLM2
 IGNORE = -100  # transformers' ignore_index
@@ -147,7 +147,7 @@ def chunked_causal_lm_loss(
         divisor = (targets_n != IGNORE).sum()
     else:
         divisor = torch.as_tensor(num_items_in_batch, device=hidden_nh.device)
-    if path in ("grad_in_forward", "grad_in_forward_compiled"):
+    if path in GRAD_IN_FORWARD:
         device = hidden_nh.device.type
         weight = lm_head.weight
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
@@ -171,7 +171,7 @@ def install_chunked_loss(model, path: str = "grad_in_forward", chunk_tokens: int
     """
     assert path in PATHS, path
     decoder, lm_head, plain = model.get_decoder(), model.get_output_embeddings(), model.forward
-    if path.startswith("grad_in_forward") and getattr(lm_head, "bias", None) is not None:
+    if path in GRAD_IN_FORWARD and getattr(lm_head, "bias", None) is not None:
         raise UserError("finetune.fused_loss: the grad_in_forward loss (what true runs) does not handle an lm_head "
                         "with a bias, and this model's has one; set fused_loss: checkpointed or false")
 

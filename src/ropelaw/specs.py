@@ -26,6 +26,8 @@ def _positive(key: str, value: float, *, strict: bool = True) -> None:
 
 # finetune.fused_loss besides true/false (ropelaw.fastloss)
 LOSS_PATHS = ("grad_in_forward", "checkpointed", "grad_in_forward_compiled")
+# the paths that read the lm_head weight outside its module (LinearCrossEntropy): refused under ZeRO-3
+GRAD_IN_FORWARD = ("grad_in_forward", "grad_in_forward_compiled")
 
 
 def zero_stage(deepspeed: str | None, key: str = "finetune") -> int | None:
@@ -47,7 +49,7 @@ def loss_path(fused_loss: bool | str, zero3: bool, key: str = "finetune") -> str
         return "plain"
     if fused_loss is True:
         return "checkpointed" if zero3 else "grad_in_forward"
-    if fused_loss in ("grad_in_forward", "grad_in_forward_compiled") and zero3:
+    if fused_loss in GRAD_IN_FORWARD and zero3:
         raise UserError(f"config key '{key}.fused_loss' is {fused_loss}, which is not supported under DeepSpeed "
                         "ZeRO-3 (it reads the lm_head weight outside its module); set it to true or checkpointed")
     return fused_loss
