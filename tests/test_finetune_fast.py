@@ -150,6 +150,9 @@ def test_the_loss_path_of_each_setting(tmp_path):
     with pytest.raises(UserError, match="'finetune.fused_loss' is grad_in_forward, which is not supported under "
                        "DeepSpeed ZeRO-3.*set it to true or checkpointed"):
         loss_path("grad_in_forward", zero3=True)
+    with pytest.raises(UserError, match="'finetune.fused_loss' is grad_in_forward_compiled, which is not supported "
+                       "under DeepSpeed ZeRO-3.*set it to true or checkpointed"):
+        loss_path("grad_in_forward_compiled", zero3=True)
     spec = TrainSpec(**{**SPEC, "fused_loss": True})
     assert loss_path_of(spec) == "grad_in_forward"
     assert loss_path_of(dataclasses.replace(spec, deepspeed=str(ZERO3))) == "checkpointed"
