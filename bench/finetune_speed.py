@@ -202,6 +202,12 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     tag = label(path, micro_batch, compiled, sdpa)
+    if compiled and not args.keep_compiled:
+        # Dynamo keeps the graphs a run compiled, keyed by code object, and its guards do not cover the SDPA
+        # backend: without a reset, a later variant of this process reruns the first one's graphs, whatever
+        # kernel it names (train8 timed cuDNN's kernel under ":flash" and ":efficient" that way).
+        torch._dynamo.reset()
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     try:
         with benchlib.sdpa_context(sdpa or "default"):
             record = train(str(model_dir), str(root / "data"), args.base, spec, str(root / f"ckpt_{tag}"),
@@ -225,6 +231,7 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
         "tokens_per_s": args.global_batch * args.seq / step_s, "step_s_all": np.diff(timer.ends).tolist(),
         "peak_allocated_gib": gib(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None,
         "losses": [row["loss"] for row in record["log_history"] if "loss" in row],
+        "graphs_compiled": torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before,
         **(profiler.result if args.profile else {}),
     }
 
@@ -303,6 +310,8 @@ def main() -> None:
                         help="run these instead of --paths x --micro-batch; the first is the reference")
     parser.add_argument("--tokens", default=None, metavar="DIR",
                         help="train on a packed dataset's rows (tokens.bin + manifest.json) instead of random ones")
+    parser.add_argument("--keep-compiled", action="store_true",
+                        help="no dynamo reset before a compiled run: it may rerun an earlier variant's graphs")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile N optimizer steps of every run after --skip: seconds per step by kernel class")
     args = parser.parse_args()

@@ -23,7 +23,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|train5|train6|train7|train8}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|train5|train6|train7|train8|train9|train10}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -207,8 +207,25 @@ train8)
         --variants grad_in_forward:8:compiled grad_in_forward_compiled:8:compiled grad_in_forward:8:compiled:flash \
         grad_in_forward:8:compiled:efficient
     ;;
+train9)
+    # Issue 14 goal 3, as the goal is measured: the reference (plain, micro-batch 4), the fast path and the fast
+    # path with its loss chunk compiled (train8: 1.10x the fast path), side by side in one process, no profiler.
+    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
+    step 300 python3 bench/finetune_speed.py $model $tokens --steps 30 \
+        --variants plain:4 grad_in_forward:8:compiled grad_in_forward_compiled:8:compiled
+    ;;
+train10)
+    # train8's flash and efficient rows again: there, dynamo reran the first variant's compiled graphs (cuDNN's
+    # kernel) under their names. finetune_speed.py now resets dynamo before each compiled run and records the
+    # graphs each compiled. Profiled as train7; predictions in bench/results/2026-12-02-session9/PREDICTIONS.md.
+    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
+    step 400 python3 bench/finetune_speed.py $model $tokens --steps 30 --profile 5 \
+        --variants grad_in_forward:8:compiled grad_in_forward:8:compiled:flash grad_in_forward:8:compiled:efficient
+    ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, train5, train6, train7 or train8" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, train5, train6, train7, train8, train9 or train10" >&2
     exit 2
     ;;
 esac

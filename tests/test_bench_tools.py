@@ -57,6 +57,22 @@ def test_a_variant_names_one_attention_kernel(tmp_path):
         assert done.returncode == 2 and "expected PATH:MICRO_BATCH[:compiled][:cudnn|:flash|:efficient]" in done.stderr
 
 
+def test_each_compiled_variant_compiles_its_own_graphs(tmp_path):
+    """Dynamo's guards do not cover the SDPA backend: a compiled variant that reused an earlier one's graphs would
+    time that one's attention kernel under its own name (train8's ':flash' and ':efficient' did)."""
+    variants = ("--steps", "3", "--variants", "plain:4:compiled", "plain:4:compiled:flash")
+    done = finetune_speed(tmp_path, *variants)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = [r for r in map(json.loads, (tmp_path / "finetune_speed.jsonl").read_text().splitlines()) if "path" in r]
+    assert [r["sdpa"] for r in runs] == ["torch's choice", "flash only"]
+    assert all(r["graphs_compiled"] >= 1 for r in runs), [r["graphs_compiled"] for r in runs]
+    (tmp_path / "finetune_speed.jsonl").unlink()
+    kept = finetune_speed(tmp_path, *variants, "--keep-compiled")  # what train8 did
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    runs = [r for r in map(json.loads, (tmp_path / "finetune_speed.jsonl").read_text().splitlines()) if "path" in r]
+    assert [r["graphs_compiled"] for r in runs][1] == 0
+
+
 def test_run_all_names_a_missing_module_before_any_step(tmp_path):
     """bench/run_all.sh on a python3 that cannot import zstandard (the device machine's, before the carried wheel is
     installed): one line naming it and the fix, exit 2, before any benchmark (the part name is a bogus one, so a
