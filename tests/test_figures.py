@@ -120,6 +120,29 @@ def test_a_tuned_variant_is_drawn_in_the_panel_of_its_base(tables):
     plt.close(fig)
 
 
+def test_a_variant_of_two_bases_draws_one_line_each(tables):
+    """Part b1x's figure drew its method steps1000 (beta3 and the control) as one line zig-zagging between the two
+    cells, labelled with the first base: a variant of kind base has one line per base, each in its base's colour,
+    and only the cells of the figure's tuning length."""
+    evals, cells = tables.evals.copy(), tables.cells.copy()
+    picked = (evals.method == "base") & evals.base.isin([10, 10000])
+    variant = evals[picked].assign(method="steps1000")  # tune lengths 64 and 128
+    cells = pd.concat([cells, cells[(cells.method == "base") & cells.base.isin([10, 10000])].assign(
+        method="steps1000", kind="base")])
+    cells["kind"] = cells.get("kind", cells.method).fillna(cells.method)
+    fig = draw("ppl_vs_length", Tables(pd.concat([evals, variant]), cells, tables.fit, tables.boot, tables.passkey),
+               "t", model="tiny", tune_len=64)
+    colors = base_colors(cells.base)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines() if line.get_label().startswith("steps1000")}
+    assert sorted(lines) == ["steps1000 (" + r"$\beta$ = 10, tuned)", "steps1000 (" + r"$\beta$ = 10,000, tuned)"]
+    for base, line in zip((10, 10000), (lines["steps1000 (" + r"$\beta$ = 10, tuned)"],
+                                        lines["steps1000 (" + r"$\beta$ = 10,000, tuned)"])):
+        assert line.get_color() == colors[base]
+        want = variant[(variant.base == base) & (variant.tune_len == 64)].sort_values("end")
+        assert list(line.get_xdata()) == list(want.end) and list(line.get_ydata()) == list(want.ppl)
+    plt.close(fig)
+
+
 def test_an_empty_panel_says_so(tables):
     """Only bases below beta0 and no untuned or training-free cell: the right panel is empty, and says so."""
     evals = tables.evals[tables.evals.method.eq("base") & tables.evals.base.le(10000)]

@@ -434,11 +434,11 @@ def test_real_tables_of_earlier_studies(tmp_path, part, study):
             row_of(rows, "expectation: lr 1e-4 still > 2x untuned").inputs  # PLAN.md 3.1's 12.55
 
 
-@pytest.mark.parametrize("part", ["a", "b1"])
+@pytest.mark.parametrize("part", ["a", "b1", "b1x"])
 def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
-    """docs/results/smollm2_small/part_a and part_b1 (ran 2026-12-02): the rules, run again on the published tables,
-    give the verdicts.csv committed beside them. b1's rows that read part b2 say "missing" until b2 is published;
-    then this fails until b1's verdicts.csv is written again with both (PLAN.md section 9's command)."""
+    """docs/results/smollm2_small/part_a, part_b1 and part_b1x (ran 2026-12-02): the rules, run again on the published
+    tables, give the verdicts.csv committed beside them. Rows that read a partner part (b2, b2x) say "missing" until
+    it is published; then this fails until the verdicts.csv is written again with both (PLAN.md section 9)."""
     monkeypatch.chdir(ROOT)  # as PLAN.md's command runs it: the "missing" notes name paths from the root
     published = Path(f"docs/results/smollm2_small/part_{part}")
     rows = V.verdicts(part, published)
@@ -449,7 +449,11 @@ def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
         assert verdict(rows, "lr*") == "lr* = 0.001 (change finetune.lr before b1)"
         from ropelaw.config import load_yaml
         assert load_yaml(ROOT / "config/smollm2_small.yaml")["finetune"]["lr"] == 1e-3
-    else:  # PLAN.md's results: beta3 at 1.61x its control, so B1 to B4 are not tested
+    elif part == "b1":  # PLAN.md's results: beta3 at 1.61x its control, so B1 to B4 are not tested
         assert verdict(rows, "adapted (1304)") == "not adapted"
         assert row_of(rows, "adapted (1304)").inputs == "ppl_8K = 15.86; control_ppl_8K = 9.836"
         assert verdict(rows, "B4 (1304)") == "not tested (flat but not adapted)"
+    else:  # 1,000 steps: beta3 at 1.34x a control that rose to 11.98, so B1 to B4 are read, and agree
+        assert row_of(rows, "adapted (1304)").inputs == "ppl_8K = 16.11; control_ppl_8K = 11.98"
+        assert [verdict(rows, f"{claim} (1304)") for claim in ("adapted", "B1", "B2", "B3", "B4")] == \
+            ["adapted", "agrees", "agrees", "agrees", "agrees"]

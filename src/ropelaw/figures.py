@@ -86,21 +86,25 @@ def _curves(ax, data, metric, colors, tune_len):
                         label=f"{BETA} = {base_label(base)}{extra}")
 
 
-def _references(ax, prefix, metric, orig_base, kinds: dict, in_panel=lambda base: True):
-    """The untuned model and the other methods, in every panel; a method that trains its own model (a
-    variant of kind base, or a method like PI) only in the panel its base belongs to (`in_panel`)."""
+def _references(ax, prefix, metric, orig_base, kinds: dict, colors: dict, tune_len: int, in_panel=lambda base: True):
+    """The untuned model and the other methods, in every panel. A method that trains its own model (a variant of
+    kind base, or a method like PI) has one line per base tuned at `tune_len`, in its base's colour and only in
+    the panel its base belongs to (`in_panel`); a training-free method one line per base, in every panel."""
     untuned = prefix[prefix.method == UNTUNED].dropna(subset=[metric]).sort_values("end")
     if len(untuned):
         ax.plot(untuned.end, untuned[metric], "k--", marker="x", ms=4, label=f"untuned ({BETA} = {base_label(orig_base)})")
-    baselines = prefix[~prefix.method.isin((*ON_TUNED, UNTUNED))]
-    groups = list(baselines.groupby("method", sort=True))
-    for (method, part), color, marker in zip(groups, sns.color_palette("Dark2", len(groups)), "sv^Dp*h"):
-        part = part.dropna(subset=[metric]).sort_values("end")
+    baselines = prefix[~prefix.method.isin((*ON_TUNED, UNTUNED))].dropna(subset=[metric])
+    names = sorted(baselines.method.unique())
+    for method, color, marker in zip(names, sns.color_palette("Dark2", len(names)), "sv^Dp*h"):
         trained = methods.trains(kinds.get(method, method))
-        if trained and not in_panel(part.base.iloc[0]):
-            continue
-        note = f"{BETA} = {base_label(part.base.iloc[0])}, tuned" if trained else "training-free"
-        ax.plot(part.end, part[metric], ls="--", marker=marker, ms=3, color=color, label=f"{method} ({note})")
+        rows = baselines[(baselines.method == method) & (baselines.tune_len == tune_len if trained else True)]
+        for base, part in rows.groupby("base", sort=True):  # a variant may tune several bases: one line each
+            if trained and not in_panel(base):
+                continue
+            note = f"{BETA} = {base_label(base)}, tuned" if trained else "training-free"
+            part = part.sort_values("end")
+            ax.plot(part.end, part[metric], ls="--", marker=marker, ms=3, color=colors[int(base)] if trained else color,
+                    label=f"{method} ({note})")
 
 
 def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics=("ppl", "accuracy")):
@@ -118,7 +122,7 @@ def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics
         for row, metric in enumerate(metrics):
             ax = axes[row, col]
             _curves(ax, data, metric, tables.colors, tune_len)
-            _references(ax, prefix, metric, info.orig_base, kinds, in_panel)
+            _references(ax, prefix, metric, info.orig_base, kinds, tables.colors, tune_len, in_panel)
             ax.axvline(info.train_len, color="grey", lw=1, ls=":")
             if tune_len != info.train_len:
                 ax.axvline(tune_len, color="grey", lw=1, ls="-.")
