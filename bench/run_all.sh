@@ -23,7 +23,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|train5|train6|train7|train8|train9|train10}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|train5|train6|train7|train8|train9|train10|train11}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -224,8 +224,18 @@ train10)
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 30 --profile 5 \
         --variants grad_in_forward:8:compiled grad_in_forward:8:compiled:flash grad_in_forward:8:compiled:efficient
     ;;
+train11)
+    # Issue 14 goal 3 as the studies train: train9's three paths, 50 steps, logging every 10 steps (the studies'
+    # setting), with the per-micro-batch sync of transformers' logging_nan_inf_filter gone (ropelaw.trainer's
+    # FiniteLoss) and the step timer on CUDA events (no sync of its own). Predictions in
+    # bench/results/2026-12-02-session9/PREDICTIONS.md.
+    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
+    step 400 python3 bench/finetune_speed.py $model $tokens --steps 50 --logging-steps 10 \
+        --variants plain:4 grad_in_forward:8:compiled grad_in_forward_compiled:8:compiled
+    ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, train5, train6, train7, train8, train9 or train10" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, train5, train6, train7, train8, train9, train10 or train11" >&2
     exit 2
     ;;
 esac

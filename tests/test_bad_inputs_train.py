@@ -38,6 +38,12 @@ def _spec(**change) -> str:
     return json.dumps({**SPEC, **change})
 
 
+def _checkpoints(args: list[str], folder: Path) -> list[str]:
+    """`args` with its own checkpoint folder: a run that trains leaves attempts the module's other cases must not see."""
+    args[args.index("--checkpoints") + 1] = str(folder)
+    return args
+
+
 def _finetune(cell: Path, out: Path, *, spec: str | None = None, data: Path | None = None,
               base: str = "50000") -> list[str]:
     args = finetune_args(cell, "unused")
@@ -92,6 +98,9 @@ CASES = [
         fused_loss="grad_in_forward", deepspeed=str(ZERO3))),
      ["'finetune.fused_loss' is grad_in_forward", "not supported under DeepSpeed ZeRO-3", "set it to true or checkpointed"],
      "out"),
+    ("finetune-loss-not-finite", lambda c, t: _checkpoints(_finetune(c, t / "out", spec=_spec(
+        lr=1e38, logging_steps=1)), t / "ckpt"),  # Adam's first step moves every weight by about lr: overflow
+     ["the training loss is", "in the log of step 2", "no model is written", "lower finetune.lr"], "out"),
     ("finetune-seed-beyond-numpy", lambda c, t: _finetune(c, t / "out", spec=_spec(seed=2**32)),
      ["seed = 4294967296 must be an integer in [0, 2**32)", "fix finetune.seed"], "out"),
     ("finetune-base-nan", lambda c, t: _finetune(c, t / "out", base="nan"),

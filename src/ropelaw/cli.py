@@ -60,9 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module.run(args)
     except UserError as err:
+        _close_progress_bars()
         print(f"ropelaw {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _close_progress_bars() -> None:
+    """End the bars a failing step left open (the Trainer's, a refusal mid-run), so the error is a line of its own."""
+    std = sys.modules.get("tqdm.std")
+    if std is not None:
+        for bar in list(std.tqdm._instances):
+            bar.close()
 
 
 if __name__ == "__main__":

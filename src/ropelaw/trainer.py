@@ -8,17 +8,19 @@ logs the last step and keeps the Trainer from checkpointing it (the finished mod
 instead, and a checkpoint at the last step is one a re-run must never resume). Every checkpoint
 step is also a logging step, so the per-step losses the log covers survive a resume and
 `train_loss` (their mean over all steps) is the same whether or not the run was interrupted.
+`FiniteLoss` ends the run with one line at the first log whose loss is not finite.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ropelaw import checkpoints
+from ropelaw import UserError, checkpoints
 from ropelaw.specs import loss_path, zero_stage
 from ropelaw.train_plan import SCHEDULES, Plan, TrainSpec
 
@@ -32,6 +34,21 @@ class LastStep(TrainerCallback):
             control.should_save = False
         elif control.should_save:
             control.should_log = True
+        return control
+
+
+class FiniteLoss(TrainerCallback):
+    """Stop the run at the first logged loss that is not finite. transformers' `logging_nan_inf_filter` would log
+    the mean of earlier losses instead, and train on from weights the non-finite step has already spoiled (it
+    also syncs the GPU every micro-batch to look); it is off, so a log's mean carries the non-finite loss here."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise UserError(
+                f"the training loss is {loss} in the log of step {state.global_step}; the weights are no longer "
+                "finite, so no model is written: lower finetune.lr (or finetune.max_grad_norm) and train the cell again"
+            )
         return control
 
 
@@ -102,6 +119,7 @@ def training_arguments(spec: TrainSpec, plan: Plan, output_dir: str, bf16: bool)
         save_steps=spec.checkpoint_every,
         save_total_limit=2,
         logging_steps=spec.logging_steps,
+        logging_nan_inf_filter=False,  # FiniteLoss stops the run instead
         report_to=[],
         dataloader_drop_last=True,
         disable_tqdm=False,
@@ -122,7 +140,7 @@ def build_trainer(model, spec: TrainSpec, args: TrainingArguments, dataset, call
     path = loss_path_of(spec)
     if path != "plain":
         install_chunked_loss(model, path)
-    return Trainer(model=model, args=args, train_dataset=dataset, callbacks=[LastStep(), *callbacks])
+    return Trainer(model=model, args=args, train_dataset=dataset, callbacks=[LastStep(), FiniteLoss(), *callbacks])
 
 
 def loss_path_of(spec: TrainSpec) -> str:
