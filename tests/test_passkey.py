@@ -226,6 +226,10 @@ def test_config_checks_passkey_lengths():
     raw["passkey"]["lengths"] = [128, 512]
     with pytest.raises(UserError, match="passkey.lengths.*512 exceeds the longest of evaluation.lengths"):
         resolve(raw)
+    raw["passkey"]["lengths"] = [8, 128]  # the scenario's templates have more than 8 words
+    with pytest.raises(UserError, match=r"'passkey.lengths': 8 tokens cannot hold a passkey prompt of .*, which needs "
+                                        r"at least \d+ .*drop the length or shorten the templates"):
+        resolve(raw)
     raw["passkey"]["needle"] = "no key"
     with pytest.raises(UserError, match="passkey.needle"):
         resolve(raw)
@@ -235,6 +239,30 @@ def test_config_checks_passkey_lengths():
     del raw["passkey"]
     cfg, cells = resolve(raw)
     assert not cfg["passkey"]["enabled"] and passkey_args(cfg, cells[0])["lengths"] == cfg["evaluation"]["lengths"]
+
+
+def test_the_config_check_floor_is_below_the_prompt_the_job_builds(corpus):
+    """lengths.template_floor refuses at check time only lengths the passkey job would refuse too (SmolLM2's
+    tokenizer: tests/test_smollm2.py)."""
+    assert_floor_holds(corpus.tokenizer, corpus.docs, SPEC)
+
+
+def assert_floor_holds(tokenizer, docs, spec: PasskeySpec) -> None:
+    from ropelaw.lengths import template_floor
+
+    floor = template_floor(dict(asdict(spec), lengths=list(spec.lengths)))
+    shortest = next(n for n in range(2, 4096) if _fits(tokenizer, docs, spec, n))
+    assert floor <= shortest, (floor, shortest)
+    with pytest.raises(UserError, match="cannot hold"):
+        build_prompts(tokenizer, docs, spec, floor - 1)
+
+
+def _fits(tokenizer, docs, spec, length) -> bool:
+    try:
+        build_prompts(tokenizer, docs, spec, length)
+    except UserError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("policy", ["auto", "true", "false"])

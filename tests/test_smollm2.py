@@ -135,6 +135,24 @@ def test_special_tokens_follow_the_gguf_header(work):
     assert tokenizer.eos_token_id == 2 and special_tokens_from_header(tokenizer, header) == []
 
 
+def test_the_passkey_floor_holds_for_smollm2s_tokenizer(work):
+    """The config check's lower bound on a passkey prompt (lengths.template_floor), with the schema's default
+    templates, is at most what SmolLM2's own tokenizer makes of them."""
+    import numpy as np
+    from test_passkey import assert_floor_holds
+    from transformers import AutoTokenizer
+
+    from ropelaw.config import load_schema
+    from ropelaw.passkey import PasskeySpec
+
+    tokenizer = AutoTokenizer.from_pretrained(work / "results/smol/hf")
+    fields = load_schema()["properties"]["passkey"]["properties"]
+    default = {key: fields[key]["default"] for key in ("key_digits", "prefix", "needle", "question")}
+    spec = PasskeySpec(lengths=(4096,), depths=(0.5,), trials=1, seed=0, **default)
+    the = tokenizer("the", add_special_tokens=False).input_ids[0]
+    assert_floor_holds(tokenizer, np.full((1, 4096), the), spec)
+
+
 def test_finetuned_cell_reloads_with_its_new_base(work):
     from transformers import AutoModelForCausalLM
 

@@ -69,6 +69,24 @@ def check_cell(cfg: dict, cell, blocks: list[int]) -> None:
             f"the length of the evaluation rows of {cell.path} that the filler comes from; "
             "lower it, or leave passkey.lengths null (every cell's own evaluation lengths)"
         )
+    shortest = (asked or cell.eval_lengths)[0]
+    if cfg["passkey"]["enabled"] and shortest < template_floor(cfg["passkey"]):
+        key = "passkey.lengths" if asked else f"{' and '.join(sources(cfg, blocks))} (passkey.lengths is null)"
+        raise UserError(
+            f"config key '{key}': {shortest} tokens cannot hold a passkey prompt of {cell.path}, which needs at least "
+            f"{template_floor(cfg['passkey'])} (a token per word of passkey.prefix, needle and question, and one of "
+            "filler); drop the length or shorten the templates"
+        )
+
+
+def template_floor(passkey: dict) -> int:
+    """At least how many tokens a passkey prompt holds besides its filler, plus one token of filler: one per
+    whitespace-separated word of passkey.prefix, the needle (a key in place) and passkey.question. The
+    tokenizers of this workflow (byte-level BPE split into words first, as GPT-2's, LLaMA's and SmolLM2's; the
+    word-level test ones) never put two words in one token. The exact count needs the tokenizer, which the
+    passkey job has: it refuses a length the templates do not fit before loading the model."""
+    needle = passkey["needle"].replace("{key}", "1" * passkey["key_digits"])
+    return sum(len(text.split()) for text in (passkey["prefix"], needle, passkey["question"])) + 1
 
 
 def passkey_args(cfg: dict, cell) -> dict:
