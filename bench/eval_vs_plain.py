@@ -23,6 +23,9 @@ its peak and the lines that allocated them: what a memory model must count.
 `--profile` adds one more call per path under torch.profiler and records its seconds by kernel class
 (attention, matmul, other; `benchlib.kernel_breakdown`: GPU kernels, or CPU operators on the CPU), so that a
 difference in time between two paths can be put where it is.
+`--interleave R` times every path R more times, one call each per round, the first path rotating from round to
+round, and records the medians (`seconds_interleaved`, `time_ratio_interleaved`): a path always timed first or
+after another cannot carry an order or clock effect into its ratio.
 `--cap-gib 80` caps the process (`torch.cuda.set_per_process_memory_fraction`) like an A100-80GB.
 `--run-layers N` keeps every layer's weights on the GPU but runs only the first N layers: every
 layer has the same shape, so the peak memory of a whole forward is measured (weights, one layer's
@@ -37,6 +40,7 @@ import json
 import os
 import time
 
+import numpy as np
 import torch
 
 from benchlib import SHAPES, environment, gib, kernel_breakdown, llama_config, out_path, write_record
@@ -138,12 +142,41 @@ def profiled(fn, device: str) -> dict:
     return kernel_breakdown(prof)
 
 
+def interleave(calls: dict, rows: list[dict], device: str, rounds: int) -> None:
+    """`rounds` more timed calls of every path that ran, one call each per round, each round starting one path
+    later than the one before (plain, default, v1; default, v1, plain; ...), so that no path is always first
+    (eval10: the same kernels ran about 1.3% slower in the path timed after plain). Adds to each row its median
+    `seconds_interleaved`, `time_ratio_interleaved` against the first path, and `interleaved_order`."""
+    names = list(calls)
+    chunk = {row["path"]: row.get("chunk_size") for row in rows}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    order = []
+    for r in range(rounds):
+        turn = names[r % len(names):] + names[:r % len(names)]
+        order.append(turn)
+        for name in turn:
+            _sync(device)
+            start = time.perf_counter()
+            result = calls[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+            ran = result[1]["chunk_size"] if isinstance(result, tuple) else None
+            if ran != chunk[name]:  # a call that ran another path's chunk would time that path
+                raise RuntimeError(f"interleaved {name} ran chunk {ran}, its row says {chunk[name]}")
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    for row in rows:
+        if row["path"] in medians:
+            row.update(seconds_interleaved=medians[row["path"]], interleaved_order=order,
+                       time_ratio_interleaved=medians[row["path"]] / medians[names[0]])
+
+
 def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=True, warmup=True,
-            weights_gib=None, peak_report=False, profile=False) -> list[dict]:
-    """One row per path at this length: plain, default, then each variant."""
+            weights_gib=None, peak_report=False, profile=False, rounds=0) -> list[dict]:
+    """One row per path at this length: plain, default, then each variant; with `rounds`, timed again
+    interleaved (`interleave`) before the rows are printed."""
     ids = ids_bl[:, :length]
     weights_gib = weights_gib or gib(sum(p.numel() * p.element_size() for p in model.parameters()))
-    rows, reference = [], None
+    rows, reference, calls = [], None, {}
     paths = [("default", "auto", "auto"), *variants]
     if plain:
         paths.insert(0, ("plain", None, None))
@@ -157,7 +190,9 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
                 row["seconds"], row["peak_gib"], ppl = measure(call, device, repeat, warmup)
             else:
                 fixed = length if chunk == "whole" else chunk
-                call = lambda: scored_path(model, ids, length, budget_gib, fixed, groups, decided)  # noqa: E731
+                # the loop's values bound now: `interleave` calls it after the loop has moved on
+                call = lambda fixed=fixed, groups=groups, decided=decided: scored_path(  # noqa: E731
+                    model, ids, length, budget_gib, fixed, groups, decided)
                 row["seconds"], row["peak_gib"], (ppl, why) = measure(call, device, repeat, warmup)
                 row.update(chunk_size=why["chunk_size"], head_groups=why["head_groups"], chunk_reason=why["reason"],
                            chunking=why)
@@ -176,6 +211,7 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
             continue
         _stop_recording(row, peak_report)
         row["ppl"] = ppl
+        calls[name] = call
         reference = reference or row
         if row is not reference:
             row.update(time_ratio=row["seconds"] / reference["seconds"], ppl_rel_diff=abs(ppl / reference["ppl"] - 1),
@@ -184,7 +220,11 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
                 row["memory_ratio"] = row["peak_gib"] / reference["peak_gib"]
                 row["above_weights_ratio"] = (row["peak_gib"] - weights_gib) / (reference["peak_gib"] - weights_gib)
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k not in ("chunking", "peak_report")}), flush=True)
+    if rounds:
+        interleave(calls, rows, device, rounds)
+    for row in rows:
+        if "result" not in row:  # an out-of-memory row was printed when it happened
+            print(json.dumps({k: v for k, v in row.items() if k not in ("chunking", "peak_report")}), flush=True)
     return rows
 
 
@@ -207,6 +247,8 @@ def main() -> None:
                         help="record the allocator's trace (GPU) and keep the 25 largest blocks alive at its peak")
     parser.add_argument("--profile", action="store_true",
                         help="one more call per path under torch.profiler: its seconds by kernel class")
+    parser.add_argument("--interleave", type=int, default=0, metavar="R",
+                        help="R more rounds timing every path once each, the first path rotating: order effects")
     args = parser.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -236,7 +278,8 @@ def main() -> None:
     for length in lengths:
         for row in compare(model, ids_bl, length, device, args.repeat, args.budget_gib, args.variants,
                            plain=not args.no_plain, warmup=not args.no_warmup, weights_gib=weights_gib,
-                           peak_report=args.peak_report and device == "cuda", profile=args.profile):
+                           peak_report=args.peak_report and device == "cuda", profile=args.profile,
+                           rounds=args.interleave):
             write_record(out_path("eval_vs_plain.jsonl"), {"bench": "eval_vs_plain", **environment(),
                                                             "shape": "tiny" if args.tiny else args.shape,
                                                             "weights": "random", "cap_gib": args.cap_gib,

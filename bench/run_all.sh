@@ -23,7 +23,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|train5|train6|train7|train8|train9|train10|train11}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -224,6 +224,13 @@ train10)
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 30 --profile 5 \
         --variants grad_in_forward:8:compiled grad_in_forward:8:compiled:flash grad_in_forward:8:compiled:efficient
     ;;
+eval11)
+    # Issue 14 goal 1: eval10 left the 32K gap of the whole row to plain (the same kernels, each ~1.3% slower)
+    # untold from an order effect (plain always timed first). The same paths, then 6 interleaved rounds (the first
+    # path rotating). Predictions in bench/results/2026-12-02-session9/PREDICTIONS.md.
+    step 420 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 2 --variants whole:1 \
+        --interleave 6
+    ;;
 train11)
     # Issue 14 goal 3 as the studies train: train9's three paths, 50 steps, logging every 10 steps (the studies'
     # setting), with the per-micro-batch sync of transformers' logging_nan_inf_filter gone (ropelaw.trainer's
@@ -235,7 +242,7 @@ train11)
         --variants plain:4 grad_in_forward:8:compiled grad_in_forward_compiled:8:compiled
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, train5, train6, train7, train8, train9, train10 or train11" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10 or train11" >&2
     exit 2
     ;;
 esac
