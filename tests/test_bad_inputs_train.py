@@ -163,6 +163,27 @@ def test_bad_input_is_one_line_naming_the_fix(cell, tmp_path, capsys, argv, word
     assert leftovers == [], leftovers
 
 
+def test_a_diverged_run_is_not_retried(cell, tmp_path, capsys):
+    """A run whose loss turned non-finite records its attempt as diverged; run again as it was (what Snakemake's
+    retries do), it is refused at once, before the model loads: the same seed, spec and data diverge again."""
+    from ropelaw import checkpoints
+
+    args = _checkpoints(_finetune(cell, tmp_path / "out", spec=_spec(lr=1e38, logging_steps=1)), tmp_path / "ckpt")
+    assert main(args) == 2
+    runs = checkpoints.attempts(tmp_path / "ckpt")
+    assert [run["outcome"] for run in runs] == ["diverged"] and runs[0]["step"] == 2 and runs[0]["loss"] == "nan"
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("ropelaw finetune: error: attempt 1 of this run diverged (training loss nan at step 2) and "
+                           "the same seed, spec and data would again: lower finetune.lr (or finetune.max_grad_norm) and "
+                           "train the cell again")
+    assert len(checkpoints.attempts(tmp_path / "ckpt")) == 1  # refused before an attempt began
+    assert not (tmp_path / "out").exists()
+    changed = _checkpoints(_finetune(cell, tmp_path / "out", spec=_spec(lr=1e-3, logging_steps=1)), tmp_path / "ckpt")
+    assert main(changed) == 0 and (tmp_path / "out").is_dir()  # another lr: another run, trained afresh
+
+
 class _StopAt(TrainerCallback):
     """SIGUSR1 to this process as step 4 begins: the run checkpoints steps 2 and 4, then stops."""
 

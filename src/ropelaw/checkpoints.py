@@ -40,6 +40,7 @@ from ropelaw import provenance
 MARKER = "ropelaw_run.json"
 ATTEMPTS = "ropelaw_attempts.jsonl"
 KILLED = "ended without a record: killed (SIGKILL, out of memory, time limit or a lost node)"
+DIVERGED = "diverged"  # the outcome of an attempt whose logged loss was not finite (ropelaw.trainer.FiniteLoss)
 
 
 def claim(ckpt_dir: Path, identity: dict, main: bool) -> None:
@@ -53,6 +54,14 @@ def claim(ckpt_dir: Path, identity: dict, main: bool) -> None:
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     provenance.write_json(marker, identity)
+
+
+def diverged(ckpt_dir: Path, identity: dict) -> dict | None:
+    """The attempt of this very run (same identity) that ended diverged, if one did: a retry would repeat it."""
+    marker = ckpt_dir / MARKER
+    if not marker.is_file() or json.loads(marker.read_text()) != identity:
+        return None
+    return next((run for run in attempts(ckpt_dir) if run["outcome"] == DIVERGED), None)
 
 
 def _step(path: Path) -> int | None:
@@ -185,6 +194,7 @@ def history(runs: list[dict]) -> str:
         + (f", SLURM job {run['slurm_job_id']}" if run.get("slurm_job_id") else "")
         + f"): {run['outcome']}" + (f" after step {run['step']}" if run.get("step") is not None else "")
         + (f"; error: {run['error']}" if run.get("error") else "")
+        + (f"; training loss {run['loss']}" if run.get("loss") else "")
         + (f"; last checkpoint at step {run['last_checkpoint_step']}" if run["last_checkpoint_step"] else "")
         for run in runs
     )

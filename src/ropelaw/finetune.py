@@ -78,7 +78,7 @@ def train(
 
     from ropelaw.data import PackedDataset
     from ropelaw.models import head_dim_of, load_causal_lm, resolve_dtype
-    from ropelaw.trainer import build_trainer, training_arguments
+    from ropelaw.trainer import Diverged, build_trainer, training_arguments
 
     stopper = StopOnSignal()  # first: a signal during the (long) model load is kept, not fatal
     loss_path_of(spec)  # fused_loss: grad_in_forward under ZeRO-3 is refused here, before anything loads
@@ -86,19 +86,26 @@ def train(
     data = PackManifest.read(data_dir)
     plan = make_plan(spec, int(os.environ.get("WORLD_SIZE", "1")), data.n_sequences, data.seq_len)
     ckpt_dir = Path(checkpoints_dir)
+    identity = run_identity(method_spec, spec, plan.world_size, model_dir, data_dir)
+    if earlier := checkpoints.diverged(ckpt_dir, identity):  # before the model loads: a retry would diverge again
+        raise UserError(f"attempt {earlier['attempt']} of this run diverged (training loss {earlier['loss']} at step "
+                        f"{earlier['step']}) and the same seed, spec and data would again: lower finetune.lr (or "
+                        "finetune.max_grad_norm) and train the cell again")
     args = training_arguments(spec, plan, str(ckpt_dir), bf16=resolve_dtype(spec.precision) == torch.bfloat16)
     model, inv_freq = load_causal_lm(model_dir, method_spec, precision="fp32", attn_implementation=spec.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = PackedDataset(data_dir, plan.rows_per_epoch)
     trainer = build_trainer(model, spec, args, dataset, [stopper, RecordCheckpoints(), *callbacks])
-    identity = run_identity(method_spec, spec, plan.world_size, model_dir, data_dir)
     resume = _resume_point(args, ckpt_dir, identity, spec.steps)
     main = args.process_index == 0
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except BaseException as err:
         if main:
-            checkpoints.record(ckpt_dir, "end", outcome="failed", step=trainer.state.global_step, error=_one_line(err))
+            if isinstance(err, Diverged):
+                checkpoints.record(ckpt_dir, "end", outcome=checkpoints.DIVERGED, step=err.step, loss=str(err.loss))
+            else:
+                checkpoints.record(ckpt_dir, "end", outcome="failed", step=trainer.state.global_step, error=_one_line(err))
         raise
     if stopper.stopped_at is not None:
         if main:

@@ -37,6 +37,16 @@ class LastStep(TrainerCallback):
         return control
 
 
+class Diverged(UserError):
+    """A logged training loss that is not finite: the run's attempts record it, and a retry of the same run
+    (the same seed, spec and data would diverge again) is refused before the model loads."""
+
+    def __init__(self, loss: float, step: int):
+        self.loss, self.step = loss, step
+        super().__init__(f"the training loss is {loss} in the log of step {step}; the weights are no longer finite, "
+                         "so no model is written: lower finetune.lr (or finetune.max_grad_norm) and train the cell again")
+
+
 class FiniteLoss(TrainerCallback):
     """Stop the run at the first logged loss that is not finite. transformers' `logging_nan_inf_filter` would log
     the mean of earlier losses instead, and train on from weights the non-finite step has already spoiled (it
@@ -45,10 +55,7 @@ class FiniteLoss(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            raise UserError(
-                f"the training loss is {loss} in the log of step {state.global_step}; the weights are no longer "
-                "finite, so no model is written: lower finetune.lr (or finetune.max_grad_norm) and train the cell again"
-            )
+            raise Diverged(loss, state.global_step)
         return control
 
 
