@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -432,6 +433,29 @@ def test_real_tables_of_earlier_studies(tmp_path, part, study):
     if part == "a":
         assert "ppl_8K untuned = " + {"smollm2": "10.83", "smollm2_law": "12.55"}[study] in \
             row_of(rows, "expectation: lr 1e-4 still > 2x untuned").inputs  # PLAN.md 3.1's 12.55
+
+
+def test_b_against_the_untuned_model_reads_only_the_same_tokens(tmp_path):
+    """The reported row of b1x (PLAN.md): ppl_8K over the untuned model's on the same 8,191 tokens, read from
+    part a only while both parts' first evaluation row is the same text; another offset is 'not comparable', and
+    without part a the row is missing, not a traceback."""
+    import shutil
+
+    for part in ("part_a", "part_b1x"):
+        shutil.copytree(ROOT / "docs/results/smollm2_small" / part, tmp_path / part)
+    row = row_of(V.verdicts("b1x", tmp_path / "part_b1x"), "against the untuned model (8K)")
+    assert row.verdict == "reported (no rule)"
+    assert row.inputs == ("untuned_ppl_8K = 6.757; tokens = 8191; small_over_untuned = 2.384; "
+                          "control_over_untuned = 1.773")
+    manifest = tmp_path / "part_a/data/eval_len245760/manifest.json"
+    record = json.loads(manifest.read_text())
+    record["rows"][0]["offset"] = 4096
+    manifest.write_text(json.dumps(record))
+    row = row_of(V.verdicts("b1x", tmp_path / "part_b1x"), "against the untuned model (8K)")
+    assert row.verdict == "not comparable (other tokens)"
+    shutil.rmtree(tmp_path / "part_a")
+    row = row_of(V.verdicts("b1x", tmp_path / "part_b1x"), "against the untuned model (8K)")
+    assert row.verdict.startswith(f"not tested (missing: {tmp_path}/part_a/data/eval_len245760/manifest.json")
 
 
 @pytest.mark.parametrize("part", ["a", "b1", "b1x"])

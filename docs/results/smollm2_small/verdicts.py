@@ -30,6 +30,9 @@ Where PLAN.md leaves a choice, the literal reading is taken:
   precondition, B2, B4). B2 with a tie (equal perplexity) is "unsettled". B4 counts prompts:
   "within 2/10" is |small - control| <= 2/10, "at most (control - 5)/10" in accuracy.
   A base that is not adapted gets "not tested (flat but not adapted)" on B1-B4, the words of PLAN.md.
+  Reported with no rule (written after b1x, PLAN.md): each cell's ppl_8K against the untuned model's on the
+  same scored tokens, part a's untuned cell on its window 0, read only where both parts' first evaluation
+  row is the same text (shard sha256, line, offset, tokenizer) and the 8K prefix counts the same tokens.
 - Part c: the bound is law/cells.csv's `measured_bound` (segment rule), C its `measured_bound /
   predicted_bound`. A censored bound (right: at least; left: at most) disagrees only when the
   censoring already puts it outside the range; otherwise the claim is "unsettled". C2's "none
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import re
 import sys
@@ -126,6 +130,39 @@ class Tables:
         if self._cache[rel] is None:
             self.missing.append(str(self.root / rel))
         return self._cache[rel]
+
+    def json(self, rel: str) -> dict | None:
+        path = self.root / rel
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.missing.append(str(path))
+            return None
+
+    def first_row(self, length: int) -> tuple | None:
+        """Where the first evaluation row of `length` begins: (shard sha256, line, offset, tokenizer sha256)."""
+        rel = f"data/eval_len{length}/manifest.json"
+        m = self.json(rel)
+        try:
+            source = m["rows"][0]["sources"][0]
+            return (m["shards"][source["path"]], source["line"], m["rows"][0]["offset"],
+                    m["tokenizer"]["tokenizer_json_sha256"])
+        except (KeyError, IndexError, TypeError):
+            if m is not None:
+                self.missing.append(f"{self.root}/{rel} (no first row)")
+            return None
+
+    def first_doc_prefix(self, method: str, base: int, tune_len: int, length: int) -> tuple[float, int] | None:
+        """(nll, tokens) of document 0's prefix up to `length`, from eval_docs.csv (the per-document sums)."""
+        rel = f"cells/{method}/{leaf(base, tune_len)}/eval_docs.csv"
+        rows = self.rows(rel)
+        if rows is None:
+            return None
+        mine = [r for r in rows if r.get("doc") == "0" and (_num(r.get("end")) or math.inf) <= length]
+        if not mine:
+            self.missing.append(f"{self.root}/{rel} (no rows of document 0 up to {length})")
+            return None
+        return sum(float(r["nll"]) for r in mine), sum(int(r["tokens"]) for r in mine)
 
     def eval_rows(self, method: str, base: int, tune_len: int) -> list[dict] | None:
         return self.rows(f"cells/{method}/{leaf(base, tune_len)}/eval.csv")
@@ -380,7 +417,30 @@ def part_b(part: str, t: Tables, other: Tables) -> list[Row]:
     claim(f"B4 past T_tune ({label})", show(**{f"{L // 1024}K": v for L, v in past.items()},
           **{f"control {L // 1024}K": v for L, v in ctrl.items()}), "(no rule)",
           missing_word(miss) if miss else "reported (no rule)")
+    out.append(_against_untuned(part, t, m, base, small8, control8))
     return out
+
+
+UNTUNED_PART = "part_a"  # its untuned cell, evaluated on 4 windows whose first begins as the 1M row does
+UNTUNED_LEN = 245760     # part a's evaluation length (config/smollm2_small/part_a.yaml)
+
+
+def _against_untuned(part: str, t: Tables, m: str, base: int, small8, control8) -> Row:
+    """ppl_8K of the small base and of the control over the untuned model's, on the same scored tokens."""
+    name, thr = "against the untuned model (8K)", "(no rule; part a's untuned cell, its window 0)"
+    u = Tables(t.root.parent / UNTUNED_PART)
+    same = (t.first_row(L1M), u.first_row(UNTUNED_LEN))
+    untuned = u.first_doc_prefix(UNTUNED, ORIGINAL, T8, T8)
+    here = t.first_doc_prefix(m, base, T8, T8)
+    miss = t.take_missing() + u.take_missing()
+    if miss or None in (small8, control8):
+        return Row(part, name, "", thr, missing_word(miss) if miss else "not tested (missing: ppl_8K)")
+    if same[0] != same[1] or untuned[1] != here[1]:
+        return Row(part, name, show(rows=f"{same[0]} vs {same[1]}", tokens=f"{here[1]} vs {untuned[1]}"), thr,
+                   "not comparable (other tokens)")
+    u8 = math.exp(untuned[0] / untuned[1])
+    return Row(part, name, show(untuned_ppl_8K=u8, tokens=untuned[1], small_over_untuned=small8 / u8,
+                                control_over_untuned=control8 / u8), thr, "reported (no rule)")
 
 
 def _b4_threshold() -> str:
