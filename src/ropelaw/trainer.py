@@ -53,8 +53,11 @@ class FiniteLoss(TrainerCallback):
     also syncs the GPU every micro-batch to look); it is off, so a log's mean carries the non-finite loss here."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
+        try:
+            loss = float((logs or {})["loss"])  # a float in transformers 5.x; a formatted string would do too
+        except (KeyError, TypeError, ValueError):
+            return control
+        if not math.isfinite(loss):
             raise Diverged(loss, state.global_step)
         return control
 
