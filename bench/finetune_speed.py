@@ -203,7 +203,8 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
     base = {
         "bench": "finetune_speed", **environment(), "path": path, "fused_loss": FUSED_LOSS[path],
         "model": str(args.model_dir or ("tiny" if args.tiny else "smollm2-135m random")), "seq": args.seq,
-        "global_batch": args.global_batch, "micro_batch": micro_batch, "steps": args.steps, "logging_steps": args.logging_steps, "ac": args.ac,
+        "global_batch": args.global_batch, "micro_batch": micro_batch, "steps": args.steps,
+        "logging_steps": args.logging_steps, "ac": args.ac,
         "compile": compiled, "sdpa": f"{sdpa} only" if sdpa else "torch's choice",
         "tokens": args.tokens_sha256 or "uniform random",
     }

@@ -48,7 +48,7 @@ def claim(ckpt_dir: Path, identity: dict, main: bool) -> None:
     marker = ckpt_dir / MARKER
     if not main:
         return
-    ours = json.loads(marker.read_text()) == identity if marker.is_file() else not any(ckpt_dir.glob("checkpoint-*"))
+    ours = _owner(ckpt_dir) == identity if marker.is_file() else not any(ckpt_dir.glob("checkpoint-*"))
     if not ours:
         print(f"{ckpt_dir} holds checkpoints of another run ({marker.name} differs): starting afresh", flush=True)
         shutil.rmtree(ckpt_dir)
@@ -56,10 +56,15 @@ def claim(ckpt_dir: Path, identity: dict, main: bool) -> None:
     provenance.write_json(marker, identity)
 
 
+def _owner(ckpt_dir: Path) -> dict | None:
+    """The identity of the run the folder's checkpoints belong to (its marker), None without one."""
+    marker = ckpt_dir / MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
 def diverged(ckpt_dir: Path, identity: dict) -> dict | None:
     """The attempt of this very run (same identity) that ended diverged, if one did: a retry would repeat it."""
-    marker = ckpt_dir / MARKER
-    if not marker.is_file() or json.loads(marker.read_text()) != identity:
+    if _owner(ckpt_dir) != identity:
         return None
     return next((run for run in attempts(ckpt_dir) if run["outcome"] == DIVERGED), None)
 

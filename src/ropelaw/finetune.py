@@ -89,8 +89,7 @@ def train(
     identity = run_identity(method_spec, spec, plan.world_size, model_dir, data_dir)
     if earlier := checkpoints.diverged(ckpt_dir, identity):  # before the model loads: a retry would diverge again
         raise UserError(f"attempt {earlier['attempt']} of this run diverged (training loss {earlier['loss']} at step "
-                        f"{earlier['step']}) and the same seed, spec and data would again: lower finetune.lr (or "
-                        "finetune.max_grad_norm) and train the cell again")
+                        f"{earlier['step']}) and the same seed, spec and data would again: {Diverged.FIX}")
     args = training_arguments(spec, plan, str(ckpt_dir), bf16=resolve_dtype(spec.precision) == torch.bfloat16)
     model, inv_freq = load_causal_lm(model_dir, method_spec, precision="fp32", attn_implementation=spec.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

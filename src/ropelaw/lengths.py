@@ -69,12 +69,12 @@ def check_cell(cfg: dict, cell, blocks: list[int]) -> None:
             f"the length of the evaluation rows of {cell.path} that the filler comes from; "
             "lower it, or leave passkey.lengths null (every cell's own evaluation lengths)"
         )
-    shortest = (asked or cell.eval_lengths)[0]
-    if cfg["passkey"]["enabled"] and shortest < template_floor(cfg["passkey"]):
+    shortest, floor = (asked or cell.eval_lengths)[0], template_floor(cfg["passkey"])
+    if cfg["passkey"]["enabled"] and shortest < floor:
         key = "passkey.lengths" if asked else f"{' and '.join(sources(cfg, blocks))} (passkey.lengths is null)"
         raise UserError(
             f"config key '{key}': {shortest} tokens cannot hold a passkey prompt of {cell.path}, which needs at least "
-            f"{template_floor(cfg['passkey'])} (a token per word of passkey.prefix, needle and question, and one of "
+            f"{floor} (a token per word of passkey.prefix, needle and question, and one of "
             "filler); drop the length or shorten the templates"
         )
 

@@ -41,10 +41,12 @@ class Diverged(UserError):
     """A logged training loss that is not finite: the run's attempts record it, and a retry of the same run
     (the same seed, spec and data would diverge again) is refused before the model loads."""
 
+    FIX = "lower finetune.lr (or finetune.max_grad_norm) and train the cell again"
+
     def __init__(self, loss: float, step: int):
         self.loss, self.step = loss, step
         super().__init__(f"the training loss is {loss} in the log of step {step}; the weights are no longer finite, "
-                         "so no model is written: lower finetune.lr (or finetune.max_grad_norm) and train the cell again")
+                         f"so no model is written: {self.FIX}")
 
 
 class FiniteLoss(TrainerCallback):
