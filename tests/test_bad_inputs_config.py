@@ -146,6 +146,8 @@ CASES = [
     ("passkey-prefix-with-key", _with(("passkey.prefix", "The {key} is here.")), ["passkey.prefix", "{key}", "needle"]),
     ("passkey-question-with-key", _with(("passkey.question", "Is it {key}?")), ["passkey.question", "{key}"]),
     ("passkey-depths-repeated", _with(("passkey.depths", [0.5, 0.5])), ["passkey.depths", "non-unique"]),
+    ("passkey-length-below-its-templates", _with(("passkey.lengths", [8, 128])),
+     ["'passkey.lengths': 8 tokens cannot hold a passkey prompt", "drop the length or shorten the templates"]),
     ("hf-config-list", _hf_dir_config("[1, 2]"), ["hf/config.json", "JSON list", "config.json"]),
     ("hf-config-theta-text", _hf_dir_config('{"head_dim": 16, "max_position_embeddings": 64, "rope_theta": "1e4"}'),
      ["hf/config.json", "'rope_theta' is '1e4'", "not a positive number"]),
