@@ -458,11 +458,11 @@ def test_b_against_the_untuned_model_reads_only_the_same_tokens(tmp_path):
     assert row.verdict.startswith(f"not tested (missing: {tmp_path}/part_a/data/eval_len245760/manifest.json")
 
 
-@pytest.mark.parametrize("part", ["a", "b1", "b1x"])
+@pytest.mark.parametrize("part", ["a", "b1", "b1x", "b2x"])
 def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
-    """docs/results/smollm2_small/part_a, part_b1 and part_b1x (ran 2026-12-02): the rules, run again on the published
-    tables, give the verdicts.csv committed beside them. Rows that read a partner part (b2, b2x) say "missing" until
-    it is published; then this fails until the verdicts.csv is written again with both (PLAN.md section 9)."""
+    """docs/results/smollm2_small/part_a, part_b1, part_b1x and part_b2x (ran 2026-12-02): the rules, run again on the
+    published tables, give the verdicts.csv committed beside them. Rows that read a partner part (b2) say "missing"
+    until it is published; then this fails until the verdicts.csv is written again with both (PLAN.md section 9)."""
     monkeypatch.chdir(ROOT)  # as PLAN.md's command runs it: the "missing" notes name paths from the root
     published = Path(f"docs/results/smollm2_small/part_{part}")
     rows = V.verdicts(part, published)
@@ -477,7 +477,14 @@ def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
         assert verdict(rows, "adapted (1304)") == "not adapted"
         assert row_of(rows, "adapted (1304)").inputs == "ppl_8K = 15.86; control_ppl_8K = 9.836"
         assert verdict(rows, "B4 (1304)") == "not tested (flat but not adapted)"
-    else:  # 1,000 steps: beta3 at 1.34x a control that rose to 11.98, so B1 to B4 are read, and agree
+    elif part == "b1x":  # 1,000 steps: beta3 at 1.34x a control that rose to 11.98, so B1 to B4 are read, and agree
         assert row_of(rows, "adapted (1304)").inputs == "ppl_8K = 16.11; control_ppl_8K = 11.98"
         assert [verdict(rows, f"{claim} (1304)") for claim in ("adapted", "B1", "B2", "B3", "B4")] == \
+            ["adapted", "agrees", "agrees", "agrees", "agrees"]
+    if part in ("b1x", "b2x"):  # paired: 500 rises faster than beta3 from 8K to 128K (1.652 against 1.572)
+        assert verdict(rows, "B1, order") == "disagrees"
+        assert row_of(rows, "controls of b1x and b2x").verdict == "reported: spread <= 2%"
+    if part == "b2x":  # 500 at 1.48x the control (12.02): adapted, just; B1 to B4 read and agree
+        assert row_of(rows, "adapted (500)").inputs == "ppl_8K = 17.83; control_ppl_8K = 12.02"
+        assert [verdict(rows, f"{claim} (500)") for claim in ("adapted", "B1", "B2", "B3", "B4")] == \
             ["adapted", "agrees", "agrees", "agrees", "agrees"]
