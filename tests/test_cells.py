@@ -104,6 +104,37 @@ def test_a_variant_is_its_own_method_resolved_through_its_kind(raw):
     assert again.trains and again.model_dir == "results/mini/again/base500_len64/model" and again.training["lr"] == 1e-3
 
 
+def test_a_base_logn_variant_evaluates_the_model_its_tuned_option_names(raw):
+    """`tuned` points log-scaled attention at another trained method's models (part d2: steps600's), at the same
+    base, tuning length and seed; without it a base_logn variant evaluates the `base` cells' models."""
+    raw["methods"] = {"again": {"kind": "base"}, "again_logn": {"kind": "base_logn", "tuned": "again"},
+                      "plain_logn": {"kind": "base_logn"}}
+    raw["grid"] += [{"model": "mini", "method": "again", "tune_lengths": [64], "bases": [500]},
+                    {"model": "mini", "method": "again_logn", "tune_lengths": [64], "bases": [500]},
+                    {"model": "mini", "method": "plain_logn", "tune_lengths": [64], "bases": [10]}]
+    _, cells = resolve(raw)
+    paths = _by_path(cells)
+    logn = paths["results/mini/again_logn/base500_len64"]
+    assert logn.model_dir == "results/mini/again/base500_len64/model" and not logn.trains and logn.training is None
+    assert logn.tuned_method == "again" and logn.method_spec().logn_t_ref == 64
+    assert paths["results/mini/plain_logn/base10_len64"].model_dir == "results/mini/base/base10_len64/model"
+    assert paths["results/mini/again/base500_len64"].tuned_method is None
+
+
+@pytest.mark.parametrize("methods, key, words", [
+    ({"v": {"kind": "base_logn", "tuned": "linear"}}, "methods.v.tuned", "choose one that trains: base, again"),
+    ({"v": {"kind": "base_logn", "tuned": "nope"}}, "methods.v.tuned", "choose one that trains: base, again"),
+    ({"v": {"kind": "ntk", "tuned": "again"}}, "methods.v.tuned", "is not an option of kind ntk"),
+    ({"v": {"kind": "base_logn", "tuned": "again"}}, "grid", "to a `method: again` block of 'grid'"),
+])
+def test_a_bad_tuned_option_is_refused_in_one_line(raw, methods, key, words):
+    raw["methods"] = {"again": {"kind": "base"}, **methods}
+    raw["grid"].append({"model": "mini", "method": "v", "tune_lengths": [64], "bases": [500]})
+    with pytest.raises(UserError) as err:
+        resolve(raw)
+    assert key in str(err.value) and words in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("methods, grid_method, key", [
     ({"base": {"kind": "ntk"}}, "base", "methods.base"),
     ({"v": {"kind": "nope"}}, "v", "methods.v.kind"),

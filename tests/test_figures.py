@@ -120,6 +120,23 @@ def test_a_tuned_variant_is_drawn_in_the_panel_of_its_base(tables):
     plt.close(fig)
 
 
+def test_a_base_logn_variant_is_drawn_dotted_in_the_panel_of_its_base(tables):
+    """A variant of kind base_logn (part d2's steps600_logn) evaluates a tuned model: one dotted line per base, in
+    its base's colour and panel, labelled with log-scaled attention; not a training-free line in both panels."""
+    evals, cells = tables.evals.copy(), tables.cells.copy()
+    variant = evals[(evals.method == "base") & (evals.base == 10) & (evals.tune_len == 64)].assign(method="again_logn")
+    cells = pd.concat([cells, cells[(cells.method == "base") & (cells.base == 10)].assign(method="again_logn",
+                                                                                          kind="base_logn")])
+    cells["kind"] = cells.get("kind", cells.method).fillna(cells.method)
+    fig = draw("ppl_vs_length", Tables(pd.concat([evals, variant]), cells, tables.fit, tables.boot, tables.passkey),
+               "t", model="tiny", tune_len=64)
+    panels = [{line.get_label(): line for line in ax.get_lines()} for ax in fig.axes[:2]]
+    label = "again_logn (" + r"$\beta$ = 10, tuned + log-scaled attention)"
+    assert label in panels[0] and not any(name.startswith("again_logn") for name in panels[1])
+    assert panels[0][label].get_linestyle() == ":" and panels[0][label].get_color() == base_colors(cells.base)[10]
+    plt.close(fig)
+
+
 def test_a_variant_of_two_bases_draws_one_line_each(tables):
     """Part b1x's figure drew its method steps1000 (beta3 and the control) as one line zig-zagging between the two
     cells, labelled with the first base: a variant of kind base has one line per base, each in its base's colour,

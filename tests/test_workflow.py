@@ -69,9 +69,11 @@ def test_seeds_and_variants_are_jobs_of_their_own(tmp_path):
     import yaml
 
     config = yaml.safe_load((ROOT / "tests/scenario/config.yaml").read_text())
-    config["methods"] = {"again": {"kind": "base"}, "ntk8": {"kind": "ntk", "factor": 8}}
+    config["methods"] = {"again": {"kind": "base"}, "ntk8": {"kind": "ntk", "factor": 8},
+                         "again_logn": {"kind": "base_logn", "tuned": "again"}}
     config["grid"] += [{"model": "mini", "tune_lengths": [64], "bases": [500], "seeds": [1, 2]},
                        {"model": "mini", "method": "again", "tune_lengths": [64], "bases": [500]},
+                       {"model": "mini", "method": "again_logn", "tune_lengths": [64], "bases": [500]},
                        {"model": "mini", "method": "ntk8"}]
     (tmp_path / "config").mkdir()
     (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
@@ -86,6 +88,10 @@ def test_seeds_and_variants_are_jobs_of_their_own(tmp_path):
     models = {job["output"].split(", ")[0]: _flag(job["shell"], "--model") for job in jobs if job["rule"] == "evaluate"}
     assert models["results/mini/ntk8/base10000_len64/eval.csv"] == "results/mini/pretrained"
     assert models["results/mini/base/base500_len64_seed2/eval.csv"] == "results/mini/base/base500_len64_seed2/model"
+    # a base_logn variant evaluates the model of the method its `tuned` names, and trains none of its own
+    assert models["results/mini/again_logn/base500_len64/eval.csv"] == "results/mini/again/base500_len64/model"
+    inputs = {job["output"].split(", ")[0]: job["input"] for job in jobs if job["rule"] == "evaluate"}
+    assert "results/mini/again/base500_len64/model" in inputs["results/mini/again_logn/base500_len64/eval.csv"]
 
 
 def test_a_method_name_with_an_underscore_is_not_split_into_the_model_name(tmp_path):

@@ -120,12 +120,20 @@ class Cell:
         return CELL_DIR.format(model=self.model, method=self.method, leaf=self.leaf)
 
     @property
+    def tuned_method(self) -> str | None:
+        """The method whose fine-tuned model a base_logn cell evaluates at its base, length and seed: `base`, or
+        a variant's `tuned` option (a method that trains); None for cells of other kinds."""
+        if self.kind not in methods.ON_TUNED or self.trains:
+            return None
+        return str(self.method_options.get("tuned", "base"))
+
+    @property
     def model_dir(self) -> str:
-        """The model it evaluates: its own fine-tuned model, the `base` cell's, or the untuned model."""
+        """The model it evaluates: its own fine-tuned model, its tuned method's, or the untuned model."""
         if self.trains:
             return self.output("model")
-        if self.kind in methods.ON_TUNED:
-            return cell_file("model").format(model=self.model, method="base", leaf=self.leaf)
+        if self.tuned_method:
+            return cell_file("model").format(model=self.model, method=self.tuned_method, leaf=self.leaf)
         return self.untuned_dir
 
     @property

@@ -96,15 +96,17 @@ def _references(ax, prefix, metric, orig_base, kinds: dict, colors: dict, tune_l
     baselines = prefix[~prefix.method.isin((*ON_TUNED, UNTUNED))].dropna(subset=[metric])
     names = sorted(baselines.method.unique())
     for method, color, marker in zip(names, sns.color_palette("Dark2", len(names)), "sv^Dp*h"):
-        trained = methods.trains(kinds.get(method, method))
+        kind = kinds.get(method, method)
+        trained = methods.trains(kind) or kind in ON_TUNED  # a base_logn variant evaluates a tuned model
         rows = baselines[(baselines.method == method) & (baselines.tune_len == tune_len if trained else True)]
         for base, part in rows.groupby("base", sort=True):  # a variant may tune several bases: one line each
             if trained and not in_panel(base):
                 continue
-            note = f"{BETA} = {base_label(base)}, tuned" if trained else "training-free"
+            logn = " + log-scaled attention" if kind == "base_logn" else ""
+            note = f"{BETA} = {base_label(base)}, tuned{logn}" if trained else "training-free"
             part = part.sort_values("end")
-            ax.plot(part.end, part[metric], ls="--", marker=marker, ms=3, color=colors[int(base)] if trained else color,
-                    label=f"{method} ({note})")
+            ax.plot(part.end, part[metric], ls=":" if logn else "--", marker=marker, ms=3,
+                    color=colors[int(base)] if trained else color, label=f"{method} ({note})")
 
 
 def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics=("ppl", "accuracy")):

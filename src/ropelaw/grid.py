@@ -116,10 +116,16 @@ def check_variants(cfg: dict) -> None:
             continue  # split checks its own options (methods.resolve)
         key = methods.options_key(entry["kind"])
         allowed = set(methods.DEFAULT_OPTIONS.get(key, {})) if key else set()
+        if entry["kind"] == "base_logn":
+            allowed.add("tuned")
         stray = sorted(set(entry) - allowed - {"kind"})
         if stray:
             raise UserError(f"config key 'methods.{name}.{stray[0]}' is not an option of kind {entry['kind']}; "
                             f"its options: {', '.join(sorted(allowed)) or 'none'}")
+        if "tuned" in entry and not methods.trains(kind_of(cfg, str(entry["tuned"]))):
+            trained = ["base"] + [m for m, e in variants(cfg).items() if methods.trains(e["kind"])]
+            raise UserError(f"config key 'methods.{name}.tuned' is {entry['tuned']!r}: it names the method whose "
+                            f"fine-tuned models the variant evaluates; choose one that trains: {', '.join(trained)}")
 
 
 # --- the grid -------------------------------------------------------------------------------------
@@ -242,9 +248,10 @@ def build(cfg: dict) -> list[Cell]:
         ))
         lengths.check_cell(cfg, out[-1], blocks)
     for cell in out:
-        if cell.kind in methods.ON_TUNED and not cell.trains and (cell.model, "base", cell.base, cell.tune_len, cell.seed) not in member:
+        if cell.kind in methods.ON_TUNED and not cell.trains and (cell.model, cell.tuned_method, cell.base, cell.tune_len, cell.seed) not in member:
             raise UserError(
                 f"cell {cell.path} evaluates the fine-tuned model {cell.model_dir}; add base {cell.base} at tune "
-                f"length {cell.tune_len}{'' if cell.seed is None else f' with seed {cell.seed}'} to a `method: base` block of 'grid'"
+                f"length {cell.tune_len}{'' if cell.seed is None else f' with seed {cell.seed}'} to a "
+                f"`method: {cell.tuned_method}` block of 'grid'"
             )
     return out

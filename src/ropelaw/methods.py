@@ -6,7 +6,7 @@ config's `methods:` block resolve to a `MethodSpec`:
 | method        | model it evaluates          | rotary embedding (transformers `rope_parameters`)         | attention |
 |---------------|-----------------------------|-----------------------------------------------------------|-----------|
 | `base`        | fine-tuned with base beta   | default, rope_theta = beta (the paper)                    | plain     |
-| `base_logn`   | the `base` cell's model     | default, rope_theta = beta                                | log-scaled|
+| `base_logn`   | the `base` cell's model (1) | default, rope_theta = beta                                | log-scaled|
 | `untuned`     | untuned                     | default, rope_theta = b0                                  | plain     |
 | `linear`      | untuned                     | `linear`: inv_freq / s (position interpolation)           | plain     |
 | `ntk`         | untuned                     | default, rope_theta = b0 * s^(d/(d-2)) (static NTK-aware) | plain     |
@@ -14,6 +14,9 @@ config's `methods:` block resolve to a `MethodSpec`:
 | `yarn`        | untuned                     | `yarn`: per-dimension ramp, cos/sin times 0.1 ln s + 1    | plain     |
 | `logn`        | untuned                     | default, rope_theta = b0                                  | log-scaled|
 | kind `split`  | fine-tuned with its rotation| explicit inv_freq: n < k at low_base, n >= k at beta      | plain     |
+
+(1) A variant of kind base_logn may name another trained method in its `tuned` option (`steps600_logn:
+{kind: base_logn, tuned: steps600}`): its cells evaluate that method's model at the same base, length and seed.
 
 T is the model's pre-training length T_train, L the length of the current
 sequence, s a method's `factor`. Log-scaled attention multiplies the query at
@@ -48,7 +51,7 @@ from dataclasses import dataclass, field
 from ropelaw import UserError
 
 TRAINED = ("base", "split")  # kinds that fine-tune their own model
-ON_TUNED = ("base", "base_logn")  # evaluate the fine-tuned model of the `base` cell
+ON_TUNED = ("base", "base_logn")  # evaluate a fine-tuned model (base_logn: the `base` cell's, or its `tuned` method's)
 TRAINING_FREE = ("untuned", "linear", "ntk", "dynamic_ntk", "yarn", "logn")
 NAMES = ON_TUNED + TRAINING_FREE
 GRID_METHODS = tuple(name for name in NAMES if name != "untuned")  # untuned cells come from evaluation.include_untuned
