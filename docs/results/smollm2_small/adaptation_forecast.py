@@ -47,3 +47,23 @@ if B1X.is_dir():
                for n in ("base1304_len8192.log", "base100000_len8192.log")]
     print(f"b1x train_runtime {seconds}: side by side {2 * 1000 * 8 * 8192 / max(seconds):,.0f} tokens/s together, "
           f"{2 * 1000 * 8 * 8192 / max(seconds) / 188858:.2f} x train7's one alone")
+
+# The outcome of part b2x (PLAN.md, "Part b2x"): base 500 and the control again, the same 1,000 steps.
+B2X = Path(__file__).parent / "part_b2x/logs/finetune/smollm2/steps1000"
+if B1X.is_dir() and B2X.is_dir():
+    small, control = (losses(name, B2X) for name in ("base500_len8192.log", "base100000_len8192.log"))
+    gap = small - control
+    step = np.arange(1, len(gap) + 1) * 10
+    last = step > 950
+    print("b2x gap (500 - control), mean per 50 steps ending at",
+          {end: round(float(gap[(step > end - 50) & (step <= end)].mean()), 3) for end in range(450, 1001, 50)})
+    beta3 = losses("base1304_len8192.log", B1X)
+    print(f"b2x steps 951-1,000: 500 {small[last].mean():.3f}, control {control[last].mean():.3f}; "
+          f"500 - beta3 (b1x) {(small[last] - beta3[last]).mean():.3f}")
+    first = losses("base100000_len8192.log", B1X)
+    worst = int(np.abs(control - first).argmax())
+    print(f"the two controls' logged losses (b1x, b2x): at most {np.abs(control - first).max():.3f} apart "
+          f"(step {step[worst]}, {np.abs(control - first)[worst] / first[worst]:.1%})")
+    seconds = [float(re.search(r"'train_runtime': '([0-9.]+)'", (B2X / n).read_text())[1])
+               for n in ("base500_len8192.log", "base100000_len8192.log")]
+    print(f"b2x train_runtime {seconds}: side by side {2 * 1000 * 8 * 8192 / max(seconds):,.0f} tokens/s together")
