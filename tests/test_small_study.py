@@ -37,7 +37,8 @@ def _cells(*paths: Path) -> dict[str, str]:
 
 
 def test_the_parts_are_the_study_cut_into_slices():
-    assert [p.stem for p in PARTS] == ["part_a", "part_b1", "part_b1x", "part_b2", "part_b2x", "part_c", "part_d"]
+    assert [p.stem for p in PARTS] == ["part_a", "part_b1", "part_b1x", "part_b2", "part_b2x", "part_c", "part_d",
+                                       "part_d2"]
     whole = _cells(STUDY)
     union: dict[str, str] = {}
     for part in PARTS:
@@ -68,9 +69,20 @@ def test_the_parts_answer_what_the_plan_says():
     assert sorted(part["part_c"]) == sorted(f"results/smollm2/base/base{b}_len16384"
                                             for b in (100000, 200000, 304201, 500000, 1000000))  # 304201: beta0
     assert sorted(part["part_d"]) == ["results/smollm2/base/base500_len16384", "results/smollm2/base_logn/base500_len16384"]
+    # PLAN.md's amendment 2: d with a control tuned the same way, on the fast path; log-scaled attention on steps600's model
+    assert sorted(part["part_d2"]) == ["results/smollm2/steps600/base100000_len16384", "results/smollm2/steps600/base500_len16384",
+                                       "results/smollm2/steps600_logn/base500_len16384"]
+    d2 = {path: json.loads(cell) for path, cell in part["part_d2"].items()}
+    for path, cell in d2.items():
+        if "logn" in path:
+            assert cell["training"] is None and cell["method_options"]["tuned"] == "steps600"
+            continue
+        training = cell["training"]
+        assert (training["steps"], training["micro_batch_size"], training["global_batch_size"], training["lr"],
+                training["compile"], training["fused_loss"]) == (600, 4, 4, 1e-3, True, "grad_in_forward")
     learning_rates = {json.loads(c)["training"]["lr"] for c in part["part_a"].values() if json.loads(c)["training"]}
     assert learning_rates == {1e-4, 3e-4, 1e-3}
-    for name in ("part_b1", "part_b2", "part_b1x", "part_b2x", "part_d"):  # evaluated to 1M: one row of the KJV
+    for name in ("part_b1", "part_b2", "part_b1x", "part_b2x", "part_d", "part_d2"):  # evaluated to 1M: one KJV row
         assert {json.loads(c)["eval_lengths"][-1] for c in part[name].values()} == {1_000_000}
 
 

@@ -352,7 +352,7 @@ def test_command_writes_markdown_and_csv(tmp_path):
     assert "bound 500,000 = 30,000 (C = 1.31)" in rows[0]["inputs"]
 
 
-@pytest.mark.parametrize("part", ["a", "b1", "b2", "b1x", "b2x", "c", "d"])
+@pytest.mark.parametrize("part", ["a", "b1", "b2", "b1x", "b2x", "c", "d", "d2"])
 def test_empty_folder_is_not_tested_not_a_traceback(tmp_path, part):
     rows = V.verdicts(part, tmp_path)
     assert rows and all(r.verdict.startswith("not tested") for r in rows), [r.verdict for r in rows]
@@ -488,3 +488,56 @@ def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
         assert row_of(rows, "adapted (500)").inputs == "ppl_8K = 17.83; control_ppl_8K = 12.02"
         assert [verdict(rows, f"{claim} (500)") for claim in ("adapted", "B1", "B2", "B3", "B4")] == \
             ["adapted", "agrees", "agrees", "agrees", "agrees"]
+
+
+# ---------------------------------------------------------------- part d2 (PLAN.md amendment 2)
+
+def part_d2(root: Path, small_curve, logn_curve, control_curve, small_keys=None, control_keys=None):
+    small_keys = small_keys or {2048: 1, 4096: 0, 8192: 0, 16384: 0, 32768: 0}
+    control_keys = control_keys or {2048: 9, 4096: 7, 8192: 6, 16384: 6, 32768: 1}
+    cell(root / "part_d2", "steps600", 500, 16384, small_curve, small_keys)
+    cell(root / "part_d2", "steps600_logn", 500, 16384, logn_curve, small_keys)
+    cell(root / "part_d2", "steps600", 100000, 16384, control_curve, control_keys)
+
+
+def test_d2_agrees_against_its_own_control(tmp_path):
+    small = curve(14.0, 1.5, rise1m=3.0)
+    part_d2(tmp_path, small, logn_of(small, 2.1), curve(10.0, 300.0))
+    rows = V.verdicts("d2", tmp_path / "part_d2")
+    assert verdict(rows, "adapted (500 at 16K)") == "adapted"
+    assert verdict(rows, "d's first precondition (ppl_8K <= 10.1)") == "reported: not met"
+    assert verdict(rows, "steps600 = steps600_logn up to 16K") == "agrees"
+    assert [verdict(rows, c) for c in ("D1: log-scaled attention flattens the curve", "D2: the recipe reaches 1M",
+                                       "B2 at 16K (500)", "D3: retrieval (steps600)", "D3: retrieval (steps600_logn)")] \
+        == ["agrees", "agrees", "agrees", "agrees", "agrees"]
+    assert "control 16K = 6/10" in row_of(rows, "D3: retrieval (steps600)").inputs
+    assert all(r.note == "" for r in rows)
+
+
+def test_d2_reads_d1_and_d2_when_500_is_not_adapted(tmp_path):
+    """Amendment 2: D1 and D2 compare two evaluations of one model, so they are judged either way; the note says
+    the precondition failed. Retrieval counts lengths up to T_tune = 16K, where the control may be the only one."""
+    small = curve(16.0, 1.5, rise1m=3.0)  # 1.6 x the control
+    logn = logn_of(small, 4.0)
+    part_d2(tmp_path, small, logn, curve(10.0, 300.0), small_keys={2048: 5, 4096: 5, 8192: 5, 16384: 0, 32768: 0},
+            control_keys={2048: 5, 4096: 5, 8192: 5, 16384: 6, 32768: 0})
+    rows = V.verdicts("d2", tmp_path / "part_d2")
+    assert verdict(rows, "adapted (500 at 16K)") == "not adapted"
+    assert verdict(rows, "D1: log-scaled attention flattens the curve") == "disagrees"
+    assert verdict(rows, "D2: the recipe reaches 1M") == "disagrees"
+    assert row_of(rows, "D2: the recipe reaches 1M").note == "500 not adapted (1.60 x the control at 8K)"
+    assert verdict(rows, "D3: retrieval (steps600)") == "agrees"  # at 16K only: 0/10 against 6/10
+
+
+def test_d2_bug_check_and_missing_control(tmp_path):
+    small = curve(14.0, 1.5, rise1m=3.0)
+    logn = logn_of(small, 2.1)
+    logn[8192] = small[8192] * (1 + 1e-15)
+    part_d2(tmp_path, small, logn, curve(10.0, 300.0))
+    rows = V.verdicts("d2", tmp_path / "part_d2")
+    assert verdict(rows, "steps600 = steps600_logn up to 16K") == "disagrees (a bug, not a result)"
+    assert verdict(rows, "D1: log-scaled attention flattens the curve").startswith("not tested (bug")
+    (tmp_path / "part_d2/cells/steps600/base100000_len16384/eval.csv").unlink()
+    rows = V.verdicts("d2", tmp_path / "part_d2")
+    missing = f"not tested (missing: {tmp_path}/part_d2/cells/steps600/base100000_len16384/eval.csv)"
+    assert verdict(rows, "adapted (500 at 16K)") == missing and verdict(rows, "B2 at 16K (500)") == missing

@@ -2,8 +2,9 @@
 
     python docs/results/smollm2_small/verdicts.py PART RESULTS_DIR [--other DIR] [--csv FILE]
 
-PART is a, b1, b2, b1x, b2x, c or d (b1x and b2x: PLAN.md's amendment 1, the b rules on the
-`steps1000` cells). RESULTS_DIR is the part's published folder, as PLAN.md section 7 says
+PART is a, b1, b2, b1x, b2x, c, d or d2 (b1x and b2x: PLAN.md's amendment 1, the b rules on the
+`steps1000` cells; d2: amendment 2, part d with a control tuned the same way, on the `steps600` cells).
+RESULTS_DIR is the part's published folder, as PLAN.md section 7 says
 (`study.tgz` unpacked into docs/results/smollm2_small/part_X/), with the layout of
 docs/results/smollm2_law: `cells/<method>/<leaf>/{eval.csv,passkey.csv}` (the tarball's
 `results/smollm2/`), `law/cells.csv` (its `results/law/`) and `logs/finetune/smollm2/<method>/<leaf>.log`.
@@ -43,6 +44,11 @@ Where PLAN.md leaves a choice, the literal reading is taken:
   `base` and `base_logn` as the text written; if they differ, D1 and D2 are "not tested (bug ...)".
   D1 disagrees only if `base_logn` is higher at 1M; a lower 1M with a steeper rise is "unsettled".
   D3 has no rule: "reported (no rule)", against b1's control as in B4.
+- Part d2 (amendment 2, written before it ran): the precondition is 3.2's (500's ppl_8K <= 1.5 x the ppl_8K of
+  the control tuned with it at 16K); d's first threshold (10.1) is reported beside it. The bug check, D1 and D2
+  are d's, on steps600 and steps600_logn, and are judged whether or not 500 is adapted; when it is not, their
+  note says so. B2 at 16K is B2's rule on this part's cells. D3 is B4's rule against this control, at the
+  lengths <= T_tune = 16K.
 """
 
 from __future__ import annotations
@@ -425,13 +431,13 @@ UNTUNED_PART = "part_a"  # its untuned cell, evaluated on 4 windows whose first 
 UNTUNED_LEN = 245760     # part a's evaluation length (config/smollm2_small/part_a.yaml)
 
 
-def _against_untuned(part: str, t: Tables, m: str, base: int, small8, control8) -> Row:
+def _against_untuned(part: str, t: Tables, m: str, base: int, small8, control8, tune_len: int = T8) -> Row:
     """ppl_8K of the small base and of the control over the untuned model's, on the same scored tokens."""
     name, thr = "against the untuned model (8K)", "(no rule; part a's untuned cell, its window 0)"
     u = Tables(t.root.parent / UNTUNED_PART)
     same = (t.first_row(L1M), u.first_row(UNTUNED_LEN))
     untuned = u.first_doc_prefix(UNTUNED, ORIGINAL, T8, T8)
-    here = t.first_doc_prefix(m, base, T8, T8)
+    here = t.first_doc_prefix(m, base, tune_len, T8)
     miss = t.take_missing() + u.take_missing()
     if miss or None in (small8, control8):
         return Row(part, name, "", thr, missing_word(miss) if miss else "not tested (missing: ppl_8K)")
@@ -449,18 +455,20 @@ def _b4_threshold() -> str:
 
 
 def _b4(t: Tables, method: str, base: int, tune_len: int, control: Tables, lengths,
-        control_method: str = "base") -> tuple[str, str]:
-    """(inputs, verdict) of B4's rule for one small-base cell against a control (base 1e5 at 8K)."""
+        control_method: str = "base", control_tune_len: int = T8,
+        max_len: int = THRESHOLDS["b4_max_len"]) -> tuple[str, str]:
+    """(inputs, verdict) of B4's rule for one small-base cell against a control (base 1e5, by default at 8K),
+    read at the lengths <= max_len (B4: 8K; d2: its T_tune, 16K)."""
     small = _retrieval(t, method, base, tune_len, lengths)
-    ctrl = _retrieval(control, control_method, ORIGINAL, T8, lengths)
+    ctrl = _retrieval(control, control_method, ORIGINAL, control_tune_len, lengths)
     miss = t.take_missing() + (control.take_missing() if control is not t else [])
     inputs = show(**{f"{L // 1024}K": v for L, v in small.items()},
                   **{f"control {L // 1024}K": v for L, v in ctrl.items()})
     if miss:
         return inputs, missing_word(miss)
-    live = [L for L in lengths if L <= THRESHOLDS["b4_max_len"] and ctrl[L] >= THRESHOLDS["b4_control"]]
+    live = [L for L in lengths if L <= max_len and ctrl[L] >= THRESHOLDS["b4_control"]]
     if not live:
-        return inputs, "not tested (the control retrieves < 6/10 at every length <= 8K)"
+        return inputs, f"not tested (the control retrieves < 6/10 at every length <= {max_len // 1024}K)"
     if any(small[L] <= ctrl[L] - THRESHOLDS["b4_drop"] for L in live):
         return inputs, "agrees"
     if all(abs(small[L] - ctrl[L]) <= THRESHOLDS["b4_within"] for L in live):
@@ -550,6 +558,52 @@ def part_c(t: Tables, _other: Tables) -> list[Row]:
 
 # ---------------------------------------------------------------- part d (PLAN.md 3.4)
 
+def _logn_claims(part: str, t: Tables, m: str, m_logn: str, blocked: str | None,
+                 note: str = "") -> tuple[list[Row], str | None]:
+    """The bug check (method m and its log-scaled twin m_logn agree to the last digit up to 16,384 tokens), D1 and
+    D2 for base 500 at 16K; `blocked` (a reason, or None) replaces D1's and D2's verdicts. Returns the rows and
+    `blocked` with a failed or missing bug check added."""
+    out = []
+    a, b = t.eval_rows(m, 500, T16), t.eval_rows(m_logn, 500, T16)
+    miss = t.take_missing()
+    thr = f"every eval.csv row with end <= {THRESHOLDS['d_same_until']:,}: nll_sum, tokens, ppl identical"
+    if miss:
+        bug, verdict, inputs = None, missing_word(miss), ""
+    else:
+        def key(rows):
+            return {(r.get("scope"), r.get("start"), r.get("end")): (r.get("nll_sum"), r.get("tokens"), r.get("ppl"))
+                    for r in rows if (_num(r.get("end")) or math.inf) <= THRESHOLDS["d_same_until"]}
+        ka, kb = key(a), key(b)
+        differ = sorted({k for k in ka.keys() | kb.keys() if ka.get(k) != kb.get(k)}, key=lambda k: _num(k[2]))
+        inputs = f"{len(ka)} rows of {m}, {len(kb)} of {m_logn}; differing: " + (
+            ", ".join(f"{s} {e}" for s, _, e in differ) if differ else "none")
+        bug = bool(differ) or not ka
+        verdict = "agrees" if not bug else "disagrees (a bug, not a result)"
+    out.append(Row(part, f"{m} = {m_logn} up to 16K", inputs, thr, verdict))
+    if bug:
+        blocked = blocked or f"not tested (bug: {m} and {m_logn} differ up to 16K)"
+    elif bug is None:
+        blocked = blocked or missing_word(miss)
+
+    v = {name: (t.ppl(name, 500, T16, L128), t.ppl(name, 500, T16, L1M)) for name in (m, m_logn)}
+    miss = t.take_missing()
+    ratio = {name: None if None in pair else pair[1] / pair[0] for name, pair in v.items()}
+    inputs = show(**{f"{name} ppl_128K": v[name][0] for name in v}, **{f"{name} ppl_1M": v[name][1] for name in v},
+                  **{f"{name} 1M/128K": ratio[name] for name in v})
+    if miss:
+        d1 = d2 = missing_word(miss)
+    else:
+        (_, b1m), (_, l1m) = v[m], v[m_logn]
+        d1 = ("agrees" if l1m < b1m and ratio[m_logn] < ratio[m]
+              else "disagrees" if l1m > b1m else "unsettled")
+        d2 = "agrees" if ratio[m_logn] <= THRESHOLDS["d2_ratio"] else "disagrees"
+    out.append(Row(part, "D1: log-scaled attention flattens the curve", inputs,
+                   f"{m_logn} lower at 1M and smaller 1M/128K; disagrees: {m_logn} higher at 1M", blocked or d1, note))
+    out.append(Row(part, "D2: the recipe reaches 1M", inputs,
+                   f"{m_logn} 1M/128K <= {THRESHOLDS['d2_ratio']:g}", blocked or d2, note))
+    return out, blocked
+
+
 def part_d(t: Tables, other: Tables) -> list[Row]:
     out = []
     p8 = t.ppl("base", 500, T16, T8)
@@ -562,44 +616,8 @@ def part_d(t: Tables, other: Tables) -> list[Row]:
                    missing_word(miss) if miss else "adapted" if adapted else "not adapted"))
     blocked = missing_word(miss) if miss else None if adapted else "not tested (not adapted)"
 
-    # the bug check: base and base_logn agree to the last digit up to 16,384 tokens
-    a, b = t.eval_rows("base", 500, T16), t.eval_rows("base_logn", 500, T16)
-    miss = t.take_missing()
-    thr = f"every eval.csv row with end <= {THRESHOLDS['d_same_until']:,}: nll_sum, tokens, ppl identical"
-    if miss:
-        bug, verdict, inputs = None, missing_word(miss), ""
-    else:
-        def key(rows):
-            return {(r.get("scope"), r.get("start"), r.get("end")): (r.get("nll_sum"), r.get("tokens"), r.get("ppl"))
-                    for r in rows if (_num(r.get("end")) or math.inf) <= THRESHOLDS["d_same_until"]}
-        ka, kb = key(a), key(b)
-        differ = sorted({k for k in ka.keys() | kb.keys() if ka.get(k) != kb.get(k)}, key=lambda k: _num(k[2]))
-        inputs = f"{len(ka)} rows of base, {len(kb)} of base_logn; differing: " + (
-            ", ".join(f"{s} {e}" for s, _, e in differ) if differ else "none")
-        bug = bool(differ) or not ka
-        verdict = "agrees" if not bug else "disagrees (a bug, not a result)"
-    out.append(Row("d", "base = base_logn up to 16K", inputs, thr, verdict))
-    if bug:
-        blocked = blocked or "not tested (bug: base and base_logn differ up to 16K)"
-    elif bug is None:
-        blocked = blocked or missing_word(miss)
-
-    v = {m: (t.ppl(m, 500, T16, L128), t.ppl(m, 500, T16, L1M)) for m in ("base", "base_logn")}
-    miss = t.take_missing()
-    ratio = {m: None if None in pair else pair[1] / pair[0] for m, pair in v.items()}
-    inputs = show(**{f"{m} ppl_128K": v[m][0] for m in v}, **{f"{m} ppl_1M": v[m][1] for m in v},
-                  **{f"{m} 1M/128K": ratio[m] for m in v})
-    if miss:
-        d1 = d2 = missing_word(miss)
-    else:
-        (b128, b1m), (l128, l1m) = v["base"], v["base_logn"]
-        d1 = ("agrees" if l1m < b1m and ratio["base_logn"] < ratio["base"]
-              else "disagrees" if l1m > b1m else "unsettled")
-        d2 = "agrees" if ratio["base_logn"] <= THRESHOLDS["d2_ratio"] else "disagrees"
-    out.append(Row("d", "D1: log-scaled attention flattens the curve", inputs,
-                   "base_logn lower at 1M and smaller 1M/128K; disagrees: base_logn higher at 1M", blocked or d1))
-    out.append(Row("d", "D2: the recipe reaches 1M", inputs,
-                   f"base_logn 1M/128K <= {THRESHOLDS['d2_ratio']:g}", blocked or d2))
+    rows, blocked = _logn_claims("d", t, "base", "base_logn", blocked)
+    out += rows
     for method in ("base", "base_logn"):
         inputs, verdict = _b4(t, method, 500, T16, other, [2048, 4096, 8192, T16, L32])
         out.append(Row("d", f"D3: retrieval ({method})", inputs, "(no rule; as B4, against b1's control)",
@@ -607,8 +625,45 @@ def part_d(t: Tables, other: Tables) -> list[Row]:
     return out
 
 
+def part_d2(t: Tables, _other: Tables) -> list[Row]:
+    """PLAN.md's amendment 2: 500 and the control (1e5) tuned the same way at 16K (method steps600), 500 also
+    evaluated with log-scaled attention (steps600_logn). The precondition is 3.2's, against this control; D1 and D2
+    are read whether or not 500 is adapted (they compare two evaluations of one model), with the precondition's
+    outcome in their note; B2's rule at 16K; retrieval by B4's rule at the lengths <= T_tune (16K)."""
+    m, m_logn, out = "steps600", "steps600_logn", []
+    small8, control8 = t.ppl(m, 500, T16, T8), t.ppl(m, ORIGINAL, T16, T8)
+    miss = t.take_missing()
+    adapted = None if miss else small8 <= THRESHOLDS["adapted"] * control8
+    out.append(Row("d2", "adapted (500 at 16K)", show(ppl_8K=small8, control_ppl_8K=control8),
+                   f"ppl_8K <= {THRESHOLDS['adapted']:g} x control's",
+                   missing_word(miss) if miss else "adapted" if adapted else "not adapted"))
+    out.append(Row("d2", "d's first precondition (ppl_8K <= 10.1)", show(ppl_8K=small8),
+                   f"(no rule since amendment 2; was: ppl_8K <= {THRESHOLDS['d_adapted']:g})",
+                   missing_word(miss) if miss else
+                   f"reported: {'met' if small8 <= THRESHOLDS['d_adapted'] else 'not met'}"))
+    note = "" if adapted is None or adapted else f"500 not adapted ({small8 / control8:.2f} x the control at 8K)"
+    rows, _ = _logn_claims("d2", t, m, m_logn, None, note)
+    out += rows
+    # B2 at 16K: the control above 500 at 32K and 128K
+    s8 = {L: t.ppl(m, 500, T16, L) for L in (L32, L128)}
+    c8 = {L: t.ppl(m, ORIGINAL, T16, L) for L in (L32, L128)}
+    miss = t.take_missing()
+    verdict = (missing_word(miss) if miss else "agrees" if all(c8[L] > s8[L] for L in s8)
+               else "disagrees" if any(s8[L] > c8[L] for L in s8) else "unsettled")
+    out.append(Row("d2", "B2 at 16K (500)", show(ppl_32K=s8[L32], ppl_128K=s8[L128], control_ppl_32K=c8[L32],
+                                                 control_ppl_128K=c8[L128]),
+                   "control above the small base at 32K and 128K", verdict, note))
+    thr = _b4_threshold().replace("L <= 8K", "L <= 16K")
+    for method in (m, m_logn):
+        inputs, verdict = _b4(t, method, 500, T16, t, [2048, 4096, 8192, T16, L32], control_method=m,
+                              control_tune_len=T16, max_len=T16)
+        out.append(Row("d2", f"D3: retrieval ({method})", inputs, thr, verdict, note))
+    out.append(_against_untuned("d2", t, m, 500, small8, control8, tune_len=T16))
+    return out
+
+
 PARTS = {"a": part_a, **{b: (lambda t, o, b=b: part_b(b, t, o)) for b in ("b1", "b2", "b1x", "b2x")},
-         "c": part_c, "d": part_d}
+         "c": part_c, "d": part_d, "d2": part_d2}
 
 
 def verdicts(part: str, results: Path, other: Path | None = None) -> list[Row]:
