@@ -541,3 +541,30 @@ def test_d2_bug_check_and_missing_control(tmp_path):
     rows = V.verdicts("d2", tmp_path / "part_d2")
     missing = f"not tested (missing: {tmp_path}/part_d2/cells/steps600/base100000_len16384/eval.csv)"
     assert verdict(rows, "adapted (500 at 16K)") == missing and verdict(rows, "B2 at 16K (500)") == missing
+
+
+def _training_log(path: Path, losses_by_epoch: list[tuple[float, float]]) -> None:
+    """A fine-tune log as transformers writes it: a progress bar, then one dict per logging step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f" 50%|#### | {i}/900 [00:10<00:10] {{'loss': '{loss}', 'grad_norm': '0.5', "
+                            f"'learning_rate': '0.001', 'epoch': '{epoch}'}}\n"
+                            for i, (loss, epoch) in enumerate(losses_by_epoch))
+                    + "{'train_runtime': '42.57', 'train_loss': '3.464', 'epoch': '2.0'}\n")
+
+
+def test_in_distribution_reads_the_first_epoch_only(tmp_path):
+    """The reported in-distribution row (written after b2x): the mean logged loss of the last 5 logs of epoch 1 (rows
+    read for the first time), small base minus control, and exp of the gap. Later epochs (rows read again) and
+    the final summary line are not read."""
+    root = tmp_path / "part_b1x"
+    part_b(root, 1304, curve(7.0, 2.0), curve(6.0, 500.0), method="steps1000")
+    logs = root / "logs/finetune/smollm2/steps1000"
+    epochs = [0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.2, 1.4]
+    _training_log(logs / "base1304_len8192.log", list(zip([3.0, 2.0, 1.5, 1.4, 1.4, 1.4, 0.1, 0.1], epochs)))
+    _training_log(logs / "base100000_len8192.log", list(zip([2.0, 1.5, 1.2, 1.2, 1.2, 1.2, 0.1, 0.1], epochs)))
+    row = row_of(V.verdicts("b1x", root), "in-distribution (1304, first-pass training loss)")
+    assert row.verdict == "reported (no rule)"
+    assert row.inputs == "small_loss = 1.54; control_loss = 1.26; gap = 0.28; ppl_ratio = 1.323"
+    _training_log(logs / "base100000_len8192.log", list(zip([1.2] * 4, [0.2, 0.4, 1.2, 1.4])))
+    row = row_of(V.verdicts("b1x", root), "in-distribution (1304, first-pass training loss)")
+    assert row.verdict.startswith("not tested (missing:") and "fewer than 5 logged losses" in row.verdict

@@ -34,6 +34,9 @@ Where PLAN.md leaves a choice, the literal reading is taken:
   Reported with no rule (written after b1x, PLAN.md): each cell's ppl_8K against the untuned model's on the
   same scored tokens, part a's untuned cell on its window 0, read only where both parts' first evaluation
   row is the same text (shard sha256, line, offset, tokenizer) and the 8K prefix counts the same tokens.
+  Reported with no rule (written after b2x, PLAN.md): the small base against the control on the tuning corpus,
+  their mean logged training loss over the last 5 logs (50 steps) of the first epoch, where every row is read
+  for the first time, and exp of the gap (the ratio of their in-distribution perplexities at T_tune).
 - Part c: the bound is law/cells.csv's `measured_bound` (segment rule), C its `measured_bound /
   predicted_bound`. A censored bound (right: at least; left: at most) disagrees only when the
   censoring already puts it outside the range; otherwise the claim is "unsettled". C2's "none
@@ -232,6 +235,21 @@ class Tables:
         return [float(x) for x in found]
 
 
+    def first_pass(self, method: str, base: int, tune_len: int, logs: int) -> list[float] | None:
+        """The last `logs` logged losses of the fine-tune's first epoch (epoch <= 1: rows not seen before), or None."""
+        path = self.root / f"logs/finetune/{MODEL}/{method}/{leaf(base, tune_len)}.log"
+        if not path.is_file():
+            self.missing.append(str(path))
+            return None
+        found = [(float(loss), float(epoch)) for loss, epoch in re.findall(
+            r"\{'loss': '?([^,'}]+)'?[^}]*'epoch': '?([^,'}]+)'?", path.read_text(errors="replace"))]
+        first = [loss for loss, epoch in found if epoch <= 1 + 1e-9]
+        if len(first) < logs:
+            self.missing.append(f"{path} (fewer than {logs} logged losses in the first epoch)")
+            return None
+        return first[-logs:]
+
+
 def _num(text) -> float | None:
     try:
         return float(text)
@@ -424,7 +442,27 @@ def part_b(part: str, t: Tables, other: Tables) -> list[Row]:
           **{f"control {L // 1024}K": v for L, v in ctrl.items()}), "(no rule)",
           missing_word(miss) if miss else "reported (no rule)")
     out.append(_against_untuned(part, t, m, base, small8, control8))
+    out.append(_in_distribution(part, t, m, base))
     return out
+
+
+FIRST_PASS_LOGS = 5  # the last 5 logs (50 steps at logging_steps 10) of the first epoch
+
+
+def _in_distribution(part: str, t: Tables, m: str, base: int, tune_len: int = T8) -> Row:
+    """The small base against the control on the tuning corpus: their logged training losses over the last 50
+    steps of the first epoch, where every row is read for the first time (a held-out estimate, paired: the same
+    rows in the same order), and exp of the gap, the ratio of their in-distribution perplexities at T_tune."""
+    name = f"in-distribution ({base}, first-pass training loss)"
+    thr = "(no rule; the logged loss of rows read for the first time, last 50 steps of epoch 1)"
+    small, control = t.first_pass(m, base, tune_len, FIRST_PASS_LOGS), t.first_pass(m, ORIGINAL, tune_len,
+                                                                                     FIRST_PASS_LOGS)
+    miss = t.take_missing()
+    if miss:
+        return Row(part, name, "", thr, missing_word(miss))
+    gap = sum(small) / len(small) - sum(control) / len(control)
+    return Row(part, name, show(small_loss=sum(small) / len(small), control_loss=sum(control) / len(control), gap=gap,
+                                ppl_ratio=math.exp(gap)), thr, "reported (no rule)")
 
 
 UNTUNED_PART = "part_a"  # its untuned cell, evaluated on 4 windows whose first begins as the 1M row does
@@ -659,6 +697,7 @@ def part_d2(t: Tables, _other: Tables) -> list[Row]:
                               control_tune_len=T16, max_len=T16)
         out.append(Row("d2", f"D3: retrieval ({method})", inputs, thr, verdict, note))
     out.append(_against_untuned("d2", t, m, 500, small8, control8, tune_len=T16))
+    out.append(_in_distribution("d2", t, m, 500, tune_len=T16))
     return out
 
 
