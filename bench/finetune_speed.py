@@ -272,7 +272,8 @@ def summary(runs: dict[str, dict], micro_batch: int, args) -> dict:
             out[f"{path}_max_rel_loss_diff"] = diff
             cell += f", loss diff {diff:.1e}"
         cells.append(cell)
-    flags = f" --micro-batch {micro_batch} --global-batch {args.global_batch}" + (" --compile" if args.compile else "")
+    flags = f" --seq {args.seq} --micro-batch {micro_batch} --global-batch {args.global_batch}" + (
+        " --compile" if args.compile else "")
     device = next((r.get("device") for r in runs.values() if r.get("device")), "CPU")
     out["table_row"] = (f"| `python bench/finetune_speed.py{' --tiny' if args.tiny else ''}{flags}` | {device} | "
                         f"{args.seq} tokens × {args.global_batch} | " + " | ".join(cells) + " |")
@@ -305,8 +306,8 @@ def variant_summary(runs: dict[str, dict], args) -> dict:
     command = " ".join(variant_text(*v) for v in args.variants)
     data = f" --tokens {args.tokens}" if args.tokens else ""
     data += f" --logging-steps {args.logging_steps}" if args.logging_steps != 1 else ""
-    out["table_row"] = (f"| `python bench/finetune_speed.py{' --tiny' if args.tiny else ''} --steps {args.steps}"
-                        f" --global-batch {args.global_batch}{data} --variants {command}` | {device} | "
+    out["table_row"] = (f"| `python bench/finetune_speed.py{' --tiny' if args.tiny else ''} --seq {args.seq} --steps "
+                        f"{args.steps} --global-batch {args.global_batch}{data} --variants {command}` | {device} | "
                         f"{args.seq} tokens × {args.global_batch} | " + " | ".join(cells) + " |")
     return out
 

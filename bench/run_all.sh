@@ -17,13 +17,18 @@
 #   bash bench/run_all.sh train6    # 1 GPU: train5's reference and best path, each also with cuDNN's attention kernel only
 #   bash bench/run_all.sh train7    # 1 GPU: train6's reference and fast path, 5 steps of each profiled by kernel class
 #   bash bench/run_all.sh train8    # 1 GPU: the fast path beside its compiled loss chunk and flash's and efficient's attention
+#   bash bench/run_all.sh train9    # 1 GPU: plain, the fast path and its compiled loss chunk side by side (goal 3)
+#   bash bench/run_all.sh train10   # 1 GPU: train8's flash and efficient rows again, dynamo reset before each
+#   bash bench/run_all.sh train11   # 1 GPU: train9's paths as the studies train (50 steps, logging every 10)
+#   bash bench/run_all.sh eval11    # 1 GPU: eval10's paths at 32K/100K, then interleaved rounds (order effects)
+#   bash bench/run_all.sh train12   # 1 GPU: SmolLM2 at 16K, plain (micro-batch 2) vs the fast path (4), side by side
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
 # zstandard (ropelaw.data imports it; the device machine lacks it: carry its cp312 wheel).
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -241,8 +246,17 @@ train11)
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 50 --logging-steps 10 \
         --variants plain:4 grad_in_forward:8:compiled grad_in_forward_compiled:8:compiled
     ;;
+train12)
+    # Fine-tuning at 16K, not yet measured on a GPU (part c trains the plain path at micro-batch 2, part d2 the fast
+    # path at micro-batch 4; PLAN.md prices both from the 8K rate x 8K/16K FLOP ratio): the two paths side by side,
+    # global batch 4 x 16K (the parts' 65,536 tokens a step), 30 steps, logging every 10. Predictions in
+    # bench/results/2026-12-02-session11/PREDICTIONS.md.
+    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    step 400 python3 bench/finetune_speed.py $model --seq 16384 --global-batch 4 --steps 30 --logging-steps 10 \
+        --variants plain:2 grad_in_forward:4:compiled
+    ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10 or train11" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11 or train12" >&2
     exit 2
     ;;
 esac
