@@ -564,7 +564,8 @@ def test_in_distribution_reads_the_first_epoch_only(tmp_path):
     _training_log(logs / "base100000_len8192.log", list(zip([2.0, 1.5, 1.2, 1.2, 1.2, 1.2, 0.1, 0.1], epochs)))
     row = row_of(V.verdicts("b1x", root), "in-distribution (1304, first-pass training loss)")
     assert row.verdict == "reported (no rule)"
-    assert row.inputs == "small_loss = 1.54; control_loss = 1.26; gap = 0.28; ppl_ratio = 1.323"
+    assert row.inputs == ("small_loss = 1.54; control_loss = 1.26; gap = 0.28; ppl_ratio = 1.323; "
+                          "ppl_ratio_per_log = 1.221-1.649")
     _training_log(logs / "base100000_len8192.log", list(zip([1.2] * 4, [0.2, 0.4, 1.2, 1.4])))
     row = row_of(V.verdicts("b1x", root), "in-distribution (1304, first-pass training loss)")
     assert row.verdict.startswith("not tested (missing:") and "fewer than 5 logged losses" in row.verdict

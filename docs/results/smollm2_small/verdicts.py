@@ -461,8 +461,10 @@ def _in_distribution(part: str, t: Tables, m: str, base: int, tune_len: int = T8
     if miss:
         return Row(part, name, "", thr, missing_word(miss))
     gap = sum(small) / len(small) - sum(control) / len(control)
+    each = [a - b for a, b in zip(small, control)]  # the gap of each log: its spread, not an interval
     return Row(part, name, show(small_loss=sum(small) / len(small), control_loss=sum(control) / len(control), gap=gap,
-                                ppl_ratio=math.exp(gap)), thr, "reported (no rule)")
+                                ppl_ratio=math.exp(gap), ppl_ratio_per_log=f"{math.exp(min(each)):.3f}-"
+                                f"{math.exp(max(each)):.3f}"), thr, "reported (no rule)")
 
 
 UNTUNED_PART = "part_a"  # its untuned cell, evaluated on 4 windows whose first begins as the 1M row does
