@@ -248,7 +248,7 @@ def build(cfg: dict) -> list[Cell]:
         ))
         lengths.check_cell(cfg, out[-1], blocks)
     for cell in out:
-        if cell.kind in methods.ON_TUNED and not cell.trains and (cell.model, cell.tuned_method, cell.base, cell.tune_len, cell.seed) not in member:
+        if cell.tuned_method and (cell.model, cell.tuned_method, cell.base, cell.tune_len, cell.seed) not in member:
             raise UserError(
                 f"cell {cell.path} evaluates the fine-tuned model {cell.model_dir}; add base {cell.base} at tune "
                 f"length {cell.tune_len}{'' if cell.seed is None else f' with seed {cell.seed}'} to a "
