@@ -122,8 +122,11 @@ def test_a_base_logn_variant_evaluates_the_model_its_tuned_option_names(raw):
 
 
 @pytest.mark.parametrize("methods, key, words", [
-    ({"v": {"kind": "base_logn", "tuned": "linear"}}, "methods.v.tuned", "choose one that trains: base, again"),
-    ({"v": {"kind": "base_logn", "tuned": "nope"}}, "methods.v.tuned", "choose one that trains: base, again"),
+    ({"v": {"kind": "base_logn", "tuned": "linear"}}, "methods.v.tuned", "a variant of kind base: base, again"),
+    ({"v": {"kind": "base_logn", "tuned": "nope"}}, "methods.v.tuned", "a variant of kind base: base, again"),
+    # a split model's frequencies live in its spec, not its config: base_logn would evaluate it at plain beta
+    ({"s": {"kind": "split", "k": 4}, "v": {"kind": "base_logn", "tuned": "s"}}, "methods.v.tuned",
+     "a variant of kind base: base, again"),
     ({"v": {"kind": "ntk", "tuned": "again"}}, "methods.v.tuned", "is not an option of kind ntk"),
     ({"v": {"kind": "base_logn", "tuned": "again"}}, "grid", "to a `method: again` block of 'grid'"),
 ])

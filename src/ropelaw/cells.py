@@ -122,7 +122,7 @@ class Cell:
     @property
     def tuned_method(self) -> str | None:
         """The method whose fine-tuned model a base_logn cell evaluates at its base, length and seed: `base`, or
-        a variant's `tuned` option (a method that trains); None for cells of other kinds."""
+        a variant's `tuned` option (a variant of kind base); None for cells of other kinds."""
         if self.kind not in methods.ON_TUNED or self.trains:
             return None
         return str(self.method_options.get("tuned", "base"))

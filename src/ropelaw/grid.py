@@ -122,10 +122,12 @@ def check_variants(cfg: dict) -> None:
         if stray:
             raise UserError(f"config key 'methods.{name}.{stray[0]}' is not an option of kind {entry['kind']}; "
                             f"its options: {', '.join(sorted(allowed)) or 'none'}")
-        if "tuned" in entry and not methods.trains(kind_of(cfg, str(entry["tuned"]))):
-            trained = ["base"] + [m for m, e in variants(cfg).items() if methods.trains(e["kind"])]
+        # kind base only: a split model's frequencies are not in its config, and base_logn's spec would not restore them
+        if "tuned" in entry and kind_of(cfg, str(entry["tuned"])) != "base":
+            tuned = ["base"] + [m for m, e in variants(cfg).items() if e["kind"] == "base"]
             raise UserError(f"config key 'methods.{name}.tuned' is {entry['tuned']!r}: it names the method whose "
-                            f"fine-tuned models the variant evaluates; choose one that trains: {', '.join(trained)}")
+                            f"fine-tuned models the variant evaluates; choose base or a variant of kind base: "
+                            f"{', '.join(tuned)}")
 
 
 # --- the grid -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ config's `methods:` block resolve to a `MethodSpec`:
 | `logn`        | untuned                     | default, rope_theta = b0                                  | log-scaled|
 | kind `split`  | fine-tuned with its rotation| explicit inv_freq: n < k at low_base, n >= k at beta      | plain     |
 
-(1) A variant of kind base_logn may name another trained method in its `tuned` option (`steps600_logn:
+(1) A variant of kind base_logn may name a variant of kind base in its `tuned` option (`steps600_logn:
 {kind: base_logn, tuned: steps600}`): its cells evaluate that method's model at the same base, length and seed.
 
 T is the model's pre-training length T_train, L the length of the current
