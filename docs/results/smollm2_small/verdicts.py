@@ -223,26 +223,31 @@ class Tables:
         self.missing.append(f"{self.root}/law/cells.csv (no row for base {base} at {tune_len})")
         return None
 
-    def losses(self, method: str, base: int, tune_len: int) -> list[float] | None:
+    def _log(self, method: str, base: int, tune_len: int) -> tuple[Path, str] | None:
+        """The fine-tune log of a cell (its path and text), or None recorded as missing."""
         path = self.root / f"logs/finetune/{MODEL}/{method}/{leaf(base, tune_len)}.log"
         if not path.is_file():
             self.missing.append(str(path))
             return None
-        found = re.findall(r"\{'loss': '?([^,'}]+)'?", path.read_text(errors="replace"))
+        return path, path.read_text(errors="replace")
+
+    def losses(self, method: str, base: int, tune_len: int) -> list[float] | None:
+        if (log := self._log(method, base, tune_len)) is None:
+            return None
+        path, text = log
+        found = re.findall(r"\{'loss': '?([^,'}]+)'?", text)
         if not found:
             self.missing.append(f"{path} (no logged loss)")
             return None
         return [float(x) for x in found]
 
-
     def first_pass(self, method: str, base: int, tune_len: int, logs: int) -> list[float] | None:
         """The last `logs` logged losses of the fine-tune's first epoch (epoch <= 1: rows not seen before), or None."""
-        path = self.root / f"logs/finetune/{MODEL}/{method}/{leaf(base, tune_len)}.log"
-        if not path.is_file():
-            self.missing.append(str(path))
+        if (log := self._log(method, base, tune_len)) is None:
             return None
+        path, text = log
         found = [(float(loss), float(epoch)) for loss, epoch in re.findall(
-            r"\{'loss': '?([^,'}]+)'?[^}]*'epoch': '?([^,'}]+)'?", path.read_text(errors="replace"))]
+            r"\{'loss': '?([^,'}]+)'?[^}]*'epoch': '?([^,'}]+)'?", text)]
         first = [loss for loss, epoch in found if epoch <= 1 + 1e-9]
         if len(first) < logs:
             self.missing.append(f"{path} (fewer than {logs} logged losses in the first epoch)")
@@ -411,19 +416,7 @@ def part_b(part: str, t: Tables, other: Tables) -> list[Row]:
         verdict = "agrees" if r500 < r1304 else "disagrees" if r500 > r1304 else "unsettled"
     out.append(Row(part, "B1, order", show(ratio_500=r500, ratio_1304=r1304), "500's ratio < beta3's (1304)", verdict))
     # B2: the control against the small base, at 32K and 128K
-    s = {L: t.ppl(m, base, T8, L) for L in (L32, L128)}
-    c = {L: t.ppl(m, ORIGINAL, T8, L) for L in (L32, L128)}
-    miss = t.take_missing()
-    if miss:
-        verdict = missing_word(miss)
-    elif all(c[L] > s[L] for L in s):
-        verdict = "agrees"
-    elif any(s[L] > c[L] for L in s):
-        verdict = "disagrees"
-    else:
-        verdict = "unsettled"
-    claim(f"B2 ({label})", show(ppl_32K=s[L32], ppl_128K=s[L128], control_ppl_32K=c[L32], control_ppl_128K=c[L128]),
-          "control above the small base at 32K and 128K", verdict, spread_note)
+    claim(f"B2 ({label})", *_b2(t, m, base, T8), spread_note)
     # B3
     p1m = t.ppl(m, base, T8, L1M)
     p128 = t.ppl(m, base, T8, L128)
@@ -460,9 +453,10 @@ def _in_distribution(part: str, t: Tables, m: str, base: int, tune_len: int = T8
     miss = t.take_missing()
     if miss:
         return Row(part, name, "", thr, missing_word(miss))
-    gap = sum(small) / len(small) - sum(control) / len(control)
+    small_loss, control_loss = sum(small) / len(small), sum(control) / len(control)
+    gap = small_loss - control_loss
     each = [a - b for a, b in zip(small, control)]  # the gap of each log: its spread, not an interval
-    return Row(part, name, show(small_loss=sum(small) / len(small), control_loss=sum(control) / len(control), gap=gap,
+    return Row(part, name, show(small_loss=small_loss, control_loss=control_loss, gap=gap,
                                 ppl_ratio=math.exp(gap), ppl_ratio_per_log=f"{math.exp(min(each)):.3f}-"
                                 f"{math.exp(max(each)):.3f}"), thr, "reported (no rule)")
 
@@ -489,9 +483,26 @@ def _against_untuned(part: str, t: Tables, m: str, base: int, small8, control8, 
                                 control_over_untuned=control8 / u8), thr, "reported (no rule)")
 
 
-def _b4_threshold() -> str:
-    return (f"agrees: at some L <= 8K with control >= {fmt(THRESHOLDS['b4_control'])}, small <= control - "
-            f"{fmt(THRESHOLDS['b4_drop'])}; disagrees: at every such L, within {fmt(THRESHOLDS['b4_within'])}")
+def _b2(t: Tables, m: str, base: int, tune_len: int) -> tuple[str, str, str]:
+    """(inputs, threshold, verdict) of B2's rule: the control (1e5, method m) above the small base at 32K and 128K."""
+    s = {L: t.ppl(m, base, tune_len, L) for L in (L32, L128)}
+    c = {L: t.ppl(m, ORIGINAL, tune_len, L) for L in (L32, L128)}
+    miss = t.take_missing()
+    if miss:
+        verdict = missing_word(miss)
+    elif all(c[L] > s[L] for L in s):
+        verdict = "agrees"
+    elif any(s[L] > c[L] for L in s):
+        verdict = "disagrees"
+    else:
+        verdict = "unsettled"
+    return (show(ppl_32K=s[L32], ppl_128K=s[L128], control_ppl_32K=c[L32], control_ppl_128K=c[L128]),
+            "control above the small base at 32K and 128K", verdict)
+
+
+def _b4_threshold(max_len: int = THRESHOLDS["b4_max_len"]) -> str:
+    return (f"agrees: at some L <= {max_len // 1024}K with control >= {fmt(THRESHOLDS['b4_control'])}, small <= "
+            f"control - {fmt(THRESHOLDS['b4_drop'])}; disagrees: at every such L, within {fmt(THRESHOLDS['b4_within'])}")
 
 
 def _b4(t: Tables, method: str, base: int, tune_len: int, control: Tables, lengths,
@@ -684,16 +695,8 @@ def part_d2(t: Tables, _other: Tables) -> list[Row]:
     note = "" if adapted is None or adapted else f"500 not adapted ({small8 / control8:.2f} x the control at 8K)"
     rows, _ = _logn_claims("d2", t, m, m_logn, None, note)
     out += rows
-    # B2 at 16K: the control above 500 at 32K and 128K
-    s8 = {L: t.ppl(m, 500, T16, L) for L in (L32, L128)}
-    c8 = {L: t.ppl(m, ORIGINAL, T16, L) for L in (L32, L128)}
-    miss = t.take_missing()
-    verdict = (missing_word(miss) if miss else "agrees" if all(c8[L] > s8[L] for L in s8)
-               else "disagrees" if any(s8[L] > c8[L] for L in s8) else "unsettled")
-    out.append(Row("d2", "B2 at 16K (500)", show(ppl_32K=s8[L32], ppl_128K=s8[L128], control_ppl_32K=c8[L32],
-                                                 control_ppl_128K=c8[L128]),
-                   "control above the small base at 32K and 128K", verdict, note))
-    thr = _b4_threshold().replace("L <= 8K", "L <= 16K")
+    out.append(Row("d2", "B2 at 16K (500)", *_b2(t, m, 500, T16), note))
+    thr = _b4_threshold(T16)
     for method in (m, m_logn):
         inputs, verdict = _b4(t, method, 500, T16, t, [2048, 4096, 8192, T16, L32], control_method=m,
                               control_tune_len=T16, max_len=T16)
