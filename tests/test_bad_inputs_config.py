@@ -117,6 +117,8 @@ CASES = [
     ("variant-stray-option", _with(("methods", {"v": {"kind": "ntk", "base": 3}})), ["methods.v.base", "factor"]),
     ("variant-named-builtin", _with(("methods", {"base": {"kind": "ntk"}})), ["methods.base", "built-in"]),
     ("variant-without-kind", _with(("methods", {"v": {"factor": 2}})), ["methods.v", "kind"]),
+    ("variant-tuned-not-base", _with(("methods", {"v": {"kind": "base_logn", "tuned": "linear"}})),
+     ["methods.v.tuned", "a variant of kind base"]),
     ("seeds-repeated", _with(("grid.0.seeds", [1, 1])), ["grid[0].seeds"]),
     ("seed-beyond-numpy", _with(("finetune.seed", 2**32)), ["finetune.seed", "4294967295"]),
     ("seeds-beyond-numpy", _with(("grid.0.seeds", [2**32])), ["grid[0].seeds[0]", "4294967295"]),
