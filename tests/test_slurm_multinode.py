@@ -20,7 +20,9 @@ Failure across nodes, in one re-submitted run: `scancel --signal=USR1` of the jo
 nodes at the same step with one checkpoint; then one node's worker is killed (SIGKILL) while the
 other node's is frozen (SIGSTOP, a rank that would never notice): the killed node's torchrun
 fails, `--kill-on-bad-exit` ends the whole step, the job fails, Snakemake re-submits it, and the
-cell resumes from its last checkpoint to the same bitwise result.
+cell resumes from its last checkpoint to the same bitwise result. The attempt's record says
+how it ended: no end written, or `failed` with the error of a frozen rank that ran again before
+SLURM ended it.
 
 Without the two-node cluster every test here skips with the reason (fails in CI: conftest.py).
 """
@@ -240,15 +242,23 @@ def _running(job_id: str) -> bool:
 
 
 def _worker_on(job_id: str, node: str) -> int:
-    """The PID of the training worker (a torchrun child) that runs on `node` for this job."""
+    """The PID of the training worker (a torchrun child) that runs on `node` for this job.
+
+    Any process the worker starts inherits its environment, so of the processes that carry the job's
+    LOCAL_RANK the worker is the one whose parent carries none (torchrun). Not the first one found: PIDs
+    wrap, so a child's can be the lower."""
+    found = {}
     for proc in Path("/proc").iterdir():
         try:
             env = dict(e.split("=", 1) for e in (proc / "environ").read_bytes().decode().split("\0") if "=" in e)
-        except (OSError, ValueError):
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node and "LOCAL_RANK" in env:
-            return int(proc.name)
-    raise AssertionError(f"no training worker of job {job_id} on {node}")
+            found[int(proc.name)] = parent
+    workers = [pid for pid, parent in found.items() if parent not in found]
+    assert len(workers) == 1, f"job {job_id} on {node}: processes with LOCAL_RANK {found} (PID: parent PID)"
+    return workers[0]
 
 
 def _result(directory: Path) -> tuple[dict, dict]:
@@ -323,10 +333,17 @@ def test_a_node_killed_ends_the_step_and_the_cell_resumes_to_the_same_result(run
         warnings.warn(f"attempt {job} ({attempts[job]}) failed though neither USR1 nor the kill hit it:\n{tail}")
     resumed, one_node = _result(runs.interrupted / CELL / "model"), _result(runs.base / "one_node/model")
     assert re.fullmatch(r".*/checkpoint-\d+", resumed[0]["resumed_from"] or ""), resumed[0]["resumed_from"]
-    # The manifest lists every attempt (Snakemake deleted their logs): stopped by USR1, the killed one with
-    # no end written (rank 0's worker was frozen, then ended by SLURM), ..., the completed one.
-    listed = {a["slurm_job_id"]: a["outcome"] for a in resumed[0]["attempts"]}
+    # The manifest lists every attempt (Snakemake deleted their logs): stopped by USR1, the killed one, ...,
+    # the completed one. The killed one has no end written (rank 0's worker was frozen, then ended by SLURM)
+    # or, once in CI, `failed` with an error: rank 0 ran again before it was ended (SLURM's SIGCONT before
+    # SIGTERM can wake it) and met its lost peer. Either is a true record; a warning shows the second's error.
+    records = {a["slurm_job_id"]: a for a in resumed[0]["attempts"]}
+    listed = {job: record["outcome"] for job, record in records.items()}
     assert list(listed) == list(attempts), (listed, attempts)
-    assert listed[runs.first_job] == "stopped by SIGUSR1" and listed[runs.second_job] == KILLED, listed
+    assert listed[runs.first_job] == "stopped by SIGUSR1", records[runs.first_job]
+    killed = records[runs.second_job]
+    assert killed["outcome"] == KILLED or (killed["outcome"] == "failed" and killed.get("error")), killed
+    if killed["outcome"] == "failed":
+        warnings.warn(f"the killed attempt {runs.second_job} recorded its own end: {killed}")
     assert list(listed.values())[-1] == "completed", listed
     _assert_bitwise(resumed, one_node)
