@@ -19,10 +19,12 @@
 #                                              # file checked, wheels installed, the tree copied to /root/repo,
 #                                              # snakemake started in the background (setsid)
 #   bash scripts/gpu_study.sh poll [S]         # wait up to S seconds (default 540) or until snakemake exits
-#   bash scripts/gpu_study.sh pack             # results (no models), logs, benchmarks, versions into $OUT
+#   bash scripts/gpu_study.sh pack             # results (no weights: each model's manifest as its cell's
+#                                              # model_manifest.json), logs, benchmarks, versions into $OUT
 # Then here:
 #   bash scripts/gpu_study.sh publish STUDY_TGZ DEST   # e.g. DEST docs/results/smollm2_small/part_a: the layout
-#                                              # of docs/results/smollm2_law that verdicts.py reads (cells/,
+#                                              # of docs/results/smollm2_law that verdicts.py reads (cells/ with
+#                                              # each model_manifest.json checked against its eval.json,
 #                                              # data/ with the packs' manifests, law/, figures/, logs/, benchmarks/)
 # GPU jobs: `--resources gpu=N` lets N GPU jobs share the one GPU (a 135M model uses a fraction of it).
 # PYTHON: the interpreter (default python3 there, .venv/bin/python for payload: it finds the GGUF in the
@@ -64,6 +66,29 @@ unpack() {
 
 # The commit of the tree in folder $1, from the payload's record: its commit if no tracked file changed since, else +dirty.
 tree_commit() { carry commit --record "$HOME_DIR/payload/source/tree.json" --root "$1"; }
+
+# Each model_manifest.json under cells folder $1 (`pack`) must be the file its cell's eval.json names by sha256:
+# the manifest of the model that cell was evaluated with.
+check_model_manifests() {
+    "$PY" - "$1" <<'EOF'
+import hashlib, json, sys
+from pathlib import Path
+
+checked, unevaluated, wrong = 0, [], []
+for manifest in sorted(Path(sys.argv[1]).glob("*/*/model_manifest.json")):
+    evaluation = manifest.parent / "eval.json"
+    if not evaluation.is_file():
+        unevaluated.append(manifest.parent.name)
+        continue
+    checked += 1
+    named = json.loads(evaluation.read_text()).get("model_manifest_sha256")
+    if hashlib.sha256(manifest.read_bytes()).hexdigest() != named:
+        wrong.append(f"publish: {manifest} is not the model manifest {evaluation} names ({named})")
+print("\n".join(wrong) or f"publish: {checked} model manifests, each the one its cell's eval.json names"
+      + (f"; not evaluated: {', '.join(unevaluated)}" if unevaluated else ""))
+sys.exit(1 if wrong else 0)
+EOF
+}
 
 smk() {
     local configs
@@ -172,6 +197,11 @@ poll)
     ;;
 pack)
     cd "$REPO" && nvidia-smi >"$HOME_DIR/nvidia-smi.txt" && cp "$HOME_DIR/study.log" "$HOME_DIR/versions.txt" "$HOME_DIR/nvidia-smi.txt" logs/ 2>/dev/null
+    # The weights stay here; each fine-tuned model's manifest (spec, steps, losses, attempts, inv_freq, data
+    # checksums) travels beside its cell as model_manifest.json, the file its eval.json names by sha256.
+    find results -path '*/model/ropelaw_manifest.json' | while read -r manifest; do
+        cp "$manifest" "$(dirname "$(dirname "$manifest")")/model_manifest.json"
+    done
     tar czf "$OUT/study.tgz" --exclude='*/model' --exclude='*/hf' --exclude='*/checkpoints' --exclude='*.bin' \
         --exclude='*.safetensors' results logs benchmarks
     ls -la "$OUT"
@@ -187,6 +217,7 @@ publish)
     mv "$tmp/results/$models" "$dest/cells" && mv "$tmp/logs" "$tmp/benchmarks" "$dest/" || exit 1
     for d in law law_prefix figures; do [ -d "$tmp/results/$d" ] && mv "$tmp/results/$d" "$dest/"; done
     rm -rf "$tmp" && find "$dest" -maxdepth 1 | sort
+    check_model_manifests "$dest/cells" || exit 1
     ;;
 *)
     echo "unknown step $step: payload [MIB]|take I|start I CONFIG...|poll [S]|pack|publish TGZ DEST"; exit 2

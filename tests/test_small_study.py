@@ -289,8 +289,12 @@ def test_a_rehearsal_keeps_the_parts_cells_and_cuts_their_sizes(part, tmp_path):
             assert (cut["training"]["steps"], cut["training"]["global_batch_size"]) == (2, 2)
 
 
-def _study_tgz(tmp_path: Path, models: tuple[str, ...]) -> Path:
-    """A study.tgz as `gpu_study.sh pack` writes it (results without models, logs, benchmarks)."""
+MODEL_MANIFEST = '{"kind": "finetune", "spec": {"steps": 2}}\n'
+
+
+def _study_tgz(tmp_path: Path, models: tuple[str, ...], named: str = MODEL_MANIFEST) -> Path:
+    """A study.tgz as `gpu_study.sh pack` writes it (results without models, logs, benchmarks), its cell's
+    eval.json naming the sha256 of `named` as the model manifest."""
     root = tmp_path / "device"
     files = ["results/law/cells.csv", "results/figures/ppl.png", "logs/finetune/smollm2/base/base500_len8192.log",
              "benchmarks/finetune/x.tsv"]
@@ -299,6 +303,9 @@ def _study_tgz(tmp_path: Path, models: tuple[str, ...]) -> Path:
     for name in files:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(name)
+    cell = root / f"results/{models[0]}/base/base500_len8192"
+    (cell / "model_manifest.json").write_text(MODEL_MANIFEST)
+    (cell / "eval.json").write_text(json.dumps({"model_manifest_sha256": hashlib.sha256(named.encode()).hexdigest()}))
     subprocess.run(["tar", "czf", str(tmp_path / "study.tgz"), "results", "logs", "benchmarks"], cwd=root, check=True)
     return tmp_path / "study.tgz"
 
@@ -314,9 +321,37 @@ def test_publish_lays_a_part_out_as_verdicts_reads_it(tmp_path):
     assert (dest / "law/cells.csv").exists() and (dest / "figures/ppl.png").exists()
     assert (dest / "logs/finetune/smollm2/base/base500_len8192.log").exists() and (dest / "benchmarks/finetune/x.tsv").exists()
     assert not (dest / "cells/stale").exists()
+    assert (dest / "cells/base/base500_len8192/model_manifest.json").read_text() == MODEL_MANIFEST
+    assert "publish: 1 model manifests, each the one its cell's eval.json names" in done.stdout
+    # A model manifest that is not the one the cell was evaluated with is refused, naming both files.
+    wrong = subprocess.run(["bash", str(SCRIPT), "publish", str(_study_tgz(tmp_path / "wrong", ("smollm2",), "{}")),
+                            str(tmp_path / "wrong_part")], capture_output=True, text=True)
+    assert wrong.returncode == 1 and "is not the model manifest" in wrong.stdout and "eval.json" in wrong.stdout
     two = subprocess.run(["bash", str(SCRIPT), "publish", str(_study_tgz(tmp_path / "two", ("smollm2", "tiny"))),
                           str(tmp_path / "other")], capture_output=True, text=True)
     assert two.returncode == 1 and "expected one model folder" in two.stdout
+
+
+def test_pack_carries_each_model_manifest_beside_its_cell_and_no_weights(tmp_path):
+    home, out = tmp_path / "home", tmp_path / "out"
+    model = home / "repo/results/smollm2/base/base500_len8192/model"
+    model.mkdir(parents=True)
+    (model / "ropelaw_manifest.json").write_text(MODEL_MANIFEST)
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model.parent / "eval.csv").write_text("eval")
+    for folder in ("logs", "benchmarks"):
+        (home / "repo" / folder).mkdir()
+    (home / "study.log").write_text("log")
+    (home / "versions.txt").write_text("versions")
+    out.mkdir()
+    env = {**os.environ, "GPU_STUDY_ROOT": str(home), "PYTHON": sys.executable, "OUT": str(out)}
+    done = subprocess.run(["bash", str(SCRIPT), "pack"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert (out / "study.tgz").is_file(), done.stdout + done.stderr
+    listed = subprocess.run(["tar", "tzf", str(out / "study.tgz")], capture_output=True, text=True, check=True).stdout
+    names = set(listed.split())
+    assert "results/smollm2/base/base500_len8192/model_manifest.json" in names
+    assert "results/smollm2/base/base500_len8192/eval.csv" in names
+    assert not any("/model/" in name or name.endswith("/model") for name in names), names
 
 
 def _git_checkout(path: Path) -> str:
