@@ -569,3 +569,62 @@ def test_in_distribution_reads_the_first_epoch_only(tmp_path):
     _training_log(logs / "base100000_len8192.log", list(zip([1.2] * 4, [0.2, 0.4, 1.2, 1.4])))
     row = row_of(V.verdicts("b1x", root), "in-distribution (1304, first-pass training loss)")
     assert row.verdict.startswith("not tested (missing:") and "fewer than 5 logged losses" in row.verdict
+
+
+# --- the claims (issue 15, item 3) ----------------------------------------------------------------
+def test_every_claim_reads_rows_its_part_writes(tmp_path):
+    """A rule name in CLAIMS that no part writes would read "missing from verdicts.csv" forever: each must be a row of
+    its part (and each part's precondition row), as the part's rules name them on an empty folder."""
+    for part in {part for by_part in V.CLAIMS.values() for part in by_part}:
+        names = {r.claim for r in V.verdicts(part, tmp_path / f"part_{part}")}
+        wanted = {rule for by_part in V.CLAIMS.values() for rule in by_part.get(part, [])}
+        assert wanted <= names, (part, wanted - names)
+        assert part not in V.PRECONDITION or V.PRECONDITION[part] in names, part
+
+
+def _published_verdicts(study: Path, part: str, rows: list[tuple[str, str, str]]) -> None:
+    write_csv(study / f"part_{part}/verdicts.csv", V.COLUMNS,
+              [{"part": part, "claim": c, "inputs": i, "threshold": "t", "verdict": v} for c, i, v in rows])
+
+
+def test_claims_read_the_published_verdicts_and_name_what_has_not_run(tmp_path):
+    _published_verdicts(tmp_path, "b1x", [("adapted (1304)", "ppl_8K = 16", "adapted"),
+                                          ("B1 (1304)", "ratio = 1.5", "agrees"), ("B3 (1304)", "ratio = 9", "disagrees"),
+                                          ("B4 (1304)", "2K = 1/10", "unsettled at 10 prompts")])
+    _published_verdicts(tmp_path, "b2x", [("B1 (500)", "ratio = 1.6", "agrees")])
+    rows = V.claims(tmp_path)
+    got = {(r["part"], r["rule"]): r for r in rows}
+    assert got["b1x", "B1 (1304)"]["verdict"] == "agrees" and got["b1x", "B1 (1304)"]["inputs"] == "ratio = 1.5"
+    assert got["b1x", "B1 (1304)"]["precondition"] == "adapted (ppl_8K = 16)"
+    assert got["b2x", "B1 (500)"]["precondition"] == ""  # b2x published no precondition row
+    assert got["b2x", "B3 (500)"]["verdict"] == f"missing from {tmp_path.name}/part_b2x/verdicts.csv"
+    assert {r["verdict"] for r in rows if r["part"] in ("c", "d2")} == {"not run"}
+    counts = V.claims_markdown(rows).split("\n\n")[1].splitlines()
+    assert counts[0] == "- small bases rise slowly, with no bound (Thm 1): agrees 2, disagrees 1, missing 1"
+    assert "- small bases lose retrieval (Men et al. 2024): unsettled 1, missing 1, not run 2" in counts
+    assert "- critical base beta0 at 16K (C3: 10000 no longer the worst base): not run 3" in counts
+
+
+def test_tokens_trained_are_read_from_the_model_manifests(tmp_path, capsys):
+    manifest = {"spec": {"steps": 600, "global_batch_size": 4}, "tune_len": 16384, "rows_per_epoch": 3600,
+                "epochs": 1, "final_loss": 1.25, "attempts": [{"outcome": "completed"}]}
+    cell = tmp_path / "part_d2/cells/steps600/base500_len16384"
+    cell.mkdir(parents=True)
+    (cell / "model_manifest.json").write_text(json.dumps(manifest))
+    manifest["spec"]["steps"] = 1000  # 4,000 rows: more than an epoch of 3,600
+    (tmp_path / "part_c/cells/base/base200000_len16384").mkdir(parents=True)
+    (tmp_path / "part_c/cells/base/base200000_len16384/model_manifest.json").write_text(json.dumps(manifest))
+    tokens = {t["part"]: t for t in V.tokens_trained(tmp_path)}
+    assert tokens["d2"]["cell"] == "steps600/base500_len16384"
+    assert (tokens["d2"]["tokens"], tokens["d2"]["distinct_tokens"]) == (2400 * 16384, 2400 * 16384)
+    assert (tokens["c"]["tokens"], tokens["c"]["distinct_tokens"]) == (4000 * 16384, 3600 * 16384)
+    assert V.main(["claims", str(tmp_path)]) == 0
+    assert "- d2 steps600/base500_len16384: 600 steps x 4 x 16384 = 39,321,600 tokens" in capsys.readouterr().out
+
+
+def test_the_committed_claims_table_is_the_published_verdicts():
+    """docs/results/smollm2_small/claims.csv is `verdicts.py claims --csv` of the committed parts: a part published
+    (or a verdicts.csv written again) without it fails here until it is regenerated (PLAN.md section 9)."""
+    with (ROOT / "docs/results/smollm2_small/claims.csv").open(newline="") as f:
+        committed = list(csv.DictReader(f))
+    assert committed == V.claims(ROOT / "docs/results/smollm2_small")

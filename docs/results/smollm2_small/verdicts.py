@@ -1,6 +1,7 @@
 """The decision rules of PLAN.md section 3 as a command: a part's verdicts from its published tables.
 
     python docs/results/smollm2_small/verdicts.py PART RESULTS_DIR [--other DIR] [--csv FILE]
+    python docs/results/smollm2_small/verdicts.py claims [STUDY_DIR] [--csv FILE]
 
 PART is a, b1, b2, b1x, b2x, c, d or d2 (b1x and b2x: PLAN.md's amendment 1, the b rules on the
 `steps1000` cells; d2: amendment 2, part d with a control tuned the same way, on the `steps600` cells).
@@ -14,6 +15,9 @@ b1x), `part_b1x` (for b2x). Every claim gives one
 row: the numbers its rule reads, the threshold, the verdict word of PLAN.md. An input that is not
 there (a cell not run, a length not evaluated) gives "not tested (missing: FILE ...)".
 Output: a markdown table on stdout; `--csv FILE` writes the same rows.
+`claims`: each claim of issue 15 (CLAIMS below), the verdict of every rule that judges it, read from the
+published parts' verdicts.csv ("not run" for a part not published), a count of verdicts per claim, and the
+tokens each fine-tuned cell trained on, from the model manifests that `gpu_study.sh pack` publishes.
 
 Written before any part ran. The thresholds are in THRESHOLDS below, each with its PLAN.md line.
 Where PLAN.md leaves a choice, the literal reading is taken:
@@ -718,6 +722,86 @@ def verdicts(part: str, results: Path, other: Path | None = None) -> list[Row]:
     return PARTS[part](Tables(results), Tables(other))
 
 
+# ---------------------------------------------------------------- the claims (issue 15, item 3)
+# Each claim of issue 15 and the rows of the parts that judge it (section 3's rules, by the `claim` of their
+# verdicts.csv), in the parts the write-up reads: b1x and b2x at 8K (amendment 1), c and d2 at 16K (amendment 2).
+CLAIMS = {
+    "small bases rise slowly, with no bound (Thm 1)": {
+        "b1x": ["B1 (1304)", "B3 (1304)"], "b2x": ["B1 (500)", "B3 (500)"]},
+    "the smaller base, the flatter": {"b2x": ["B1, order"]},
+    "the original base is worse than the small bases (the 10000 analog)": {
+        "b1x": ["B2 (1304)"], "b2x": ["B2 (500)"], "d2": ["B2 at 16K (500)"]},
+    "critical base beta0 at 16K (C3: 10000 no longer the worst base)": {
+        "c": ["C1: beta > beta0 follow T_extra", "C2: beta <= beta0 bounded near T_tune",
+              "C3: larger bases first get worse"]},
+    "the 1M recipe (500 at 16K, log-scaled attention)": {
+        "d2": ["steps600 = steps600_logn up to 16K", "D1: log-scaled attention flattens the curve",
+               "D2: the recipe reaches 1M"]},
+    "small bases lose retrieval (Men et al. 2024)": {
+        "b1x": ["B4 (1304)"], "b2x": ["B4 (500)"],
+        "d2": ["D3: retrieval (steps600)", "D3: retrieval (steps600_logn)"]},
+}
+PRECONDITION = {"b1x": "adapted (1304)", "b2x": "adapted (500)", "d2": "adapted (500 at 16K)"}
+CLAIM_COLUMNS = ["claim", "part", "rule", "verdict", "inputs", "precondition", "note"]
+
+
+def _published(study: Path, part: str) -> dict[str, dict] | None:
+    """The committed verdicts.csv of a part, by its `claim` column; None if the part has not been published."""
+    path = study / f"part_{part}" / "verdicts.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        return {row["claim"]: row for row in csv.DictReader(f)}
+
+
+def claims(study: Path) -> list[dict]:
+    """One row per claim and rule, read from the parts' committed verdicts.csv (written by this script, and
+    tested to equal what it computes from the published tables); a part not yet published is "not run"."""
+    out = []
+    for claim, by_part in CLAIMS.items():
+        for part, rules in by_part.items():
+            rows = _published(study, part)
+            for rule in rules:
+                row = (rows or {}).get(rule)
+                pre = (rows or {}).get(PRECONDITION.get(part, ""))
+                verdict = ("not run" if rows is None else row["verdict"] if row else
+                           f"missing from {study.name}/part_{part}/verdicts.csv")
+                out.append({"claim": claim, "part": part, "rule": rule, "verdict": verdict,
+                            "inputs": row["inputs"] if row else "",
+                            "precondition": f"{pre['verdict']} ({pre['inputs']})" if pre else "",
+                            "note": row["note"] if row else ""})
+    return out
+
+
+def claims_markdown(rows: list[dict]) -> str:
+    """The rows as a table, then per claim the count of each verdict word (its first word: agrees, disagrees,
+    unsettled, not tested, not run)."""
+    lines = ["| " + " | ".join(CLAIM_COLUMNS) + " |", "|" + "---|" * len(CLAIM_COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]).replace("|", "/") for c in CLAIM_COLUMNS) + " |" for r in rows]
+    lines.append("")
+    for claim in CLAIMS:
+        words = [re.match(r"not \w+|\w+", r["verdict"]).group(0) for r in rows if r["claim"] == claim]
+        lines.append(f"- {claim}: " + ", ".join(f"{w} {words.count(w)}" for w in dict.fromkeys(words)))
+    return "\n".join(lines)
+
+
+def tokens_trained(study: Path) -> list[dict]:
+    """Per fine-tuned cell of every published part, from its model_manifest.json (`gpu_study.sh pack`, parts
+    published after 13f3125): optimizer steps x global batch x T_tune, the rows read once (the distinct ones),
+    epochs, the last logged loss and the attempts. Earlier parts published no model manifest: PLAN.md section 4
+    gives their tokens from the configs."""
+    out = []
+    for manifest in sorted(study.glob("part_*/cells/*/*/model_manifest.json")):
+        m = json.loads(manifest.read_text())
+        spec = m["spec"]
+        rows = spec["steps"] * spec["global_batch_size"]
+        out.append({"part": manifest.parts[-5].removeprefix("part_"), "cell": f"{manifest.parts[-3]}/{manifest.parts[-2]}",
+                    "steps": spec["steps"], "global_batch": spec["global_batch_size"], "tune_len": m["tune_len"],
+                    "tokens": rows * m["tune_len"], "distinct_tokens": min(rows, m["rows_per_epoch"]) * m["tune_len"],
+                    "epochs": m["epochs"], "final_loss": m["final_loss"], "attempts": len(m.get("attempts") or [])})
+    return out
+
+
 def markdown(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
@@ -725,7 +809,35 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def main_claims(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="verdicts.py claims",
+                                     description="Each claim of issue 15, the verdict of every rule that judges it "
+                                                 "in the published parts, and the tokens each cell trained on.")
+    parser.add_argument("study", type=Path, nargs="?", default=Path(__file__).parent,
+                        help="the study's folder of published parts (default: this script's)")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the claims' rows to this CSV file")
+    args = parser.parse_args(argv)
+    rows = claims(args.study)
+    print(claims_markdown(rows))
+    tokens = tokens_trained(args.study)
+    print("\nTokens trained per cell (model_manifest.json):" if tokens else
+          "\nTokens trained per cell: no published part has model manifests (PLAN.md section 4).")
+    for t in tokens:
+        print(f"- {t['part']} {t['cell']}: {t['steps']} steps x {t['global_batch']} x {t['tune_len']} = "
+              f"{t['tokens']:,} tokens ({t['distinct_tokens']:,} distinct, {t['epochs']} epochs), final loss "
+              f"{t['final_loss']:.4g}, {t['attempts']} attempt(s)")
+    if args.csv:
+        with args.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CLAIM_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["claims"]:
+        return main_claims(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", choices=list(PARTS))
     parser.add_argument("results", type=Path,
