@@ -4,7 +4,7 @@
 # (the tree that travels included), so what it lacks travels in pieces (ropelaw.carry): the wheels
 # of what is not installed there, the SmolLM2 GGUF, the tuning corpus and the embedded shards.
 #
-# Here, once (the .wheels/ and .carry/ folders are in .git/info/exclude; `wheels` needs PyPI):
+# Here, once (the .wheels/ and .carry/ folders are in .gitignore; `wheels` needs PyPI):
 #   bash scripts/gpu_study.sh wheels          # .wheels/: the device's cp312 wheels, as below
 #   bash scripts/gpu_study.sh payload [MIB]   # .carry/index.json and .carry/piece-00 ... from
 #       .wheels/ (cp312 manylinux wheels of snakemake 9.27.1 and the part of its closure the device

@@ -163,6 +163,10 @@ CASES = [
     ("hf-config-no-heads", _hf_dir_config('{"hidden_size": 64, "num_attention_heads": 0, "max_position_embeddings": 64, '
                                           '"rope_theta": 10000}'), ["hf/config.json", "'num_attention_heads' is 0"]),
     ("batch-not-divisible", _with(("finetune.micro_batch_size", 3)), ["global_batch_size", "micro_batch_size"]),
+    # YAML 1.1 (PyYAML, Snakemake's reader) takes these for text: the error gives the spelling that reads as a number
+    ("lr-exponent-as-text", _with(("finetune.lr", "1e-4")), ["finetune.lr", "YAML reads 1e-4 as text: write 1.0e-4"]),
+    ("lr-unsigned-exponent", _with(("finetune.lr", "2.5E4")), ["finetune.lr", "write 2.5e+4"]),
+    ("steps-exponent-as-text", _with(("finetune.steps", "6e1")), ["finetune.steps", "write 60"]),
 ]
 
 

@@ -19,6 +19,7 @@ import copy
 import difflib
 import json
 import math
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,26 @@ def _schema_error(err: jsonschema.ValidationError) -> UserError:
         return UserError(f"unknown config key {', '.join(hints)}{where}; allowed keys: {', '.join(allowed)}")
     if err.validator == "required":
         return UserError(f"config key '{key}' is missing a required entry: {err.message}")
-    return UserError(f"config key '{key}': {err.message}")
+    return UserError(f"config key '{key}': {err.message}{_yaml_number_hint(err)}")
+
+
+def _yaml_number_hint(err: jsonschema.ValidationError) -> str:
+    """A number that YAML 1.1 (PyYAML, as Snakemake reads configs) took for text: `1e-4` and `1.0e4` are strings
+    there, a float needs a decimal point and a signed exponent (`1.0e-4`, `1.0e+4`). The spelling that reads as
+    intended, or nothing when the value is not such a number or the key does not take one."""
+    expected = err.validator_value if err.validator == "type" else None
+    expected = {expected} if isinstance(expected, str) else set(expected or ())
+    found = re.fullmatch(r"([-+]?)(\d+)(?:\.(\d*))?[eE]([-+]?)(\d+)", err.instance) \
+        if isinstance(err.instance, str) else None
+    if not found or not expected & {"number", "integer"}:
+        return ""
+    sign, whole, fraction, exp_sign, exponent = found.groups()
+    value = float(err.instance)
+    if "number" not in expected and not value.is_integer():
+        return ""
+    fix = (str(int(value)) if "number" not in expected else
+           f"{sign}{whole}.{fraction or '0'}e{exp_sign or '+'}{exponent}")
+    return f" (YAML reads {err.instance} as text: write {fix})"
 
 
 def resolve_ref(schema: dict, node: dict) -> dict:
