@@ -37,6 +37,13 @@ rule law:
             labels={"table": "fit: slope, intercept and C"},
         ),
         bootstrap="results/law/bootstrap.csv",
+        seeds=report(
+            "results/law/seeds.csv",
+            caption="../report/seeds.rst",
+            category="Law",
+            subcategory="Tables",
+            labels={"table": "seeds: their spread per cell and length"},
+        ),
         passkey=report(
             "results/law/passkey.csv",
             caption="../report/passkey.rst",
@@ -58,7 +65,7 @@ rule law:
         "--estimator {params.estimator} --factor {params.factor} "
         "--bootstrap {params.bootstrap} --bootstrap-seed {params.seed} "
         "--out-cells {output.cells} --out-fit {output.fit} "
-        "--out-bootstrap {output.bootstrap} --out-passkey {output.passkey} > {log} 2>&1"
+        "--out-bootstrap {output.bootstrap} --out-seeds {output.seeds} --out-passkey {output.passkey} > {log} 2>&1"
 
 
 rule ppl_vs_length:

@@ -28,7 +28,7 @@ def study_paths(tmp_path_factory) -> tuple[list[str], pd.DataFrame]:
 @pytest.fixture(scope="module")
 def tables(study_paths) -> Tables:
     paths, passkey = study_paths
-    cells, fit, boot = measure(paths, "segment", 1.25, 100, 0)
+    cells, fit, boot, _ = measure(paths, "segment", 1.25, 100, 0)
     return Tables(prefix_rows(load_evals(paths)), join_passkey(cells, passkey), fit, boot, passkey_table(passkey))
 
 

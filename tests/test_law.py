@@ -25,7 +25,7 @@ def kinked(knee: float, slope: float, level: float = 20.0):
 
 def _one(tmp_path, curve, estimator="segment", factor=1.5, **kwargs):
     path = write_cell(tmp_path, *eval_tables(curve, lengths=LENGTHS, **kwargs))
-    cells, _, _ = measure([path], estimator, factor, 50, 0)
+    cells, *_ = measure([path], estimator, factor, 50, 0)
     return cells.iloc[0]
 
 
@@ -117,7 +117,7 @@ def law_study(tmp_path, ratio=1.3, bases=(20000, 80000, 400000, 1000000, 5000000
 
 
 def test_cells_and_fit_on_law_following_data(tmp_path):
-    cells, fit, boot = measure(law_study(tmp_path), "segment", 1.5, 200, 0)
+    cells, fit, boot, _ = measure(law_study(tmp_path), "segment", 1.5, 200, 0)
     row = cells.set_index("base").loc[1000000]
     assert row.regime == "larger" and round(row.predicted_bound) == 129027
     assert row.ratio_measured_to_predicted == pytest.approx(1.3, rel=0.03)
@@ -142,6 +142,25 @@ def test_seeds_are_one_row_with_their_spread(tmp_path):
     assert min(alone) < row.measured_bound < max(alone)
 
 
+def test_seed_table_gives_the_seeds_spread_at_every_length(tmp_path):
+    """law/seeds.csv: per cell with seeds and per evaluated length, the prefix perplexities' range over the seeds,
+    against an independent reading of the eval.csv prefix rows; a cell with one seed has no rows."""
+    paths = [write_cell(tmp_path / f"s{seed}", *eval_tables(kinked(knee, 1.0), lengths=LENGTHS, seed=seed))
+             for seed, knee in ((0, 150), (1, 200), (2, 260))]
+    single = write_cell(tmp_path / "single", *eval_tables(kinked(150, 1.0), lengths=LENGTHS, base=20000))
+    cells, _, _, seeds = measure([*paths, single], "segment", 1.5, 10, 0)
+    assert set(seeds.base) == {cells[cells.n_seeds == 3].base.iloc[0]} and list(seeds.length) == sorted(LENGTHS)
+    prefix = [pd.read_csv(p).query("scope == 'prefix'").set_index("end") for p in paths]
+    bound = cells[cells.n_seeds == 3].measured_bound.iloc[0]
+    for row in seeds.itertuples():
+        ppl = [math.exp(t.nll_sum[row.length] / t.tokens[row.length]) for t in prefix]
+        assert (row.ppl_min, row.ppl_max) == (pytest.approx(min(ppl)), pytest.approx(max(ppl)))
+        assert row.spread == pytest.approx(max(ppl) / min(ppl) - 1) and row.n_seeds == 3 and row.seeds == "0 1 2"
+        assert row.sd_log_ppl == pytest.approx(np.std(np.log(ppl), ddof=1))
+        assert row.length_over_bound == pytest.approx(row.length / bound)
+    assert seeds.spread.iloc[-1] > seeds.spread.iloc[0]  # the knees differ: the seeds part past the first one
+
+
 def test_old_key_and_unknown_estimator_are_one_line_config_errors():
     from pathlib import Path
 
@@ -162,5 +181,5 @@ def test_a_variant_takes_the_regime_of_its_kind(tmp_path):
     """A variant of a training-free kind (eval.json's method.kind) gets no prediction and no fit."""
     path = write_cell(tmp_path, *eval_tables(kinked(200, 1.0), method="yarn8", base=10000, lengths=LENGTHS))
     (tmp_path / "results/m/yarn8/base10000_len64/eval.json").write_text('{"method": {"name": "yarn8", "kind": "yarn"}}')
-    cells, fit, _ = measure([path], "segment", 1.5, 10, 0)
+    cells, fit, *_ = measure([path], "segment", 1.5, 10, 0)
     assert cells.iloc[0].regime == "training-free" and cells.iloc[0].kind == "yarn" and fit.empty

@@ -291,7 +291,7 @@ def test_law_and_figures_take_every_method(tmp_path):
         curve = lambda x, p, r=rises: math.log(10.0) + (math.log(1.6) if r and x > 128 else 0.0)  # noqa: E731
         paths.append(write_cell(tmp_path, *eval_tables(curve, model="mini", method=method, base=base,
                                                        lengths=[32, 64, 128, 256], one_pass=method != "dynamic_ntk")))
-    cells, fit, boot = measure(paths, "segment", 1.5, 20, 0)
+    cells, fit, boot, _ = measure(paths, "segment", 1.5, 20, 0)
     table = cells.set_index("method")
     assert table.loc["yarn", "regime"] == "training-free" and np.isnan(table.loc["yarn", "predicted_bound"])
     assert table.loc["yarn", "censored"] == "right" and table.loc["untuned", "censored"] == "no"

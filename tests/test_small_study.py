@@ -258,7 +258,7 @@ def test_the_law_and_every_figure_take_a_parts_cells(part, tmp_path):
         passkey += [dict(model=cell.model, method=cell.method, base=cell.base, tune_len=cell.tune_len, seed=None,
                          length=length, depth=depth, trial=trial, correct=length <= cell.tune_len)
                     for length in (2048, 8192, 32768) for depth in (0.1, 0.9) for trial in (0, 1)]
-    measured, fit, boot = measure(paths, "segment", 1.5, 50, 0)
+    measured, fit, boot, _ = measure(paths, "segment", 1.5, 50, 0)
     assert len(measured) == len(cells)
     tables = Tables(prefix_rows(load_evals(paths)), join_passkey(measured, pd.DataFrame(passkey)), fit, boot,
                     passkey_table(pd.DataFrame(passkey)))

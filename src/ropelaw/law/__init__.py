@@ -59,22 +59,24 @@ import pandas as pd
 
 from ropelaw import UserError, provenance
 from ropelaw.law.estimators import ESTIMATORS
-from ropelaw.law.tables import EVAL_COLUMNS, EVAL_FIX, EVAL_NUMBERS, GROUP, cell_table, fit_table, load_cell, read_table
+from ropelaw.law.tables import (EVAL_COLUMNS, EVAL_FIX, EVAL_NUMBERS, GROUP, cell_table, fit_table, load_cell,
+                                read_table, seed_table)
 
 PASSKEY_COLUMNS = GROUP + ["length", "depth", "prompts", "correct", "accuracy"]
 PASSKEY_ROWS = GROUP + ["length", "depth", "correct"]  # of a cell's passkey.csv, as the law reads it
-__all__ = ["GROUP", "PASSKEY_COLUMNS", "cell_table", "fit_table", "load_cell", "load_evals", "measure"]
+__all__ = ["GROUP", "PASSKEY_COLUMNS", "cell_table", "fit_table", "load_cell", "load_evals", "measure", "seed_table"]
 
 
 def measure(eval_paths: list[str], estimator: str, factor: float, replicates: int, seed: int):
-    """(cells, fit, bootstrap replicates) tables of the cells whose eval.csv are given."""
+    """(cells, fit, bootstrap replicates, seed spread) tables of the cells whose eval.csv are given."""
     if estimator not in ESTIMATORS:
         raise UserError(f"law.estimator must be one of {', '.join(ESTIMATORS)} (got {estimator!r})")
-    cells, reps = cell_table([load_cell(p, estimator) for p in eval_paths], factor, replicates, seed)
+    measured = [load_cell(p, estimator) for p in eval_paths]
+    cells, reps = cell_table(measured, factor, replicates, seed)
     fits, boot = fit_table(cells, reps)
     settings = {"estimator": estimator, "factor": factor, "bootstrap": replicates, "bootstrap_seed": seed,
                 "interval_level": 0.9}
-    return cells.assign(**settings), fits.assign(**settings), boot
+    return cells.assign(**settings), fits.assign(**settings), boot, seed_table(measured, cells)
 
 
 def passkey_table(passkey: pd.DataFrame) -> pd.DataFrame:
@@ -114,6 +116,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out-cells", required=True, help="output CSV, one row per cell")
     parser.add_argument("--out-fit", required=True, help="output CSV of the log-log fits")
     parser.add_argument("--out-bootstrap", help="output CSV of every replicate's fit (the figures' band)")
+    parser.add_argument("--out-seeds", help="output CSV of the seeds' spread per cell and length (cells with seeds)")
     parser.add_argument("--passkey", nargs="*", default=[], help="per-cell passkey.csv files (none: no retrieval columns)")
     parser.add_argument("--out-passkey", help="output CSV of retrieval accuracy per cell, length and depth")
 
@@ -129,7 +132,7 @@ def check_arguments(args) -> None:
         raise UserError(f"--bootstrap {args.bootstrap}: use 1 or more replicates (law.bootstrap)")
     if args.bootstrap_seed < 0:
         raise UserError(f"--bootstrap-seed {args.bootstrap_seed}: use an integer >= 0 (law.bootstrap_seed)")
-    for flag in ("--out-cells", "--out-fit", "--out-bootstrap", "--out-passkey"):
+    for flag in ("--out-cells", "--out-fit", "--out-bootstrap", "--out-seeds", "--out-passkey"):
         path = getattr(args, flag[2:].replace("-", "_"))
         if path:
             provenance.check_out(path, flag, f"{flag[6:]}.csv")
@@ -139,9 +142,9 @@ def run(args) -> None:
     check_arguments(args)
     passkey = (load_evals(args.passkey, PASSKEY_ROWS, ["base", "tune_len", "length", "depth", "correct"],
                           "run the passkey rule of that cell (again)") if args.passkey else pd.DataFrame())
-    cells, fits, boot = measure(args.evals, args.estimator, args.factor, args.bootstrap, args.bootstrap_seed)
+    cells, fits, boot, seeds = measure(args.evals, args.estimator, args.factor, args.bootstrap, args.bootstrap_seed)
     cells = join_passkey(cells, passkey)
-    tables = [(cells, args.out_cells), (fits, args.out_fit), (boot, args.out_bootstrap)]
+    tables = [(cells, args.out_cells), (fits, args.out_fit), (boot, args.out_bootstrap), (seeds, args.out_seeds)]
     if args.out_passkey:
         tables.append((passkey_table(passkey), args.out_passkey))
     for table, path in tables:

@@ -41,6 +41,7 @@ class Measured:
     docs_key: tuple  # the evaluation set: (model, longest length, number of documents)
     max_nll: float  # pooled NLL and tokens of the longest prefix
     max_tokens: float
+    prefix_ppl: tuple[tuple[int, float], ...] = ()  # (length, prefix perplexity) of every evaluated length
 
 
 def read_table(path, columns: list[str], fix: str, numeric: list[str] = ()) -> pd.DataFrame:
@@ -103,6 +104,7 @@ def load_cell(eval_csv: str, estimator: str) -> Measured:
         curve=curve(estimator, docs, int(info["tune_len"]), int(info["train_len"]), str(docs_path)),
         docs_key=(info["model"], int(docs.pass_len.max()), int(docs.doc.nunique())),
         max_nll=float(longest.nll_sum), max_tokens=float(longest.tokens),
+        prefix_ppl=tuple((int(r.end), math.exp(r.nll_sum / r.tokens)) for r in prefix.itertuples()),
     )
 
 
@@ -177,6 +179,36 @@ def cell_table(cells: list[Measured], factor: float, replicates: int, seed: int)
         rows.append(row)
         reps[key] = (bounds, censor)
     return pd.DataFrame(rows), reps
+
+
+SEED_COLUMNS = GROUP + ["length", "n_seeds", "seeds", "ppl_min", "ppl_max", "ppl_geomean", "spread", "sd_log_ppl",
+                        "measured_bound", "censored", "length_over_bound"]
+
+
+def seed_table(cells: list[Measured], table: pd.DataFrame) -> pd.DataFrame:
+    """How far the seeds of a cell agree at each evaluated length: the prefix perplexity's lowest and highest over
+    the seeds, their geometric mean, `spread` = highest / lowest - 1 and the standard deviation of its log, beside
+    the cell's pooled bound from `table` (cell_table's) and length / bound. Cells with one seed have no rows."""
+    rows = []
+    bounds = {tuple(r[k] for k in GROUP): r for r in table.to_dict("records")}
+    for key, seeds in _groups(cells).items():
+        if len(seeds) < 2:
+            continue
+        cell = bounds[key]
+        per_length: dict[int, list[float]] = {}
+        for measured in seeds:
+            for length, ppl in measured.prefix_ppl:
+                per_length.setdefault(length, []).append(ppl)
+        for length, ppls in sorted(per_length.items()):
+            if len(ppls) != len(seeds):  # _groups refuses seeds evaluated on different lengths; kept safe here
+                continue
+            logs = np.log(ppls)
+            rows.append(dict(zip(GROUP, key)) | {
+                "length": length, "n_seeds": len(seeds), "seeds": cell["seeds"], "ppl_min": min(ppls),
+                "ppl_max": max(ppls), "ppl_geomean": float(np.exp(logs.mean())), "spread": max(ppls) / min(ppls) - 1,
+                "sd_log_ppl": float(np.std(logs, ddof=1)), "measured_bound": cell["measured_bound"],
+                "censored": cell["censored"], "length_over_bound": length / cell["measured_bound"]})
+    return pd.DataFrame(rows, columns=SEED_COLUMNS)
 
 
 def _fit_rows(group: pd.DataFrame, reps: dict) -> tuple[dict, pd.DataFrame]:
