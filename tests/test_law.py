@@ -183,3 +183,24 @@ def test_a_variant_takes_the_regime_of_its_kind(tmp_path):
     (tmp_path / "results/m/yarn8/base10000_len64/eval.json").write_text('{"method": {"name": "yarn8", "kind": "yarn"}}')
     cells, fit, *_ = measure([path], "segment", 1.5, 10, 0)
     assert cells.iloc[0].regime == "training-free" and cells.iloc[0].kind == "yarn" and fit.empty
+
+
+def test_published_seed_study_recomputes_bitwise(tmp_path):
+    """docs/results/tiny_seeds: its law tables are what `ropelaw law` computes from its published cells (so a change
+    of the law that moves them fails here until the page is regenerated), and its predictions read as written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs/results/tiny_seeds"
+    evals = sorted(str(p.relative_to(page)) for p in page.glob("cells/*/*/eval.csv"))
+    assert len(evals) == 46  # 9 bases x 5 seeds and the untuned model
+    done = subprocess.run([sys.executable, "-m", "ropelaw.cli", "law", "--evals", *evals, "--factor", "1.25",
+                           "--out-cells", str(tmp_path / "cells.csv"), "--out-fit", str(tmp_path / "fit.csv"),
+                           "--out-seeds", str(tmp_path / "seeds.csv")], cwd=page, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in ("cells.csv", "fit.csv", "seeds.csv"):
+        assert (tmp_path / name).read_bytes() == (page / "law" / name).read_bytes(), name
+    out = subprocess.run([sys.executable, str(page / "predictions.py")], capture_output=True, text=True, check=True).stdout
+    outcome = [line.split(": ")[-1] for line in out.splitlines() if not line.startswith("   ")]
+    assert outcome == ["missed", "missed", "hit", "missed", "hit", "missed"], out
