@@ -232,3 +232,29 @@ def test_report_holds_every_figure_and_table(scenario, tmp_path):
         assert any(n.endswith(table) for n in names)
     cells = pd.read_csv(scenario / "results/law/cells.csv")
     assert cells.bound_lo.notna().all() and (cells.bound_lo <= cells.bound_hi).all()
+
+
+def test_a_cell_with_seeds_draws_the_band_of_its_seeds(study_paths, tables):
+    """ppl_vs_length: a cell with several seeds gets one band, from its lowest to its highest seed at every length
+    (read here from each seed's eval.csv); a cell with one seed gets none; the title says what the bands are."""
+    import math
+
+    from matplotlib.collections import PolyCollection
+
+    paths, _ = study_paths
+    seeded = [p for p in paths if "_seed" in p and "/base/" in p and "_len64_" in p]
+    per_seed = [pd.read_csv(p).query("scope == 'prefix'").set_index("end") for p in seeded]
+    assert len(per_seed) >= 2 and len({int(t.base.iloc[0]) for t in per_seed}) == 1
+    ppl = pd.DataFrame({i: t.nll_sum / t.tokens for i, t in enumerate(per_seed)}).map(math.exp)
+    fig = draw("ppl_vs_length", tables, "test", model="tiny", tune_len=64)
+    bands = [c for ax in fig.axes for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # perplexity and accuracy, of the one seeded cell
+    ys = bands[0].get_paths()[0].vertices[:, 1]
+    assert (ys.min(), ys.max()) == (pytest.approx(ppl.min(axis=1).min()), pytest.approx(ppl.max(axis=1).max()))
+    assert "bands: lowest to highest of 3 seeds" in fig.get_suptitle()
+    plt.close(fig)
+    unseeded = Tables(tables.evals[tables.evals.n_seeds == 1], tables.cells)
+    fig = draw("ppl_vs_length", unseeded, "test", model="tiny", tune_len=64)
+    assert not [c for ax in fig.axes for c in ax.collections if isinstance(c, PolyCollection)]
+    assert "bands" not in fig.get_suptitle()
+    plt.close(fig)

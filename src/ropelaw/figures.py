@@ -7,7 +7,8 @@
 One KIND per call (one Snakemake job per figure, so the report can label each by its cell):
 - `ppl_vs_length` (per model and T_tune): perplexity and accuracy against context length, bases
   <= beta0 left and > beta0 right (the paper's two sweeps), the untuned model and the
-  training-free methods dashed in both, log-scaled attention dotted; seeds pooled.
+  training-free methods dashed in both, log-scaled attention dotted; seeds pooled, with a band
+  from the lowest to the highest seed.
 - `passkey_vs_length` (where passkey retrieval ran): perplexity above retrieval accuracy.
 - `passkey_heatmap` (per cell): retrieval accuracy, depth x length, its measured bound dashed.
 - `bound_vs_base`: the theory's T_extra against the measured bounds with their 90% intervals,
@@ -55,13 +56,22 @@ class Tables:
 
 
 def prefix_rows(evals: pd.DataFrame) -> pd.DataFrame:
-    """Prefix perplexity and accuracy per cell and length, the seeds of a cell pooled (sums, then division)."""
+    """Prefix perplexity and accuracy per cell and length, the seeds of a cell pooled (sums, then division), with
+    each metric's lowest and highest value over the seeds (`ppl_lo`, `ppl_hi`, ...) and `n_seeds`."""
     prefix = evals[evals.scope == "prefix"]
+    if "seed" not in prefix.columns:
+        prefix = prefix.assign(seed=np.nan)
     keys = GROUP + ["end"]
     sums = prefix.groupby(keys, as_index=False)[["nll_sum", "tokens", "correct"]].sum()
     first = prefix.drop_duplicates(keys)[keys + ["head_dim", "train_len", "orig_base", "eval_set"]
                                          + [c for c in ("convention",) if c in prefix.columns]]
     table = first.merge(sums, on=keys)
+    per_seed = prefix.groupby(keys + ["seed"], as_index=False, dropna=False)[["nll_sum", "tokens", "correct"]].sum()
+    per_seed = per_seed.assign(ppl=np.exp(per_seed.nll_sum / per_seed.tokens), accuracy=per_seed.correct / per_seed.tokens)
+    spread = per_seed.groupby(keys, as_index=False).agg(
+        ppl_lo=("ppl", "min"), ppl_hi=("ppl", "max"), accuracy_lo=("accuracy", "min"), accuracy_hi=("accuracy", "max"),
+        n_seeds=("ppl", "size"))
+    table = table.merge(spread, on=keys)
     return table.assign(ppl=np.exp(table.nll_sum / table.tokens), accuracy=table.correct / table.tokens, scope="prefix")
 
 
@@ -77,6 +87,8 @@ def rule_note(first: pd.Series) -> str:
 
 
 def _curves(ax, data, metric, colors, tune_len):
+    """One line per tuned cell (its seeds pooled); where a cell has several seeds, a band from their lowest to
+    their highest value."""
     for base in sorted(data.base.unique()):
         for method, style in (("base", "-"), ("base_logn", ":")):
             part = data[(data.base == base) & (data.method == method)].dropna(subset=[metric]).sort_values("end")
@@ -84,6 +96,16 @@ def _curves(ax, data, metric, colors, tune_len):
                 extra = " + log-scaled attention" if method == "base_logn" else ""
                 ax.plot(part.end, part[metric], ls=style, marker="o", ms=3, color=colors[int(base)],
                         label=f"{BETA} = {base_label(base)}{extra}")
+                if f"{metric}_lo" in part and "n_seeds" in part and (part.n_seeds > 1).any():
+                    ax.fill_between(part.end, part[f"{metric}_lo"], part[f"{metric}_hi"], color=colors[int(base)],
+                                    alpha=0.2, lw=0)
+
+
+def _seeds_note(data: pd.DataFrame) -> list[str]:
+    """The title's line on seed bands, where any cell has several seeds."""
+    counts = sorted(data.n_seeds[data.n_seeds > 1].unique()) if "n_seeds" in data else []
+    return [f"bands: lowest to highest of {', '.join(str(int(n)) for n in counts)} seeds (lines: seeds pooled)"] \
+        if counts else []
 
 
 def _references(ax, prefix, metric, orig_base, kinds: dict, colors: dict, tune_len: int, in_panel=lambda base: True):
@@ -151,7 +173,8 @@ def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics
     suptitle(fig, [
         f"{study}: {model}, {T_TRAIN} = {length_label(info.train_len)}, {T_TUNE} = {length_label(tune_len)}; "
         f"evaluated on {info.eval_set} ({convention(tables)})",
-        f"dotted: {T_TRAIN}; dash-dotted: {T_TUNE}; thin lines (right): predicted bound {T_EXTRA}"], 12)
+        f"dotted: {T_TRAIN}; dash-dotted: {T_TUNE}; thin lines (right): predicted bound {T_EXTRA}",
+        *_seeds_note(tuned)], 12)
     return fig
 
 
