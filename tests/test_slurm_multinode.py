@@ -242,22 +242,20 @@ def _running(job_id: str) -> bool:
 
 
 def _worker_on(job_id: str, node: str) -> int:
-    """The PID of the training worker (a torchrun child) that runs on `node` for this job.
-
-    Any process the worker starts inherits its environment, so of the processes that carry the job's
-    LOCAL_RANK the worker is the one whose parent carries none (torchrun). Not the first one found: PIDs
-    wrap, so a child's can be the lower."""
+    """The PID of the training worker that runs on `node` for this job: the process with the job's LOCAL_RANK whose
+    parent is torchrun (`python -m torch.distributed.run`). Not the first such process found: a process the worker
+    starts inherits its environment, and PIDs wrap, so a child's PID can be the lower."""
     found = {}
     for proc in Path("/proc").iterdir():
         try:
             env = dict(e.split("=", 1) for e in (proc / "environ").read_bytes().decode().split("\0") if "=" in e)
             parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node and "LOCAL_RANK" in env:
+                found[int(proc.name)] = (parent, Path(f"/proc/{parent}/cmdline").read_bytes())
         except (OSError, ValueError, IndexError):
             continue
-        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node and "LOCAL_RANK" in env:
-            found[int(proc.name)] = parent
-    workers = [pid for pid, parent in found.items() if parent not in found]
-    assert len(workers) == 1, f"job {job_id} on {node}: processes with LOCAL_RANK {found} (PID: parent PID)"
+    workers = [pid for pid, (_, launcher) in found.items() if b"torch.distributed.run" in launcher]
+    assert len(workers) == 1, f"job {job_id} on {node}: processes with LOCAL_RANK and their parents {found}"
     return workers[0]
 
 
