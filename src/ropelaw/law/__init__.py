@@ -3,7 +3,7 @@
     ropelaw law --evals results/*/*/*/eval.csv --estimator segment --factor 1.5 \
         --bootstrap 1000 --bootstrap-seed 0 \
         --out-cells results/law/cells.csv --out-fit results/law/fit.csv \
-        --out-bootstrap results/law/bootstrap.csv \
+        --out-bootstrap results/law/bootstrap.csv [--out-seeds results/law/seeds.csv] \
         [--passkey results/*/*/*/passkey.csv --out-passkey results/law/passkey.csv]
 
 Every rule reads the per-document dense sums `eval_docs.csv` beside each `eval.csv`
@@ -37,7 +37,9 @@ documents (and the seeds of a cell evaluated with several seeds) with replacemen
 `bound_lo`/`bound_hi` and the fit's `*_lo`/`*_hi` are 90% percentile intervals;
 `boot_censored` is the share of replicates in which the bound (or, in fit.csv, any fitted
 bound) was censored. Cells that differ only in their seed are one row, measured on the
-pooled documents of its seeds; `seed_bound_min/max/sd` give the spread of the seeds' own bounds.
+pooled documents of its seeds; `seed_bound_min/max/sd` give the spread of the seeds' own bounds, and
+`seeds.csv` (`seed_table`) the spread of their prefix perplexity at every evaluated length, beside
+length / bound: how far past its bound a one-seed comparison still means anything.
 
 The fit: for each (model, method, T_tune), least squares of log(bound) on log(base) over
 the cells with base > beta0 whose bound is not censored, beside the theory's slope
