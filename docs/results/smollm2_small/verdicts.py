@@ -757,10 +757,10 @@ def _published(study: Path, part: str) -> dict[str, dict] | None:
 def claims(study: Path) -> list[dict]:
     """One row per claim and rule, read from the parts' committed verdicts.csv (written by this script, and
     tested to equal what it computes from the published tables); a part not yet published is "not run"."""
-    out = []
+    out, published = [], {part: _published(study, part) for by_part in CLAIMS.values() for part in by_part}
     for claim, by_part in CLAIMS.items():
         for part, rules in by_part.items():
-            rows = _published(study, part)
+            rows = published[part]
             for rule in rules:
                 row = (rows or {}).get(rule)
                 pre = (rows or {}).get(PRECONDITION.get(part, ""))
@@ -776,9 +776,7 @@ def claims(study: Path) -> list[dict]:
 def claims_markdown(rows: list[dict]) -> str:
     """The rows as a table, then per claim the count of each verdict word (its first word: agrees, disagrees,
     unsettled, not tested, not run)."""
-    lines = ["| " + " | ".join(CLAIM_COLUMNS) + " |", "|" + "---|" * len(CLAIM_COLUMNS)]
-    lines += ["| " + " | ".join(str(r[c]).replace("|", "/") for c in CLAIM_COLUMNS) + " |" for r in rows]
-    lines.append("")
+    lines = [_table(rows, CLAIM_COLUMNS), ""]
     for claim in CLAIMS:
         words = [re.match(r"not \w+|\w+", r["verdict"]).group(0) for r in rows if r["claim"] == claim]
         lines.append(f"- {claim}: " + ", ".join(f"{w} {words.count(w)}" for w in dict.fromkeys(words)))
@@ -802,11 +800,22 @@ def tokens_trained(study: Path) -> list[dict]:
     return out
 
 
-def markdown(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        lines.append("| " + " | ".join(str(getattr(r, c)).replace("|", "/") for c in COLUMNS) + " |")
+def _table(rows: list[dict], columns: list[str]) -> str:
+    """`rows` as a markdown table of `columns` (a "|" in a value shown as "/")."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]).replace("|", "/") for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown(rows: list[Row]) -> str:
+    return _table([r.__dict__ for r in rows], COLUMNS)
 
 
 def main_claims(argv: list[str]) -> int:
@@ -827,10 +836,7 @@ def main_claims(argv: list[str]) -> int:
               f"{t['tokens']:,} tokens ({t['distinct_tokens']:,} distinct, {t['epochs']} epochs), final loss "
               f"{t['final_loss']:.4g}, {t['attempts']} attempt(s)")
     if args.csv:
-        with args.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CLAIM_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_csv(args.csv, rows, CLAIM_COLUMNS)
     return 0
 
 
@@ -853,10 +859,7 @@ def main(argv=None) -> int:
     rows = verdicts(args.part, args.results, args.other)
     print(markdown(rows))
     if args.csv:
-        with args.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(r.__dict__ for r in rows)
+        _write_csv(args.csv, [r.__dict__ for r in rows], COLUMNS)
     return 0
 
 
