@@ -458,9 +458,9 @@ def test_b_against_the_untuned_model_reads_only_the_same_tokens(tmp_path):
     assert row.verdict.startswith(f"not tested (missing: {tmp_path}/part_a/data/eval_len245760/manifest.json")
 
 
-@pytest.mark.parametrize("part", ["a", "b1", "b1x", "b2x"])
+@pytest.mark.parametrize("part", ["a", "b1", "b1x", "b2x", "c"])
 def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
-    """docs/results/smollm2_small/part_a, part_b1, part_b1x and part_b2x (ran 2026-12-02): the rules, run again on the
+    """docs/results/smollm2_small/part_a, part_b1, part_b1x, part_b2x and part_c (ran 2026-12-02): the rules, run again on the
     published tables, give the verdicts.csv committed beside them. Rows that read a partner part (b2) say "missing"
     until it is published; then this fails until the verdicts.csv is written again with both (PLAN.md section 9)."""
     monkeypatch.chdir(ROOT)  # as PLAN.md's command runs it: the "missing" notes name paths from the root
@@ -488,6 +488,11 @@ def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
         assert row_of(rows, "adapted (500)").inputs == "ppl_8K = 17.83; control_ppl_8K = 12.02"
         assert [verdict(rows, f"{claim} (500)") for claim in ("adapted", "B1", "B2", "B3", "B4")] == \
             ["adapted", "agrees", "agrees", "agrees", "agrees"]
+    if part == "c":  # the bounds above beta0 follow T_extra; those below grow with beta; 1e5 is the worst at 32K
+        assert [r.verdict for r in rows] == ["agrees", "disagrees", "disagrees"]
+        assert row_of(rows, "C1: beta > beta0 follow T_extra").inputs == \
+            "bound 500,000 = 32,100 (C = 1.4); bound 1,000,000 = 53,801 (C = 1.52)"
+        assert "ppl_32K 100,000 = 95.9" in row_of(rows, "C3: larger bases first get worse").inputs
 
 
 # ---------------------------------------------------------------- part d2 (PLAN.md amendment 2)
