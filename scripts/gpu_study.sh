@@ -19,6 +19,8 @@
 #                                              # file checked, wheels installed, the tree copied to /root/repo,
 #                                              # snakemake started in the background (setsid)
 #   bash scripts/gpu_study.sh poll [S]         # wait up to S seconds (default 540) or until snakemake exits
+#   (run the last poll and pack in one call, `poll 525; pack`: a machine released between two calls loses a
+#   finished part; session 13 lost one so)
 #   bash scripts/gpu_study.sh pack             # results (no weights: each model's manifest as its cell's
 #                                              # model_manifest.json), logs, benchmarks, versions into $OUT
 # Then here:
