@@ -69,29 +69,6 @@ unpack() {
 # The commit of the tree in folder $1, from the payload's record: its commit if no tracked file changed since, else +dirty.
 tree_commit() { carry commit --record "$HOME_DIR/payload/source/tree.json" --root "$1"; }
 
-# Each model_manifest.json under cells folder $1 (`pack`) must be the file its cell's eval.json names by sha256:
-# the manifest of the model that cell was evaluated with.
-check_model_manifests() {
-    "$PY" - "$1" <<'EOF'
-import hashlib, json, sys
-from pathlib import Path
-
-checked, unevaluated, wrong = 0, [], []
-for manifest in sorted(Path(sys.argv[1]).glob("*/*/model_manifest.json")):
-    evaluation = manifest.parent / "eval.json"
-    if not evaluation.is_file():
-        unevaluated.append(manifest.parent.name)
-        continue
-    checked += 1
-    named = json.loads(evaluation.read_text()).get("model_manifest_sha256")
-    if hashlib.sha256(manifest.read_bytes()).hexdigest() != named:
-        wrong.append(f"publish: {manifest} is not the model manifest {evaluation} names ({named})")
-print("\n".join(wrong) or f"publish: {checked} model manifests, each the one its cell's eval.json names"
-      + (f"; not evaluated: {', '.join(unevaluated)}" if unevaluated else ""))
-sys.exit(1 if wrong else 0)
-EOF
-}
-
 smk() {
     local configs
     mapfile -t configs <"$HOME_DIR/study.config"
@@ -219,7 +196,9 @@ publish)
     mv "$tmp/results/$models" "$dest/cells" && mv "$tmp/logs" "$tmp/benchmarks" "$dest/" || exit 1
     for d in law law_prefix figures; do [ -d "$tmp/results/$d" ] && mv "$tmp/results/$d" "$dest/"; done
     rm -rf "$tmp" && find "$dest" -maxdepth 1 | sort
-    check_model_manifests "$dest/cells" || exit 1
+    # each model_manifest.json must be the file its cell's eval.json names by sha256: the manifest of the model
+    # that cell was evaluated with
+    carry manifests --cells "$dest/cells" || exit 1
     ;;
 *)
     echo "unknown step $step: payload [MIB]|take I|start I CONFIG...|poll [S]|pack|publish TGZ DEST"; exit 2

@@ -322,11 +322,12 @@ def test_publish_lays_a_part_out_as_verdicts_reads_it(tmp_path):
     assert (dest / "logs/finetune/smollm2/base/base500_len8192.log").exists() and (dest / "benchmarks/finetune/x.tsv").exists()
     assert not (dest / "cells/stale").exists()
     assert (dest / "cells/base/base500_len8192/model_manifest.json").read_text() == MODEL_MANIFEST
-    assert "publish: 1 model manifests, each the one its cell's eval.json names" in done.stdout
+    assert "carry manifests: 1 model manifests, each the one its cell's eval.json names" in done.stdout
     # A model manifest that is not the one the cell was evaluated with is refused, naming both files.
     wrong = subprocess.run(["bash", str(SCRIPT), "publish", str(_study_tgz(tmp_path / "wrong", ("smollm2",), "{}")),
                             str(tmp_path / "wrong_part")], capture_output=True, text=True)
-    assert wrong.returncode == 1 and "is not the model manifest" in wrong.stdout and "eval.json" in wrong.stdout
+    assert wrong.returncode == 1 and "is not the model manifest" in wrong.stderr and "eval.json" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
     two = subprocess.run(["bash", str(SCRIPT), "publish", str(_study_tgz(tmp_path / "two", ("smollm2", "tiny"))),
                           str(tmp_path / "other")], capture_output=True, text=True)
     assert two.returncode == 1 and "expected one model folder" in two.stdout

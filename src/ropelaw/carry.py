@@ -5,6 +5,7 @@
     ropelaw carry check --dir .carry --piece 2          # on arrival: one piece against index.json
     ropelaw carry join --dir /root/carry --out /root/payload \
         --expect corpus/corpus.jsonl.zst=SHA256         # every piece, then every file, checked
+    ropelaw carry manifests --cells docs/results/.../cells   # on the way back: each cell's model manifest
 
 `split` concatenates the files of each NAME=PATH (a file, or a folder's files in name order,
 recursively), in the order given, into one byte stream and cuts it into pieces of at most
@@ -14,7 +15,9 @@ span pieces. `check` compares one piece with the index, so a transfer that broke
 call that made it; `join` checks every piece, then cuts the files out of the stream into OUT/NAME/...
 and checks each one's sha256 (and, with `--expect`, against a sha256 recorded elsewhere, e.g. the
 corpus's in docs/corpus/manifest.json). Any mismatch is one `UserError` naming the piece or file;
-a file that fails its check is removed. Standard library only: it runs before anything is installed.
+a file that fails its check is removed. `manifests` checks what comes back: each fine-tuned model's
+manifest, carried beside its cell as model_manifest.json (`gpu_study.sh pack`), must be the file the
+cell's eval.json names by sha256. Standard library only: it runs before anything is installed.
 """
 
 from __future__ import annotations
@@ -232,6 +235,30 @@ def join(folder: str | Path, out: str | Path, expect: dict[str, str] | None = No
     return index
 
 
+def check_model_manifests(cells: Path) -> str:
+    """Each CELLS/<variant>/<cell>/model_manifest.json against the sha256 its eval.json records as
+    `model_manifest_sha256`: one UserError naming every one that differs; else a line saying how many were
+    checked and which cells hold a manifest but no evaluation."""
+    checked, unevaluated, wrong = 0, [], []
+    for path in sorted(Path(cells).glob("*/*/model_manifest.json")):
+        evaluation = path.parent / "eval.json"
+        if not evaluation.is_file():
+            unevaluated.append(path.parent.name)
+            continue
+        checked += 1
+        try:
+            named = json.loads(evaluation.read_text()).get("model_manifest_sha256")
+        except ValueError as err:
+            raise UserError(f"carry manifests: {evaluation} is not JSON ({err}); pack the part again") from None
+        if _sha256(path) != named:
+            wrong.append(f"{path} is not the model manifest {evaluation} names ({named})")
+    if wrong:
+        raise UserError("carry manifests: " + "; ".join(wrong) + "; pack the part again from the machine that "
+                        "evaluated it (the manifest beside a cell must be its model's)")
+    return (f"{checked} model manifests, each the one its cell's eval.json names"
+            + (f"; not evaluated: {', '.join(unevaluated)}" if unevaluated else ""))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     s = sub.add_parser("split", help="write pieces and index.json")
@@ -252,6 +279,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m = sub.add_parser("commit", help="print the commit of a copy without .git, from a `record` (+dirty if changed)")
     m.add_argument("--record", type=Path, required=True, help="the JSON file `record` wrote")
     m.add_argument("--root", type=Path, default=Path("."), help="the copy (default: here)")
+    v = sub.add_parser("manifests", help="check each cell's model_manifest.json against the sha256 its eval.json names")
+    v.add_argument("--cells", type=Path, required=True, help="the folder of <variant>/<cell>/ folders")
 
 
 def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
@@ -279,6 +308,8 @@ def run(args: argparse.Namespace) -> None:
         except (OSError, ValueError) as err:
             raise UserError(f"carry commit: cannot read {args.record} ({err}); give the file `carry record` wrote") from None
         print(provenance.commit_of_copy(args.root, record))
+    elif args.action == "manifests":
+        print(f"carry manifests: {check_model_manifests(args.cells)}")
     else:
         index = join(args.dir, args.out, dict(_pairs(args.expect, "join --expect")))
         print(f"{len(index.files)} files written under {args.out}, every sha256 as recorded")
