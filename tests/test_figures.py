@@ -13,7 +13,7 @@ import pytest
 from synthetic import study
 
 from ropelaw.cli import main
-from ropelaw.figures import KINDS, Tables, draw, figure_names, prefix_rows
+from ropelaw.figures import KINDS, Tables, beta0_label, draw, figure_names, prefix_rows
 from ropelaw.law import join_passkey, load_evals, measure, passkey_table
 from ropelaw.plotstyle import base_colors, length_label, log_axis, save
 
@@ -258,3 +258,9 @@ def test_a_cell_with_seeds_draws_the_band_of_its_seeds(study_paths, tables):
     assert not [c for ax in fig.axes for c in ax.collections if isinstance(c, PolyCollection)]
     assert "bands" not in fig.get_suptitle()
     plt.close(fig)
+
+
+@pytest.mark.parametrize("beta0, label", [(304201.6954087435, "304,201.7"), (1e6, "1,000,000"), (9.96, "10.0")])
+def test_beta0_is_labelled_to_one_decimal(beta0, label):
+    """A cell at floor(beta0) sits in the panel "beta <= beta0"; a title rounding beta0 up (304,202) would not say why."""
+    assert beta0_label(beta0) == label

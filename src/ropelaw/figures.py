@@ -131,6 +131,12 @@ def _references(ax, prefix, metric, orig_base, kinds: dict, colors: dict, tune_l
                     color=colors[int(base)] if trained else color, label=f"{method} ({note})")
 
 
+def beta0_label(beta0: float) -> str:
+    """beta0 to one decimal: rounded to an integer, SmolLM2's 304,201.7 at 16K read 304,202, above its own
+    cell at the floor (304,201), which the panel "beta <= beta0" holds."""
+    return f"{beta0:,.0f}" if float(beta0).is_integer() else f"{beta0:,.1f}"
+
+
 def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics=("ppl", "accuracy")):
     prefix = tables.evals[tables.evals.model == model]
     tuned = prefix[prefix.method.isin(ON_TUNED) & (prefix.tune_len == tune_len)]
@@ -139,8 +145,8 @@ def ppl_vs_length(tables: Tables, model: str, tune_len: int, study: str, metrics
     beta0 = theory.critical_base(info.train_len, tune_len, info.orig_base)
     fig, axes = new_figure(len(metrics), 2, (12, 3.8 * len(metrics) + 0.6), sharex=True, sharey="row")
     below = lambda base: base <= beta0  # noqa: E731
-    panels = [(f"{BETA} $\\leq$ {BETA0} = {beta0:,.0f}", below),
-              (f"{BETA} > {BETA0} = {beta0:,.0f}", lambda base: not below(base))]
+    panels = [(f"{BETA} $\\leq$ {BETA0} = {beta0_label(beta0)}", below),
+              (f"{BETA} > {BETA0} = {beta0_label(beta0)}", lambda base: not below(base))]
     for col, (title, in_panel) in enumerate(panels):
         data = tuned[tuned.base.map(in_panel).astype(bool)]
         for row, metric in enumerate(metrics):
@@ -254,7 +260,7 @@ def bound_vs_base(tables: Tables, study: str):
         ax.plot(grid, [theory.t_extra(b, first.head_dim, first.train_len, first.orig_base) for b in grid],
                 "k-", label=f"theory: {T_EXTRA}, slope {first.d_extra / first.head_dim:.3f}")
         ax.axhline(tune_len, color="grey", ls=":", label=T_TUNE)
-        ax.axvline(first.beta0, color="grey", ls="--", label=f"{BETA0} = {first.beta0:,.0f}")
+        ax.axvline(first.beta0, color="grey", ls="--", label=f"{BETA0} = {beta0_label(first.beta0)}")
         fit = None if tables.fit is None else tables.fit[(tables.fit.model == model) & (tables.fit.method == "base")
                                                          & (tables.fit.tune_len == tune_len)]
         fitted = group[(group.regime == "larger") & (group.censored == "no")]
