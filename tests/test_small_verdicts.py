@@ -458,9 +458,10 @@ def test_b_against_the_untuned_model_reads_only_the_same_tokens(tmp_path):
     assert row.verdict.startswith(f"not tested (missing: {tmp_path}/part_a/data/eval_len245760/manifest.json")
 
 
-@pytest.mark.parametrize("part", ["a", "b1", "b1x", "b2x", "c"])
+@pytest.mark.parametrize("part", ["a", "b1", "b1x", "b2x", "c", "d2"])
 def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
-    """docs/results/smollm2_small/part_a, part_b1, part_b1x, part_b2x and part_c (ran 2026-12-02): the rules, run again on the
+    """docs/results/smollm2_small/part_a, part_b1, part_b1x, part_b2x, part_c (ran 2026-12-02) and part_d2 (2026-12-03): the
+    rules, run again on the
     published tables, give the verdicts.csv committed beside them. Rows that read a partner part (b2) say "missing"
     until it is published; then this fails until the verdicts.csv is written again with both (PLAN.md section 9)."""
     monkeypatch.chdir(ROOT)  # as PLAN.md's command runs it: the "missing" notes name paths from the root
@@ -493,6 +494,12 @@ def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
         assert row_of(rows, "C1: beta > beta0 follow T_extra").inputs == \
             "bound 500,000 = 32,100 (C = 1.4); bound 1,000,000 = 53,801 (C = 1.52)"
         assert "ppl_32K 100,000 = 95.9" in row_of(rows, "C3: larger bases first get worse").inputs
+    if part == "d2":  # 500 at 16K not adapted (2.70x the control); the 1M recipe's D1, D2 read anyway and agree; the
+        # control below 500 at 32K (B2 at 16K disagrees), far above it at 128K; no retrieval by 500 at all
+        assert row_of(rows, "adapted (500 at 16K)").inputs == "ppl_8K = 28.66; control_ppl_8K = 10.61"
+        assert [r.verdict for r in rows][:8] == ["not adapted", "reported: not met", "agrees", "agrees", "agrees",
+                                                 "disagrees", "agrees", "agrees"]
+        assert "steps600_logn 1M/128K = 1.537" in row_of(rows, "D2: the recipe reaches 1M").inputs
 
 
 # ---------------------------------------------------------------- part d2 (PLAN.md amendment 2)
