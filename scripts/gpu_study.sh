@@ -23,7 +23,8 @@
 #   finished part; session 13 lost one so)
 #   bash scripts/gpu_study.sh pack             # results (no weights: each model's manifest as its cell's
 #                                              # model_manifest.json), logs, benchmarks, versions into $OUT
-# Then here:
+# Then here, at once (the tool's copy of study.tgz lives outside the repository and is gone with the session;
+# session 14 lost a finished part so):
 #   bash scripts/gpu_study.sh publish STUDY_TGZ DEST   # e.g. DEST docs/results/smollm2_small/part_a: the layout
 #                                              # of docs/results/smollm2_law that verdicts.py reads (cells/ with
 #                                              # each model_manifest.json checked against its eval.json,
