@@ -38,7 +38,7 @@ def _cells(*paths: Path) -> dict[str, str]:
 
 def test_the_parts_are_the_study_cut_into_slices():
     assert [p.stem for p in PARTS] == ["part_a", "part_b1", "part_b1x", "part_b2", "part_b2x", "part_c", "part_d",
-                                       "part_d2"]
+                                       "part_d2", "part_e"]
     whole = _cells(STUDY)
     union: dict[str, str] = {}
     for part in PARTS:
@@ -80,9 +80,18 @@ def test_the_parts_answer_what_the_plan_says():
         training = cell["training"]
         assert (training["steps"], training["micro_batch_size"], training["global_batch_size"], training["lr"],
                 training["compile"], training["fused_loss"]) == (600, 4, 4, 1e-3, True, "grad_in_forward")
+    # PLAN.md's amendment 3: 500 alone, 900 steps (every packed row once) by d2's recipe; its control is d2's
+    assert sorted(part["part_e"]) == ["results/smollm2/steps900/base500_len16384",
+                                      "results/smollm2/steps900_logn/base500_len16384"]
+    e = {path: json.loads(cell) for path, cell in part["part_e"].items()}
+    assert e["results/smollm2/steps900_logn/base500_len16384"]["method_options"]["tuned"] == "steps900"
+    training, d2_training = (e["results/smollm2/steps900/base500_len16384"]["training"],
+                             d2["results/smollm2/steps600/base500_len16384"]["training"])
+    assert training["steps"] * training["global_batch_size"] == 3600  # the pack's rows, each once
+    assert {k: v for k, v in training.items() if k != "steps"} == {k: v for k, v in d2_training.items() if k != "steps"}
     learning_rates = {json.loads(c)["training"]["lr"] for c in part["part_a"].values() if json.loads(c)["training"]}
     assert learning_rates == {1e-4, 3e-4, 1e-3}
-    for name in ("part_b1", "part_b2", "part_b1x", "part_b2x", "part_d", "part_d2"):  # evaluated to 1M: one KJV row
+    for name in ("part_b1", "part_b2", "part_b1x", "part_b2x", "part_d", "part_d2", "part_e"):  # to 1M: one KJV row
         assert {json.loads(c)["eval_lengths"][-1] for c in part[name].values()} == {1_000_000}
 
 

@@ -555,6 +555,60 @@ def test_d2_bug_check_and_missing_control(tmp_path):
     assert verdict(rows, "adapted (500 at 16K)") == missing and verdict(rows, "B2 at 16K (500)") == missing
 
 
+# ---------------------------------------------------------------- part e (PLAN.md amendment 3)
+
+def part_e(root: Path, small_curve, logn_curve, control_curve, small_keys=None, control_keys=None):
+    """Part e's two cells (500 tuned 900 steps, and with log-scaled attention) and part d2's control."""
+    small_keys = small_keys or {2048: 1, 4096: 0, 8192: 0, 16384: 0, 32768: 0}
+    control_keys = control_keys or {2048: 7, 4096: 5, 8192: 5, 16384: 3, 32768: 0}
+    cell(root / "part_e", "steps900", 500, 16384, small_curve, small_keys)
+    cell(root / "part_e", "steps900_logn", 500, 16384, logn_curve, small_keys)
+    cell(root / "part_d2", "steps600", 100000, 16384, control_curve, control_keys)
+
+
+def test_e_reads_d2s_control(tmp_path):
+    """500 at 1.4x d2's control: adapted; B2 and D3 read d2's control, not a control of part e."""
+    small = curve(14.0, 1.5, rise1m=3.0)
+    part_e(tmp_path, small, logn_of(small, 2.1), curve(10.0, 300.0))
+    rows = V.verdicts("e", tmp_path / "part_e")
+    assert verdict(rows, "adapted (500 at 16K, 900 steps)") == "adapted"
+    assert row_of(rows, "adapted (500 at 16K, 900 steps)").inputs == "ppl_8K = 14; control_ppl_8K = 10"
+    assert row_of(rows, "adapted (500 at 16K, 900 steps)").threshold == "ppl_8K <= 1.5 x d2's control's"
+    assert [verdict(rows, c) for c in ("steps900 = steps900_logn up to 16K",
+                                       "D1: log-scaled attention flattens the curve", "D2: the recipe reaches 1M",
+                                       "B2 at 16K (500)", "D3: retrieval (steps900)",
+                                       "D3: retrieval (steps900_logn)")] == ["agrees"] * 6
+    assert "control 2K = 7/10" in row_of(rows, "D3: retrieval (steps900)").inputs
+    assert "control_ppl_128K = 3000" in row_of(rows, "B2 at 16K (500)").inputs
+    assert all(r.note == "" for r in rows)
+
+
+def test_e_not_adapted_and_missing_control(tmp_path):
+    small = curve(16.5, 1.5, rise1m=3.0)  # 1.65 x d2's control
+    part_e(tmp_path, small, logn_of(small, 2.1), curve(10.0, 300.0))
+    rows = V.verdicts("e", tmp_path / "part_e")
+    assert verdict(rows, "adapted (500 at 16K, 900 steps)") == "not adapted"
+    assert row_of(rows, "D2: the recipe reaches 1M").note == "500 not adapted (1.65 x d2's control at 8K)"
+    (tmp_path / "part_d2/cells/steps600/base100000_len16384/eval.csv").unlink()
+    rows = V.verdicts("e", tmp_path / "part_e")
+    missing = f"not tested (missing: {tmp_path}/part_d2/cells/steps600/base100000_len16384/eval.csv)"
+    assert verdict(rows, "adapted (500 at 16K, 900 steps)") == missing
+    assert verdict(rows, "B2 at 16K (500)") == missing
+
+
+def test_e_in_distribution_is_unpaired_against_d2s_control(tmp_path):
+    small = curve(14.0, 1.5, rise1m=3.0)
+    part_e(tmp_path, small, logn_of(small, 2.1), curve(10.0, 300.0))
+    epochs = [0.2, 0.4, 0.6, 0.8, 0.9, 1.0]
+    _training_log(tmp_path / "part_e/logs/finetune/smollm2/steps900/base500_len16384.log",
+                  list(zip([3.0, 2.0, 1.6, 1.6, 1.6, 1.6], epochs)))
+    _training_log(tmp_path / "part_d2/logs/finetune/smollm2/steps600/base100000_len16384.log",
+                  list(zip([2.0, 1.5, 1.4, 1.4, 1.4, 1.4], epochs)))
+    row = row_of(V.verdicts("e", tmp_path / "part_e"), "in-distribution (500, first-pass training loss, unpaired)")
+    assert row.verdict == "reported (no rule)" and "other rows, other steps" in row.threshold
+    assert row.inputs.startswith("small_loss = 1.68; control_loss = 1.42; gap = 0.26")
+
+
 def _training_log(path: Path, losses_by_epoch: list[tuple[float, float]]) -> None:
     """A fine-tune log as transformers writes it: a progress bar, then one dict per logging step."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -610,10 +664,10 @@ def test_claims_read_the_published_verdicts_and_name_what_has_not_run(tmp_path):
     assert got["b1x", "B1 (1304)"]["precondition"] == "adapted (ppl_8K = 16)"
     assert got["b2x", "B1 (500)"]["precondition"] == ""  # b2x published no precondition row
     assert got["b2x", "B3 (500)"]["verdict"] == f"missing from {tmp_path.name}/part_b2x/verdicts.csv"
-    assert {r["verdict"] for r in rows if r["part"] in ("c", "d2")} == {"not run"}
+    assert {r["verdict"] for r in rows if r["part"] in ("c", "d2", "e")} == {"not run"}
     counts = V.claims_markdown(rows).split("\n\n")[1].splitlines()
     assert counts[0] == "- small bases rise slowly, with no bound (Thm 1): agrees 2, disagrees 1, missing 1"
-    assert "- small bases lose retrieval (Men et al. 2024): unsettled 1, missing 1, not run 2" in counts
+    assert "- small bases lose retrieval (Men et al. 2024): unsettled 1, missing 1, not run 4" in counts
     assert "- critical base beta0 at 16K (C3: 10000 no longer the worst base): not run 3" in counts
 
 

@@ -3,15 +3,16 @@
     python docs/results/smollm2_small/verdicts.py PART RESULTS_DIR [--other DIR] [--csv FILE]
     python docs/results/smollm2_small/verdicts.py claims [STUDY_DIR] [--csv FILE]
 
-PART is a, b1, b2, b1x, b2x, c, d or d2 (b1x and b2x: PLAN.md's amendment 1, the b rules on the
-`steps1000` cells; d2: amendment 2, part d with a control tuned the same way, on the `steps600` cells).
+PART is a, b1, b2, b1x, b2x, c, d, d2 or e (b1x and b2x: PLAN.md's amendment 1, the b rules on the
+`steps1000` cells; d2: amendment 2, part d with a control tuned the same way, on the `steps600` cells;
+e: amendment 3, 500 tuned 900 steps at 16K, the `steps900` cells, against d2's control).
 RESULTS_DIR is the part's published folder, as PLAN.md section 7 says
 (`study.tgz` unpacked into docs/results/smollm2_small/part_X/), with the layout of
 docs/results/smollm2_law: `cells/<method>/<leaf>/{eval.csv,passkey.csv}` (the tarball's
 `results/smollm2/`), `law/cells.csv` (its `results/law/`) and `logs/finetune/smollm2/<method>/<leaf>.log`.
 Rules that read another part (b1 with b2, b1x with b2x, d with b1's control) read `--other DIR`, by
 default the sibling folder `RESULTS_DIR/../part_b2` (for b1), `part_b1` (for b2 and d), `part_b2x` (for
-b1x), `part_b1x` (for b2x). Every claim gives one
+b1x), `part_b1x` (for b2x), `part_d2` (for e). Every claim gives one
 row: the numbers its rule reads, the threshold, the verdict word of PLAN.md. An input that is not
 there (a cell not run, a length not evaluated) gives "not tested (missing: FILE ...)".
 Output: a markdown table on stdout; `--csv FILE` writes the same rows.
@@ -56,6 +57,10 @@ Where PLAN.md leaves a choice, the literal reading is taken:
   are d's, on steps600 and steps600_logn, and are judged whether or not 500 is adapted; when it is not, their
   note says so. B2 at 16K is B2's rule on this part's cells. D3 is B4's rule against this control, at the
   lengths <= T_tune = 16K.
+- Part e (amendment 3, written before it ran): d2's rules on steps900 and steps900_logn, with part d2's
+  published control (steps600, 1e5) as the control: the precondition is 500's ppl_8K <= 1.5 x that control's;
+  B2 and D3 read that control. The in-distribution row compares 500's last 5 first-epoch logs with the
+  control's in d2 (other rows, other steps: "unpaired").
 """
 
 from __future__ import annotations
@@ -105,7 +110,7 @@ LRS = {"lr1e4": 1e-4, "lr3e4": 3e-4, "lr1e3": 1e-3}  # part a's methods (config/
 SMALL = {"b1": BETA3, "b2": 500, "b1x": BETA3, "b2x": 500}
 PAIR = {"b1": "b2", "b2": "b1", "b1x": "b2x", "b2x": "b1x"}  # the parts whose controls are the same cell
 B_METHOD = {"b1": "base", "b2": "base", "b1x": "steps1000", "b2x": "steps1000"}  # amendment 1: its own cells
-OTHER = {"b1": "part_b2", "b2": "part_b1", "b1x": "part_b2x", "b2x": "part_b1x", "d": "part_b1"}
+OTHER = {"b1": "part_b2", "b2": "part_b1", "b1x": "part_b2x", "b2x": "part_b1x", "d": "part_b1", "e": "part_d2"}
 BASES_C = [100000, 200000, BETA0_16K, 500000, 1000000]
 COLUMNS = ["part", "claim", "inputs", "threshold", "verdict", "note"]
 
@@ -446,15 +451,20 @@ def part_b(part: str, t: Tables, other: Tables) -> list[Row]:
 FIRST_PASS_LOGS = 5  # the last 5 logs (50 steps at logging_steps 10) of the first epoch
 
 
-def _in_distribution(part: str, t: Tables, m: str, base: int, tune_len: int = T8) -> Row:
+def _in_distribution(part: str, t: Tables, m: str, base: int, tune_len: int = T8, control_part: Tables | None = None,
+                     control_m: str | None = None) -> Row:
     """The small base against the control on the tuning corpus: their logged training losses over the last 50
     steps of the first epoch, where every row is read for the first time (a held-out estimate, paired: the same
-    rows in the same order), and exp of the gap, the ratio of their in-distribution perplexities at T_tune."""
-    name = f"in-distribution ({base}, first-pass training loss)"
-    thr = "(no rule; the logged loss of rows read for the first time, last 50 steps of epoch 1)"
-    small, control = t.first_pass(m, base, tune_len, FIRST_PASS_LOGS), t.first_pass(m, ORIGINAL, tune_len,
-                                                                                     FIRST_PASS_LOGS)
-    miss = t.take_missing()
+    rows in the same order), and exp of the gap, the ratio of their in-distribution perplexities at T_tune.
+    A control of another part (`control_part`, method `control_m`) read other rows at other steps: unpaired."""
+    paired = control_part is None
+    control_part, control_m = control_part or t, control_m or m
+    name = f"in-distribution ({base}, first-pass training loss{'' if paired else ', unpaired'})"
+    thr = ("(no rule; the logged loss of rows read for the first time, last 50 steps of epoch 1"
+           + (")" if paired else "; the control's from another part: other rows, other steps)"))
+    small = t.first_pass(m, base, tune_len, FIRST_PASS_LOGS)
+    control = control_part.first_pass(control_m, ORIGINAL, tune_len, FIRST_PASS_LOGS)
+    miss = t.take_missing() + (control_part.take_missing() if control_part is not t else [])
     if miss:
         return Row(part, name, "", thr, missing_word(miss))
     small_loss, control_loss = sum(small) / len(small), sum(control) / len(control)
@@ -487,11 +497,14 @@ def _against_untuned(part: str, t: Tables, m: str, base: int, small8, control8, 
                                 control_over_untuned=control8 / u8), thr, "reported (no rule)")
 
 
-def _b2(t: Tables, m: str, base: int, tune_len: int) -> tuple[str, str, str]:
-    """(inputs, threshold, verdict) of B2's rule: the control (1e5, method m) above the small base at 32K and 128K."""
+def _b2(t: Tables, m: str, base: int, tune_len: int, control: Tables | None = None,
+        control_m: str | None = None) -> tuple[str, str, str]:
+    """(inputs, threshold, verdict) of B2's rule: the control (1e5, method m of this part, or control_m of the
+    `control` part) above the small base at 32K and 128K."""
+    control, control_m = control or t, control_m or m
     s = {L: t.ppl(m, base, tune_len, L) for L in (L32, L128)}
-    c = {L: t.ppl(m, ORIGINAL, tune_len, L) for L in (L32, L128)}
-    miss = t.take_missing()
+    c = {L: control.ppl(control_m, ORIGINAL, tune_len, L) for L in (L32, L128)}
+    miss = t.take_missing() + (control.take_missing() if control is not t else [])
     if miss:
         verdict = missing_word(miss)
     elif all(c[L] > s[L] for L in s):
@@ -685,33 +698,46 @@ def part_d2(t: Tables, _other: Tables) -> list[Row]:
     evaluated with log-scaled attention (steps600_logn). The precondition is 3.2's, against this control; D1 and D2
     are read whether or not 500 is adapted (they compare two evaluations of one model), with the precondition's
     outcome in their note; B2's rule at 16K; retrieval by B4's rule at the lengths <= T_tune (16K)."""
-    m, m_logn, out = "steps600", "steps600_logn", []
-    small8, control8 = t.ppl(m, 500, T16, T8), t.ppl(m, ORIGINAL, T16, T8)
-    miss = t.take_missing()
+    return _recipe("d2", t, "steps600", t, "steps600", "adapted (500 at 16K)", "the control")
+
+
+def part_e(t: Tables, other: Tables) -> list[Row]:
+    """PLAN.md's amendment 3: 500 alone tuned 900 steps at 16K, the 3,600 packed rows each read once (method
+    steps900), also evaluated with log-scaled attention (steps900_logn); the control is part d2's (steps600, 600
+    steps of the same recipe), read from its published folder. Rules as d2's; the in-distribution row is unpaired."""
+    return _recipe("e", t, "steps900", other, "steps600", "adapted (500 at 16K, 900 steps)", "d2's control")
+
+
+def _recipe(part: str, t: Tables, m: str, control: Tables, control_m: str, adapted_name: str, who: str) -> list[Row]:
+    """The rows of d2 and e: 500 (method m, and m + "_logn") against the control (control_m in `control`)."""
+    m_logn, out = f"{m}_logn", []
+    small8, control8 = t.ppl(m, 500, T16, T8), control.ppl(control_m, ORIGINAL, T16, T8)
+    miss = t.take_missing() + (control.take_missing() if control is not t else [])
     adapted = None if miss else small8 <= THRESHOLDS["adapted"] * control8
-    out.append(Row("d2", "adapted (500 at 16K)", show(ppl_8K=small8, control_ppl_8K=control8),
-                   f"ppl_8K <= {THRESHOLDS['adapted']:g} x control's",
+    out.append(Row(part, adapted_name, show(ppl_8K=small8, control_ppl_8K=control8),
+                   f"ppl_8K <= {THRESHOLDS['adapted']:g} x {'control' if control is t else who}'s",
                    missing_word(miss) if miss else "adapted" if adapted else "not adapted"))
-    out.append(Row("d2", "d's first precondition (ppl_8K <= 10.1)", show(ppl_8K=small8),
+    out.append(Row(part, "d's first precondition (ppl_8K <= 10.1)", show(ppl_8K=small8),
                    f"(no rule since amendment 2; was: ppl_8K <= {THRESHOLDS['d_adapted']:g})",
                    missing_word(miss) if miss else
                    f"reported: {'met' if small8 <= THRESHOLDS['d_adapted'] else 'not met'}"))
-    note = "" if adapted is None or adapted else f"500 not adapted ({small8 / control8:.2f} x the control at 8K)"
-    rows, _ = _logn_claims("d2", t, m, m_logn, None, note)
+    note = "" if adapted is None or adapted else f"500 not adapted ({small8 / control8:.2f} x {who} at 8K)"
+    rows, _ = _logn_claims(part, t, m, m_logn, None, note)
     out += rows
-    out.append(Row("d2", "B2 at 16K (500)", *_b2(t, m, 500, T16), note))
+    out.append(Row(part, "B2 at 16K (500)", *_b2(t, m, 500, T16, control, control_m), note))
     thr = _b4_threshold(T16)
     for method in (m, m_logn):
-        inputs, verdict = _b4(t, method, 500, T16, t, [2048, 4096, 8192, T16, L32], control_method=m,
+        inputs, verdict = _b4(t, method, 500, T16, control, [2048, 4096, 8192, T16, L32], control_method=control_m,
                               control_tune_len=T16, max_len=T16)
-        out.append(Row("d2", f"D3: retrieval ({method})", inputs, thr, verdict, note))
-    out.append(_against_untuned("d2", t, m, 500, small8, control8, tune_len=T16))
-    out.append(_in_distribution("d2", t, m, 500, tune_len=T16))
+        out.append(Row(part, f"D3: retrieval ({method})", inputs, thr, verdict, note))
+    out.append(_against_untuned(part, t, m, 500, small8, control8, tune_len=T16))
+    out.append(_in_distribution(part, t, m, 500, tune_len=T16, control_part=None if control is t else control,
+                                control_m=control_m))
     return out
 
 
 PARTS = {"a": part_a, **{b: (lambda t, o, b=b: part_b(b, t, o)) for b in ("b1", "b2", "b1x", "b2x")},
-         "c": part_c, "d": part_d, "d2": part_d2}
+         "c": part_c, "d": part_d, "d2": part_d2, "e": part_e}
 
 
 def verdicts(part: str, results: Path, other: Path | None = None) -> list[Row]:
@@ -730,18 +756,22 @@ CLAIMS = {
         "b1x": ["B1 (1304)", "B3 (1304)"], "b2x": ["B1 (500)", "B3 (500)"]},
     "the smaller base, the flatter": {"b2x": ["B1, order"]},
     "the original base is worse than the small bases (the 10000 analog)": {
-        "b1x": ["B2 (1304)"], "b2x": ["B2 (500)"], "d2": ["B2 at 16K (500)"]},
+        "b1x": ["B2 (1304)"], "b2x": ["B2 (500)"], "d2": ["B2 at 16K (500)"], "e": ["B2 at 16K (500)"]},
     "critical base beta0 at 16K (C3: 10000 no longer the worst base)": {
         "c": ["C1: beta > beta0 follow T_extra", "C2: beta <= beta0 bounded near T_tune",
               "C3: larger bases first get worse"]},
     "the 1M recipe (500 at 16K, log-scaled attention)": {
         "d2": ["steps600 = steps600_logn up to 16K", "D1: log-scaled attention flattens the curve",
-               "D2: the recipe reaches 1M"]},
+               "D2: the recipe reaches 1M"],
+        "e": ["steps900 = steps900_logn up to 16K", "D1: log-scaled attention flattens the curve",
+              "D2: the recipe reaches 1M"]},
     "small bases lose retrieval (Men et al. 2024)": {
         "b1x": ["B4 (1304)"], "b2x": ["B4 (500)"],
-        "d2": ["D3: retrieval (steps600)", "D3: retrieval (steps600_logn)"]},
+        "d2": ["D3: retrieval (steps600)", "D3: retrieval (steps600_logn)"],
+        "e": ["D3: retrieval (steps900)", "D3: retrieval (steps900_logn)"]},
 }
-PRECONDITION = {"b1x": "adapted (1304)", "b2x": "adapted (500)", "d2": "adapted (500 at 16K)"}
+PRECONDITION = {"b1x": "adapted (1304)", "b2x": "adapted (500)", "d2": "adapted (500 at 16K)",
+                "e": "adapted (500 at 16K, 900 steps)"}
 CLAIM_COLUMNS = ["claim", "part", "rule", "verdict", "inputs", "precondition", "note"]
 
 
