@@ -504,12 +504,17 @@ def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
 
 # ---------------------------------------------------------------- part d2 (PLAN.md amendment 2)
 
-def part_d2(root: Path, small_curve, logn_curve, control_curve, small_keys=None, control_keys=None):
+def recipe_cells(root: Path, part: str, method: str, small_curve, logn_curve, control_curve, small_keys, control_keys):
+    """500 at 16K tuned by `method`, its log-scaled twin (`method`_logn), and the control: part d2's steps600 cell."""
     small_keys = small_keys or {2048: 1, 4096: 0, 8192: 0, 16384: 0, 32768: 0}
-    control_keys = control_keys or {2048: 9, 4096: 7, 8192: 6, 16384: 6, 32768: 1}
-    cell(root / "part_d2", "steps600", 500, 16384, small_curve, small_keys)
-    cell(root / "part_d2", "steps600_logn", 500, 16384, logn_curve, small_keys)
+    cell(root / f"part_{part}", method, 500, 16384, small_curve, small_keys)
+    cell(root / f"part_{part}", f"{method}_logn", 500, 16384, logn_curve, small_keys)
     cell(root / "part_d2", "steps600", 100000, 16384, control_curve, control_keys)
+
+
+def part_d2(root: Path, small_curve, logn_curve, control_curve, small_keys=None, control_keys=None):
+    recipe_cells(root, "d2", "steps600", small_curve, logn_curve, control_curve, small_keys,
+                 control_keys or {2048: 9, 4096: 7, 8192: 6, 16384: 6, 32768: 1})
 
 
 def test_d2_agrees_against_its_own_control(tmp_path):
@@ -559,11 +564,8 @@ def test_d2_bug_check_and_missing_control(tmp_path):
 
 def part_e(root: Path, small_curve, logn_curve, control_curve, small_keys=None, control_keys=None):
     """Part e's two cells (500 tuned 900 steps, and with log-scaled attention) and part d2's control."""
-    small_keys = small_keys or {2048: 1, 4096: 0, 8192: 0, 16384: 0, 32768: 0}
-    control_keys = control_keys or {2048: 7, 4096: 5, 8192: 5, 16384: 3, 32768: 0}
-    cell(root / "part_e", "steps900", 500, 16384, small_curve, small_keys)
-    cell(root / "part_e", "steps900_logn", 500, 16384, logn_curve, small_keys)
-    cell(root / "part_d2", "steps600", 100000, 16384, control_curve, control_keys)
+    recipe_cells(root, "e", "steps900", small_curve, logn_curve, control_curve, small_keys,
+                 control_keys or {2048: 7, 4096: 5, 8192: 5, 16384: 3, 32768: 0})
 
 
 def test_e_reads_d2s_control(tmp_path):
