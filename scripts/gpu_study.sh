@@ -28,6 +28,7 @@
 #   bash scripts/gpu_study.sh publish STUDY_TGZ DEST   # e.g. DEST docs/results/smollm2_small/part_a: the layout
 #                                              # of docs/results/smollm2_law that verdicts.py reads (cells/ with
 #                                              # each model_manifest.json checked against its eval.json,
+#                                              # refused unless Snakemake finished: PUBLISH_UNFINISHED=1 marks it,
 #                                              # data/ with the packs' manifests, law/, figures/, logs/, benchmarks/)
 # GPU jobs: `--resources gpu=N` lets N GPU jobs share the one GPU (a 135M model uses a fraction of it).
 # PYTHON: the interpreter (default python3 there, .venv/bin/python for payload: it finds the GGUF in the
@@ -190,13 +191,24 @@ publish)
     tgz=${2:?usage: gpu_study.sh publish STUDY_TGZ DEST}
     dest=${3:?usage: gpu_study.sh publish STUDY_TGZ DEST}
     tmp=$(mktemp -d) && tar xzf "$tgz" -C "$tmp" || exit 1
+    # A tarball packed while Snakemake still ran (the first call's `pack`), or after a job failed, is not a
+    # finished part: its study.log lacks Snakemake's last line "N of N steps (100%) done".
+    if ! grep -q -E '^([0-9]+) of \1 steps \(100%\) done' "$tmp/logs/study.log" 2>/dev/null && [ -z "${PUBLISH_UNFINISHED:-}" ]; then
+        echo "publish: $tgz is not a finished run (its logs/study.log has no 'N of N steps (100%) done'); pack again" \
+            "once poll says SNAKEMAKE DONE, or set PUBLISH_UNFINISHED=1 to publish it as unfinished"
+        rm -rf "$tmp"; exit 1
+    fi
     models=$(cd "$tmp/results" && ls -d */ | tr -d / | grep -v -x -E 'law|law_prefix|figures')
     [ "$(echo "$models" | wc -w)" = 1 ] || { echo "publish: expected one model folder in results/, found: $models"; exit 1; }
     mkdir -p "$dest" && rm -rf "$dest"/{cells,data,law,law_prefix,figures,logs,benchmarks} || exit 1
     [ -d "$tmp/results/$models/data" ] && mv "$tmp/results/$models/data" "$dest/data"
     mv "$tmp/results/$models" "$dest/cells" && mv "$tmp/logs" "$tmp/benchmarks" "$dest/" || exit 1
     for d in law law_prefix figures; do [ -d "$tmp/results/$d" ] && mv "$tmp/results/$d" "$dest/"; done
-    rm -rf "$tmp" && find "$dest" -maxdepth 1 | sort
+    rm -rf "$tmp" "$dest/UNFINISHED" && find "$dest" -maxdepth 1 | sort
+    if ! grep -q -E '^([0-9]+) of \1 steps \(100%\) done' "$dest/logs/study.log" 2>/dev/null; then
+        tail -5 "$dest/logs/study.log" >"$dest/UNFINISHED" 2>/dev/null
+        echo "publish: published as UNFINISHED ($dest/UNFINISHED: the log's last lines)"
+    fi
     # each model_manifest.json must be the file its cell's eval.json names by sha256: the manifest of the model
     # that cell was evaluated with
     carry manifests --cells "$dest/cells" || exit 1

@@ -301,10 +301,15 @@ def test_a_rehearsal_keeps_the_parts_cells_and_cuts_their_sizes(part, tmp_path):
 MODEL_MANIFEST = '{"kind": "finetune", "spec": {"steps": 2}}\n'
 
 
-def _study_tgz(tmp_path: Path, models: tuple[str, ...], named: str = MODEL_MANIFEST) -> Path:
+FINISHED = "Finished jobid: 0 (Rule: all)\n20 of 20 steps (100%) done\nComplete log(s): x.log\n"
+
+
+def _study_tgz(tmp_path: Path, models: tuple[str, ...], named: str = MODEL_MANIFEST, log: str = FINISHED) -> Path:
     """A study.tgz as `gpu_study.sh pack` writes it (results without models, logs, benchmarks), its cell's
-    eval.json naming the sha256 of `named` as the model manifest."""
+    eval.json naming the sha256 of `named` as the model manifest, `log` its Snakemake log."""
     root = tmp_path / "device"
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    (root / "logs/study.log").write_text(log)
     files = ["results/law/cells.csv", "results/figures/ppl.png", "logs/finetune/smollm2/base/base500_len8192.log",
              "benchmarks/finetune/x.tsv"]
     for model in models:
@@ -340,6 +345,22 @@ def test_publish_lays_a_part_out_as_verdicts_reads_it(tmp_path):
     two = subprocess.run(["bash", str(SCRIPT), "publish", str(_study_tgz(tmp_path / "two", ("smollm2", "tiny"))),
                           str(tmp_path / "other")], capture_output=True, text=True)
     assert two.returncode == 1 and "expected one model folder" in two.stdout
+
+
+def test_publish_refuses_a_run_that_did_not_finish(tmp_path):
+    """A tarball packed while Snakemake still ran (the first call's pack) or after a failed job is no finished part:
+    refused in one line, unless PUBLISH_UNFINISHED=1, which marks the part; a finished run published again clears it."""
+    running = _study_tgz(tmp_path / "running", ("smollm2",), log="Finished jobid: 4 (Rule: pack)\n7 of 20 steps (35%) done\n")
+    dest = tmp_path / "part_e"
+    done = subprocess.run(["bash", str(SCRIPT), "publish", str(running), str(dest)], capture_output=True, text=True)
+    assert done.returncode == 1 and "is not a finished run" in done.stdout and not dest.exists()
+    done = subprocess.run(["bash", str(SCRIPT), "publish", str(running), str(dest)], capture_output=True, text=True,
+                          env={**os.environ, "PUBLISH_UNFINISHED": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "7 of 20 steps (35%) done" in (dest / "UNFINISHED").read_text() and "published as UNFINISHED" in done.stdout
+    done = subprocess.run(["bash", str(SCRIPT), "publish", str(_study_tgz(tmp_path / "finished", ("smollm2",))),
+                           str(dest)], capture_output=True, text=True)
+    assert done.returncode == 0 and not (dest / "UNFINISHED").exists()
 
 
 def test_pack_carries_each_model_manifest_beside_its_cell_and_no_weights(tmp_path):
