@@ -458,7 +458,7 @@ def _in_distribution(part: str, t: Tables, m: str, base: int, tune_len: int = T8
     rows in the same order), and exp of the gap, the ratio of their in-distribution perplexities at T_tune.
     A control of another part (`control_part`, method `control_m`) read other rows at other steps: unpaired."""
     paired = control_part is None
-    control_part, control_m = control_part or t, control_m or m
+    control_part, control_m = (t if control_part is None else control_part), control_m or m
     name = f"in-distribution ({base}, first-pass training loss{'' if paired else ', unpaired'})"
     thr = ("(no rule; the logged loss of rows read for the first time, last 50 steps of epoch 1"
            + (")" if paired else "; the control's from another part: other rows, other steps)"))
@@ -501,7 +501,7 @@ def _b2(t: Tables, m: str, base: int, tune_len: int, control: Tables | None = No
         control_m: str | None = None) -> tuple[str, str, str]:
     """(inputs, threshold, verdict) of B2's rule: the control (1e5, method m of this part, or control_m of the
     `control` part) above the small base at 32K and 128K."""
-    control, control_m = control or t, control_m or m
+    control, control_m = (t if control is None else control), control_m or m
     s = {L: t.ppl(m, base, tune_len, L) for L in (L32, L128)}
     c = {L: control.ppl(control_m, ORIGINAL, tune_len, L) for L in (L32, L128)}
     miss = t.take_missing() + (control.take_missing() if control is not t else [])
