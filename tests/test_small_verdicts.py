@@ -598,6 +598,20 @@ def test_e_not_adapted_and_missing_control(tmp_path):
     assert verdict(rows, "B2 at 16K (500)") == missing
 
 
+def test_a_part_published_unfinished_says_so_in_every_row(tmp_path):
+    """gpu_study.sh publish with PUBLISH_UNFINISHED=1 leaves DEST/UNFINISHED; the verdicts of that part, and of a part
+    that reads it, carry it in every row's note."""
+    small = curve(16.5, 1.5, rise1m=3.0)
+    part_e(tmp_path, small, logn_of(small, 2.1), curve(10.0, 300.0))
+    (tmp_path / "part_d2/UNFINISHED").write_text("7 of 20 steps (35%) done\n")
+    rows = V.verdicts("e", tmp_path / "part_e")
+    flag = f"part_d2 unfinished ({tmp_path / 'part_d2/UNFINISHED'})"
+    assert all(r.note.endswith(flag) for r in rows)
+    assert row_of(rows, "D2: the recipe reaches 1M").note == f"500 not adapted (1.65 x d2's control at 8K); {flag}"
+    (tmp_path / "part_d2/UNFINISHED").unlink()
+    assert not any("unfinished" in r.note for r in V.verdicts("e", tmp_path / "part_e"))
+
+
 def test_e_in_distribution_is_unpaired_against_d2s_control(tmp_path):
     small = curve(14.0, 1.5, rise1m=3.0)
     part_e(tmp_path, small, logn_of(small, 2.1), curve(10.0, 300.0))

@@ -14,7 +14,9 @@ Rules that read another part (b1 with b2, b1x with b2x, d with b1's control) rea
 default the sibling folder `RESULTS_DIR/../part_b2` (for b1), `part_b1` (for b2 and d), `part_b2x` (for
 b1x), `part_b1x` (for b2x), `part_d2` (for e). Every claim gives one
 row: the numbers its rule reads, the threshold, the verdict word of PLAN.md. An input that is not
-there (a cell not run, a length not evaluated) gives "not tested (missing: FILE ...)".
+there (a cell not run, a length not evaluated) gives "not tested (missing: FILE ...)". A part published
+unfinished (`gpu_study.sh publish` with PUBLISH_UNFINISHED=1 leaves PART/UNFINISHED) is named in the note of
+every row that reads it.
 Output: a markdown table on stdout; `--csv FILE` writes the same rows.
 `claims`: each claim of issue 15 (CLAIMS below), the verdict of every rule that judges it, read from the
 published parts' verdicts.csv ("not run" for a part not published), a count of verdicts per claim, and the
@@ -745,7 +747,12 @@ def verdicts(part: str, results: Path, other: Path | None = None) -> list[Row]:
         raise ValueError(f"unknown part {part!r}: choose one of {', '.join(PARTS)}")
     if other is None:
         other = results.parent / OTHER.get(part, "")  # parts a and c read no other part
-    return PARTS[part](Tables(results), Tables(other))
+    rows = PARTS[part](Tables(results), Tables(other))
+    unfinished = [f"{folder.name} unfinished ({folder / 'UNFINISHED'})" for folder in (results, other)
+                  if (folder / "UNFINISHED").is_file()]  # gpu_study.sh publish with PUBLISH_UNFINISHED=1
+    for row in rows if unfinished else []:
+        row.note = "; ".join(([row.note] if row.note else []) + unfinished)
+    return rows
 
 
 # ---------------------------------------------------------------- the claims (issue 15, item 3)
@@ -880,7 +887,7 @@ def main(argv=None) -> int:
                         help="the part's published folder, e.g. docs/results/smollm2_small/part_b1")
     parser.add_argument("--other", type=Path, default=None,
                         help="the other part that a rule reads (b1: part_b2; b2 and d: part_b1; b1x: part_b2x; "
-                             "b2x: part_b1x); "
+                             "b2x: part_b1x; e: part_d2); "
                              "default: the sibling folder")
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     args = parser.parse_args(argv)
