@@ -194,7 +194,9 @@ publish)
     tmp=$(mktemp -d) && tar xzf "$tgz" -C "$tmp" || exit 1
     # A tarball packed while Snakemake still ran (the first call's `pack`), or after a job failed, is not a
     # finished part: its study.log lacks Snakemake's last line "N of N steps (100%) done".
-    if ! grep -q -E '^([0-9]+) of \1 steps \(100%\) done' "$tmp/logs/study.log" 2>/dev/null && [ -z "${PUBLISH_UNFINISHED:-}" ]; then
+    finished=yes
+    grep -q -E '^([0-9]+) of \1 steps \(100%\) done' "$tmp/logs/study.log" 2>/dev/null || finished=
+    if [ -z "$finished" ] && [ -z "${PUBLISH_UNFINISHED:-}" ]; then
         echo "publish: $tgz is not a finished run (its logs/study.log has no 'N of N steps (100%) done'); pack again" \
             "once poll says SNAKEMAKE DONE, or set PUBLISH_UNFINISHED=1 to publish it as unfinished"
         rm -rf "$tmp"; exit 1
@@ -206,7 +208,7 @@ publish)
     mv "$tmp/results/$models" "$dest/cells" && mv "$tmp/logs" "$tmp/benchmarks" "$dest/" || exit 1
     for d in law law_prefix figures; do [ -d "$tmp/results/$d" ] && mv "$tmp/results/$d" "$dest/"; done
     rm -rf "$tmp" "$dest/UNFINISHED" && find "$dest" -maxdepth 1 | sort
-    if ! grep -q -E '^([0-9]+) of \1 steps \(100%\) done' "$dest/logs/study.log" 2>/dev/null; then
+    if [ -z "$finished" ]; then
         tail -5 "$dest/logs/study.log" >"$dest/UNFINISHED" 2>/dev/null
         echo "publish: published as UNFINISHED ($dest/UNFINISHED: the log's last lines)"
     fi
