@@ -155,6 +155,20 @@ def test_the_cli_splits_checks_and_joins(tmp_path, capsys):
     assert "--expect" in capsys.readouterr().err and not (tmp_path / "out2/gguf/model.gguf").exists()
 
 
+def test_carry_manifests_names_a_cell_whose_eval_json_is_not_json(tmp_path, capsys):
+    """The check of what comes back: an eval.json cut short in transit is one line naming it, not a traceback."""
+    cell = tmp_path / "cells/steps900/base500_len16384"
+    cell.mkdir(parents=True)
+    (cell / "model_manifest.json").write_text(MODEL_MANIFEST)
+    (cell / "eval.json").write_text('{"model_manifest_sha256": "ab')
+    assert main(["carry", "manifests", "--cells", str(tmp_path / "cells")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{cell / 'eval.json'} is not JSON" in err and "pack the part again" in err
+    (cell / "eval.json").write_text(json.dumps({"model_manifest_sha256": hashlib.sha256(MODEL_MANIFEST.encode()).hexdigest()}))
+    assert main(["carry", "manifests", "--cells", str(tmp_path / "cells")]) == 0
+    assert "1 model manifests, each the one its cell's eval.json names" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "missing"])
 def test_a_damaged_piece_is_named_on_arrival(tmp_path, damage):
     _files(tmp_path)
