@@ -458,9 +458,9 @@ def test_b_against_the_untuned_model_reads_only_the_same_tokens(tmp_path):
     assert row.verdict.startswith(f"not tested (missing: {tmp_path}/part_a/data/eval_len245760/manifest.json")
 
 
-@pytest.mark.parametrize("part", ["a", "b1", "b1x", "b2x", "c", "d2"])
+@pytest.mark.parametrize("part", ["a", "b1", "b1x", "b2x", "c", "d2", "e"])
 def test_published_parts_give_their_committed_verdicts(part, monkeypatch):
-    """docs/results/smollm2_small/part_a, part_b1, part_b1x, part_b2x, part_c (ran 2026-12-02) and part_d2 (2026-12-03): the
+    """docs/results/smollm2_small/part_a, part_b1, part_b1x, part_b2x, part_c (ran 2026-12-02), part_d2 and part_e (2026-12-03): the
     rules, run again on the
     published tables, give the verdicts.csv committed beside them. Rows that read a partner part (b2) say "missing"
     until it is published; then this fails until the verdicts.csv is written again with both (PLAN.md section 9)."""
