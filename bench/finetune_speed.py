@@ -20,14 +20,15 @@ $OUT/finetune_speed.jsonl (default bench/results/) its steps/s and tokens/s (med
 micro-batch, a summary line with each path's speed-up over plain and over checkpointed, the
 largest relative difference of its per-step losses from plain's, and a table row for BENCHMARKS.md.
 
-`--variants PATH:MICRO_BATCH[:compiled][:cudnn|:flash|:efficient]` runs exactly those configurations instead
+`--variants PATH:MICRO_BATCH[:compiled|:autotune][:cudnn|:flash|:efficient]` runs exactly those configurations instead
 (same global batch, same rows, same seed), and the first one is the reference: each later one is reported as its
 speed-up over it and its largest relative per-step loss difference from it. `--tokens DIR` trains
 on the rows of a packed dataset (`tokens.bin` + `manifest.json`, e.g. a study's
 `data/train_len8192`, cycled as needed) instead of uniform random tokens, so that the loss falls
 and the loss comparison means something. `:cudnn`, `:flash` or `:efficient` lets SDPA use only that
 attention kernel (the default lets torch choose: cuDNN's on an H200 with torch 2.11, as train7's profile
-showed), to see whether the attention kernel is what keeps a step from going faster.
+showed), to see whether the attention kernel is what keeps a step from going faster. `:autotune` compiles the
+layers as `finetune.compile: max-autotune-no-cudagraphs` does, `:compiled` as `finetune.compile: true`.
 """
 
 from __future__ import annotations
@@ -162,29 +163,40 @@ def packed_rows(folder: Path, seq: int, vocab: int) -> np.ndarray:
 SDPA_BACKENDS = ("cudnn", "flash", "efficient")  # a variant's `:BACKEND`: SDPA may use that kernel only
 
 
-def label(path: str, micro_batch: int, compiled: bool, sdpa: str | None = None) -> str:
-    return f"{path}_mb{micro_batch}" + ("_compiled" if compiled else "") + (f"_{sdpa}" if sdpa else "")
+# a variant's compile flag -> `finetune.compile`: ":compiled" is torch.compile's default mode, ":autotune" its
+# max-autotune-no-cudagraphs (Inductor times candidate kernels for each matrix product on this GPU)
+COMPILE_FLAGS = {"compiled": True, "autotune": "max-autotune-no-cudagraphs"}
 
 
-def parse_variant(text: str) -> tuple[str, int, bool, str | None]:
-    """'PATH:MICRO_BATCH[:compiled][:BACKEND]' -> (path, micro_batch, compiled, BACKEND or None)."""
+def _flag(compiled: bool | str) -> str | None:
+    return next((flag for flag, value in COMPILE_FLAGS.items() if value == compiled and compiled), None)
+
+
+def label(path: str, micro_batch: int, compiled: bool | str, sdpa: str | None = None) -> str:
+    flag = _flag(compiled)
+    return f"{path}_mb{micro_batch}" + (f"_{flag}" if flag else "") + (f"_{sdpa}" if sdpa else "")
+
+
+def parse_variant(text: str) -> tuple[str, int, bool | str, str | None]:
+    """'PATH:MICRO_BATCH[:compiled|:autotune][:BACKEND]' -> (path, micro_batch, `finetune.compile`, BACKEND or None)."""
     parts = text.split(":")
     flags = parts[2:]
-    compiled = flags[:1] == ["compiled"]
+    compiled = COMPILE_FLAGS.get(flags[0], False) if flags else False
     backend = flags[1:] if compiled else flags
     if len(parts) < 2 or parts[0] not in FUSED_LOSS or not parts[1].isdigit() \
             or len(backend) > 1 or (backend and backend[0] not in SDPA_BACKENDS):
         raise argparse.ArgumentTypeError(
-            f"'{text}': expected PATH:MICRO_BATCH[:compiled][:{'|:'.join(SDPA_BACKENDS)}], "
+            f"'{text}': expected PATH:MICRO_BATCH[:{'|:'.join(COMPILE_FLAGS)}][:{'|:'.join(SDPA_BACKENDS)}], "
             f"PATH one of {', '.join(FUSED_LOSS)}")
     return parts[0], int(parts[1]), compiled, (backend[0] if backend else None)
 
 
-def variant_text(path: str, micro_batch: int, compiled: bool, sdpa: str | None) -> str:
-    return f"{path}:{micro_batch}" + (":compiled" if compiled else "") + (f":{sdpa}" if sdpa else "")
+def variant_text(path: str, micro_batch: int, compiled: bool | str, sdpa: str | None) -> str:
+    flag = _flag(compiled)
+    return f"{path}:{micro_batch}" + (f":{flag}" if flag else "") + (f":{sdpa}" if sdpa else "")
 
 
-def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled: bool, args,
+def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled: bool | str, args,
              sdpa: str | None = None) -> dict:
     """One training run with loss `path`; its record (`oom: true` if it ran out of GPU memory).
 
@@ -223,6 +235,7 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
         # kernel it names (train8 timed cuDNN's kernel under ":flash" and ":efficient" that way).
         torch._dynamo.reset()
     graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    autotuned_before = torch._dynamo.utils.counters["inductor"]["select_algorithm_autotune"]
     try:
         with benchlib.sdpa_context(sdpa or "default"):
             record = train(str(model_dir), str(root / "data"), args.base, spec, str(root / f"ckpt_{tag}"),
@@ -247,6 +260,8 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
         "peak_allocated_gib": gib(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None,
         "losses": [row["loss"] for row in record["log_history"] if "loss" in row],
         "graphs_compiled": torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before,
+        # choices Inductor timed on the GPU (max-autotune's matrix products); 0 for the default mode
+        "inductor_autotuned": torch._dynamo.utils.counters["inductor"]["select_algorithm_autotune"] - autotuned_before,
         **(profiler.result if args.profile else {}),
     }
 
@@ -326,7 +341,7 @@ def main() -> None:
     parser.add_argument("--base", type=float, default=1e6, help="the rotary base the cell tunes with")
     parser.add_argument("--ac", action="store_true", help="finetune.gradient_checkpointing")
     parser.add_argument("--compile", action="store_true", help="finetune.compile (every run)")
-    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None, metavar="PATH:MB[:compiled][:BACKEND]",
+    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None, metavar="PATH:MB[:compiled|:autotune][:BACKEND]",
                         help="run these instead of --paths x --micro-batch; the first is the reference")
     parser.add_argument("--tokens", default=None, metavar="DIR",
                         help="train on a packed dataset's rows (tokens.bin + manifest.json) instead of random ones")

@@ -22,13 +22,14 @@
 #   bash bench/run_all.sh train11   # 1 GPU: train9's paths as the studies train (50 steps, logging every 10)
 #   bash bench/run_all.sh eval11    # 1 GPU: eval10's paths at 32K/100K, then interleaved rounds (order effects)
 #   bash bench/run_all.sh train12   # 1 GPU: SmolLM2 at 16K, plain (micro-batch 2) vs the fast path (4), side by side
+#   bash bench/run_all.sh train13   # 1 GPU: train11's plain and compiled-loss paths, then the latter with max-autotune
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
 # zstandard (ropelaw.data imports it; the device machine lacks it: carry its cp312 wheel).
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -255,8 +256,18 @@ train12)
     step 400 python3 bench/finetune_speed.py $model --seq 16384 --global-batch 4 --steps 30 --logging-steps 10 \
         --variants plain:2 grad_in_forward:4:compiled
     ;;
+train13)
+    # Issue 14 goal 3, the lever not yet tried: the compiled loss chunk's path (train11: 1.75x plain) with its layers
+    # compiled in torch.compile's max-autotune-no-cudagraphs mode (`finetune.compile: max-autotune-no-cudagraphs`:
+    # Inductor times candidate kernels for each matrix product on this GPU), beside plain and the default mode, in
+    # one process, as train11 ran them. Predictions in bench/results/2026-12-03-session16/PREDICTIONS.md.
+    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
+    step 540 python3 bench/finetune_speed.py $model $tokens --steps 50 --logging-steps 10 \
+        --variants plain:4 grad_in_forward_compiled:8:compiled grad_in_forward_compiled:8:autotune
+    ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11 or train12" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12 or train13" >&2
     exit 2
     ;;
 esac

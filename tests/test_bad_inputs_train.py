@@ -94,6 +94,9 @@ CASES = [
     ("finetune-fused-loss-unknown", lambda c, t: _finetune(c, t / "out", spec=_spec(fused_loss="fast")),
      ["fused_loss = 'fast' must be true, false or one of grad_in_forward, checkpointed", "fix finetune.fused_loss"],
      "out"),
+    ("finetune-compile-mode-unknown", lambda c, t: _finetune(c, t / "out", spec=_spec(compile="max-autotune")),
+     ["compile = 'max-autotune' must be true, false or one of max-autotune-no-cudagraphs", "fix finetune.compile"],
+     "out"),
     ("finetune-grad-in-forward-under-zero3", lambda c, t: _finetune(c, t / "out", spec=_spec(
         fused_loss="grad_in_forward", deepspeed=str(ZERO3))),
      ["'finetune.fused_loss' is grad_in_forward", "not supported under DeepSpeed ZeRO-3", "set it to true or checkpointed"],

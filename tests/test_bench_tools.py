@@ -54,7 +54,22 @@ def test_a_variant_names_one_attention_kernel(tmp_path):
     assert [r["sdpa"] for r in runs] == ["torch's choice", "flash only"]
     for bad in ("plain:4:cudnn:flash", "plain:4:fast", "plain:4:flash:compiled"):
         done = finetune_speed(tmp_path, "--variants", bad)
-        assert done.returncode == 2 and "expected PATH:MICRO_BATCH[:compiled][:cudnn|:flash|:efficient]" in done.stderr
+        assert done.returncode == 2 and \
+            "expected PATH:MICRO_BATCH[:compiled|:autotune][:cudnn|:flash|:efficient]" in done.stderr
+
+
+def test_an_autotune_variant_compiles_with_that_mode(tmp_path):
+    """':autotune' trains as `finetune.compile: max-autotune-no-cudagraphs` (train13): its record names the mode and
+    its own graphs; on the CPU Inductor has no GPU kernels to time, so `inductor_autotuned` is 0 here."""
+    done = finetune_speed(tmp_path, "--steps", "3", "--variants", "plain:4:compiled", "plain:4:autotune")
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = [r for r in map(json.loads, (tmp_path / "finetune_speed.jsonl").read_text().splitlines()) if "path" in r]
+    assert [r["compile"] for r in runs] == [True, "max-autotune-no-cudagraphs"]
+    assert all(r["graphs_compiled"] >= 1 and r["inductor_autotuned"] == 0 for r in runs)
+    summary = [r for r in map(json.loads, (tmp_path / "finetune_speed.jsonl").read_text().splitlines())
+               if "variants" in r][0]
+    assert summary["variants"] == ["plain_mb4_compiled", "plain_mb4_autotune"]
+    assert "--variants plain:4:compiled plain:4:autotune`" in summary["table_row"]
 
 
 def test_each_compiled_variant_compiles_its_own_graphs(tmp_path):

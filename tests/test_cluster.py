@@ -301,6 +301,10 @@ def test_plan_prices_each_training_path_at_its_own_row(tmp_path):
     assert seconds("part_b1x", head + rows, fused_loss="checkpointed") == {10.0}
     unnamed = "| smollm2 | finetune_step | h200 | 8192 | 125000 |  | test |\n"
     assert seconds("part_b1x", head + rows + unnamed, fused_loss="checkpointed") == {8.0}
+    # a compile mode is a path of its own: priced at its row where one is measured, not at the default mode's
+    autotune = "| smollm2 | finetune_step | h200 | 8192 | 200000 | grad_in_forward+compiled max-autotune-no-cudagraphs, micro-batch 8 | test |\n"
+    assert seconds("part_b1x", head + rows + autotune, compile="max-autotune-no-cudagraphs") == {5.0}
+    assert seconds("part_b1x", head + rows + autotune) == {6.25}
 
 
 def test_plan_counts_the_prepared_rows_where_they_exist(tmp_path, monkeypatch):

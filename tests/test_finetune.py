@@ -56,7 +56,8 @@ def test_plan_refuses_what_cannot_be_trained(change, rows, world, match):
     ("lr_schedule", "exponential", r"lr_schedule = 'exponential' must be one of constant, cosine, linear"),
     ("steps", 0, r"steps = 0 must be an integer >= 1"),
     ("steps", 2.5, r"steps = 2\.5 must be an integer >= 1"),
-    ("compile", "yes", r"compile = 'yes' must be true or false"),
+    ("compile", "yes", r"compile = 'yes' must be true, false or one of max-autotune-no-cudagraphs"),
+    ("compile", "max-autotune", r"compile = 'max-autotune' must be true, false or one of max-autotune-no-cudagraphs"),
     ("adam_beta2", 1.0, r"adam_beta2 = 1\.0 must be a number in \[0, 1\)"),
 ])
 def test_spec_refuses_bad_values_naming_the_key(key, value, match):

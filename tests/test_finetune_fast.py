@@ -209,3 +209,30 @@ def test_the_compiled_path_runs_the_chunk_through_torch_compile(model):
         fastloss.install_chunked_loss(fast, path, 24)
         _loss_and_grads(fast, ids, labels, count_rows=False)
         assert (counters["stats"]["unique_graphs"] >= 1) == bool(graphs), path
+
+
+def test_a_compile_mode_reaches_every_layers_torch_compile(tmp_path, monkeypatch):
+    """`finetune.compile: max-autotune-no-cudagraphs` trains with each decoder layer compiled in that mode (recorded
+    at nn.Module.compile, which still compiles), and names it in the manifest's spec; true compiles in torch's
+    default mode; the schema offers exactly true, false and COMPILE_MODES."""
+    from ropelaw.config import load_schema
+    from ropelaw.specs import COMPILE_MODES
+
+    node = load_schema()["$defs"]["training"]["properties"]["compile"]
+    assert node["enum"] == [True, False, *COMPILE_MODES] and node["default"] is False
+    seen, compile_ = [], torch.nn.Module.compile
+
+    def recorded(module, *args, **kwargs):
+        seen.append((type(module).__name__, kwargs.get("mode")))
+        return compile_(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", recorded)
+    cell = make_cell(tmp_path, hidden=32, vocab=96)
+    for name, value, mode in (("default", True, None), ("autotune", "max-autotune-no-cudagraphs",
+                                                          "max-autotune-no-cudagraphs")):
+        seen.clear()
+        torch._dynamo.reset()
+        assert finetune(cell, name, {"steps": 2, "compile": value}) == 0
+        assert seen and all(kind == "LlamaDecoderLayer" for kind, _ in seen), seen
+        assert {m for _, m in seen} == {mode}, seen
+        assert manifest(cell, name)["spec"]["compile"] == value

@@ -71,8 +71,9 @@ def load_causal_lm(
     return model, inv_freq
 
 
-def compile_layers(model, key: str) -> int:
-    """torch.compile every decoder layer in place; returns how many.
+def compile_layers(model, key: str, mode: str | None = None) -> int:
+    """torch.compile every decoder layer in place (with torch.compile's `mode`, None for its default);
+    returns how many.
 
     The layers share one compiled graph (torch compiles a layer's code once and
     guards on its structure, not its weights), recompiled once for a second
@@ -83,7 +84,7 @@ def compile_layers(model, key: str) -> int:
     if not layers:
         raise UserError(f"config key '{key}': {type(model).__name__} has no decoder `layers` to compile; set it to false")
     for layer in layers:
-        layer.compile()
+        layer.compile(mode=mode)
     return len(layers)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ropelaw import UserError
 from ropelaw.config import _merge, eval_lengths, load_yaml, method_spec, parse_yaml, passkey_args, resolve, training_args
-from ropelaw.specs import loss_path
+from ropelaw.specs import compile_mode, loss_path
 
 COLUMNS = ["model", "phase", "gpu", "seq_len", "tokens_per_s_per_gpu"]
 # Dense bf16 tensor-core peaks (NVIDIA datasheets, SXM parts): rows measured on one GPU serve another.
@@ -167,9 +167,12 @@ def _prepared_rows(cell) -> int | None:
 
 def training_path(args: dict) -> str:
     """The training path of a cell's fine-tune as the `training` column names it: loss path, compiled or not,
-    micro-batch ('plain, micro-batch 4', 'grad_in_forward+compiled, micro-batch 8'); DeepSpeed's is its own."""
+    micro-batch ('plain, micro-batch 4', 'grad_in_forward+compiled, micro-batch 8'; a compile mode is named:
+    '+compiled max-autotune-no-cudagraphs'); DeepSpeed's is its own."""
     loss = loss_path(args["fused_loss"], zero3=False)  # a DeepSpeed run is told apart by its suffix
-    text = f"{loss}{'+compiled' if args['compile'] else ''}, micro-batch {args['micro_batch_size']}"
+    mode = compile_mode(args["compile"])
+    compiled = f"+compiled {mode}" if mode else "+compiled" if args["compile"] else ""
+    text = f"{loss}{compiled}, micro-batch {args['micro_batch_size']}"
     return text + (", deepspeed" if args.get("deepspeed") else "")
 
 

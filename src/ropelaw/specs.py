@@ -28,6 +28,14 @@ def _positive(key: str, value: float, *, strict: bool = True) -> None:
 LOSS_PATHS = ("grad_in_forward", "checkpointed", "grad_in_forward_compiled")
 # the paths that read the lm_head weight outside its module (LinearCrossEntropy): refused under ZeRO-3
 GRAD_IN_FORWARD = ("grad_in_forward", "grad_in_forward_compiled")
+# finetune.compile besides true/false: a torch.compile mode (Inductor autotunes its matrix products and
+# kernels; the CUDA-graph modes are not offered: the Trainer's steps are not graph-safe as written)
+COMPILE_MODES = ("max-autotune-no-cudagraphs",)
+
+
+def compile_mode(compile: bool | str) -> str | None:
+    """The torch.compile mode of `finetune.compile` (None: torch's default, or no compile at all)."""
+    return compile if isinstance(compile, str) else None
 
 
 def zero_stage(deepspeed: str | None, key: str = "finetune") -> int | None:
@@ -97,8 +105,8 @@ class TrainingSpec:
     """Tuning lengths must be a multiple of this."""
     logging_steps: int = 10
     """Log loss and learning rate every N steps."""
-    compile: bool = False
-    """torch.compile each decoder layer."""
+    compile: bool | str = False
+    """torch.compile each decoder layer: true, false, or max-autotune-no-cudagraphs (`COMPILE_MODES`)."""
     fused_loss: bool | str = True
     """The loss from the last hidden states in chunks, never the whole fp32 logits: true, false,
     grad_in_forward or checkpointed (`loss_path`)."""
@@ -110,6 +118,9 @@ class TrainingSpec:
         _positive(f"{key}.max_grad_norm", self.max_grad_norm)
         _positive(f"{key}.adam_epsilon", self.adam_epsilon)
         _positive(f"{key}.weight_decay", self.weight_decay, strict=False)
+        if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
+            raise UserError(f"config key '{key}.compile' is {self.compile!r}; set it to true, false or one of "
+                            f"{', '.join(COMPILE_MODES)}")
         if self.global_batch_size % self.micro_batch_size:
             raise UserError(f"config key '{key}.global_batch_size' ({self.global_batch_size}) must be a multiple of "
                             f"micro_batch_size ({self.micro_batch_size}); change one of them")

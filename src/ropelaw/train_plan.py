@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, fields
 
 from ropelaw import UserError, json_object
-from ropelaw.specs import LOSS_PATHS, TrainingSpec
+from ropelaw.specs import COMPILE_MODES, LOSS_PATHS, TrainingSpec
 
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -45,8 +45,9 @@ class TrainSpec(TrainingSpec):
         self._check("weight_decay", float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
         for name in ("adam_beta1", "adam_beta2"):
             self._check(name, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-        for name in ("gradient_checkpointing", "compile"):
-            self._check(name, bool, lambda v: True, "true or false")
+        self._check("gradient_checkpointing", bool, lambda v: True, "true or false")
+        self._check("compile", None, lambda v: isinstance(v, bool) or v in COMPILE_MODES,
+                    f"true, false or one of {', '.join(COMPILE_MODES)}")
         self._check("fused_loss", None, lambda v: isinstance(v, bool) or v in LOSS_PATHS,
                     f"true, false or one of {', '.join(LOSS_PATHS)}")
         for name, allowed in (("lr_schedule", SCHEDULES), ("precision", PRECISIONS), ("attn_implementation", ATTENTION)):

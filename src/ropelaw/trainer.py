@@ -21,7 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ropelaw import UserError, checkpoints
-from ropelaw.specs import loss_path, zero_stage
+from ropelaw.specs import compile_mode, loss_path, zero_stage
 from ropelaw.train_plan import SCHEDULES, Plan, TrainSpec
 
 
@@ -145,7 +145,7 @@ def build_trainer(model, spec: TrainSpec, args: TrainingArguments, dataset, call
 
     model.config.use_cache = False
     if spec.compile:
-        compile_layers(model, "finetune.compile")
+        compile_layers(model, "finetune.compile", compile_mode(spec.compile))
         if spec.deepspeed:
             print("warning: finetune.compile with DeepSpeed: ZeRO-3's parameter hooks split the compiled layers; "
                   "on one H200 it was slower than ZeRO-3 alone (BENCHMARKS.md)", flush=True)
