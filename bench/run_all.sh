@@ -153,11 +153,12 @@ train4)
     ;;
 eval4)
     # Issue 14 goal 2: a 13B at 1,048,576 tokens in 80 GiB (set_per_process_memory_fraction), the head
-    # groups chosen by evaluation.chunk_size: auto (predicted: 4 groups, 71.7 GiB;
-    # bench/results/2026-12-01-session4/PREDICTIONS.md); about 17 minutes, timed once, no warm-up call.
+    # groups chosen by evaluation.chunk_size: auto (8 groups in eval8's two-layer run, 73.54 GiB); about 18
+    # minutes, timed once, no warm-up call: longer than one device call, so run it with bench/background.sh.
+    # Predictions: bench/results/2026-12-03-session16/PREDICTIONS.md ("eval4").
     step 1500 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80
-    # The same perplexity with the capped run's 4 groups as with the default's 1, uncapped, at 131,072 tokens.
-    step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 131072 --no-plain --no-warmup --variants auto:4
+    # The same perplexity with the capped run's head groups (8, and 4) as with the default's, uncapped, at 131,072.
+    step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 131072 --no-plain --no-warmup --variants auto:8 auto:4
     ;;
 eval5)
     # Issue 14 goal 2's memory in 3 minutes: the 13B at 1,048,576 tokens under an 80 GiB cap with every layer's
