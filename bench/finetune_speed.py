@@ -84,10 +84,11 @@ class StepTimer(TrainerCallback):
 
 
 class StepProfiler(TrainerCallback):
-    """torch.profiler over optimizer steps skip+1 .. skip+n: GPU kernels (CPU operators without a GPU)."""
+    """torch.profiler over optimizer steps skip+1 .. skip+n: GPU kernels (CPU operators without a GPU); with
+    `trace`, the profile is also written there as a Chrome trace (gzip), for bench/trace_gaps.py."""
 
-    def __init__(self, skip: int, n: int):
-        self.skip, self.n = skip, n
+    def __init__(self, skip: int, n: int, trace: Path | None = None):
+        self.skip, self.n, self.trace = skip, n, trace
         self.prof = None
         self.started = self.wall = None
         self.result: dict = {}
@@ -107,10 +108,14 @@ class StepProfiler(TrainerCallback):
                 torch.cuda.synchronize()
             self.wall = time.perf_counter() - self.started
             self.prof.stop()
+            if self.trace is not None:
+                self.trace.parent.mkdir(parents=True, exist_ok=True)
+                self.prof.export_chrome_trace(str(self.trace))
             breakdown = benchlib.kernel_breakdown(self.prof, per=self.n)
             by_class = breakdown.get("gpu_seconds_by_class") or breakdown["cpu_seconds_by_class"]
             busy = sum(by_class.values())
             self.result = {"profiled_steps": self.n, "profiled_step_s": self.wall / self.n,
+                           **({"trace": self.trace.name} if self.trace is not None else {}),
                            "busy_fraction": busy / (self.wall / self.n), **breakdown}
             self.prof = None
 
@@ -223,7 +228,8 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
     timer = StepTimer()
     callbacks = [timer]
     if args.profile:
-        profiler = StepProfiler(args.skip, args.profile)
+        trace = out_path(f"trace_{label(path, micro_batch, compiled, sdpa)}.json.gz") if args.trace else None
+        profiler = StepProfiler(args.skip, args.profile, trace)
         callbacks.append(profiler)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -352,7 +358,12 @@ def main() -> None:
                         help="no dynamo reset before a compiled run: it may rerun an earlier variant's graphs")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile N optimizer steps of every run after --skip: seconds per step by kernel class")
+    parser.add_argument("--trace", action="store_true",
+                        help="with --profile: write each run's profile as $OUT/trace_<variant>.json.gz (a Chrome trace; "
+                             "bench/trace_gaps.py reads where the GPU waits)")
     args = parser.parse_args()
+    if args.trace and not args.profile:
+        parser.error("--trace writes the profiled steps: give --profile N too")
     if args.variants and len({label(*v) for v in args.variants}) < len(args.variants):
         parser.error("--variants: each configuration once")
     args.tokens_sha256 = None

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,6 +39,49 @@ def test_profile_records_time_per_step_by_class(tmp_path):
         matmul_calls = sum(k["calls"] for k in run["top_kernels"] if k["kernel"] == "aten::mm")
         assert matmul_calls > 0 and matmul_calls == int(matmul_calls)
         assert len(run["step_s_all"]) == 5
+
+
+def test_trace_is_written_and_trace_gaps_reads_it(tmp_path):
+    """--trace writes each profiled run as a Chrome trace; bench/trace_gaps.py finds the busy time as the union of
+    the lane's events (checked here against a count of covered microseconds, computed apart), the idle rest, and the
+    largest gaps in order. A CPU trace has no kernels: the default lane is refused in one line naming --lane cpu_op."""
+    import gzip
+
+    import numpy as np
+
+    done = finetune_speed(tmp_path, "--steps", "5", "--skip", "1", "--profile", "2", "--trace", "--variants",
+                          "grad_in_forward:4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = [r for r in map(json.loads, (tmp_path / "finetune_speed.jsonl").read_text().splitlines()) if "path" in r][0]
+    trace = tmp_path / run["trace"]
+    assert trace.name == "trace_grad_in_forward_mb4.json.gz"
+    gaps = [sys.executable, str(ROOT / "bench/trace_gaps.py"), str(trace), "--steps", "2"]
+    refused = subprocess.run(gaps, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "trace_gaps.py: no events of kernel, gpu_memcpy, gpu_memset in the trace (it has: Trace, cpu_op, "
+        "user_annotation); a CPU-only trace has no kernels: read its host operators with --lane cpu_op"]
+    read = subprocess.run([*gaps, "--lane", "cpu_op", "--top", "5", "--min-us", "10"], capture_output=True, text=True,
+                          timeout=120)
+    assert read.returncode == 0, read.stderr[-2000:]
+    result = json.loads(read.stdout)
+    events = [e for e in json.load(gzip.open(trace, "rt"))["traceEvents"] if e.get("cat") == "cpu_op" and e.get("ph") == "X"]
+    start = min(e["ts"] for e in events)
+    covered = np.zeros(int(max(e["ts"] + e["dur"] for e in events) - start) + 2, dtype=bool)
+    for e in events:
+        covered[int(e["ts"] - start):int(np.ceil(e["ts"] + e["dur"] - start))] = True
+    assert result["events"] == len(events)
+    assert abs(result["busy_ms"] - covered.sum() / 1e3) <= 2 * len(events) / 1e3  # each event's ends rounded to 1 us
+    assert result["idle_ms"] == pytest.approx(result["window_ms"] - result["busy_ms"])
+    assert result["idle_ms_per_step"] == pytest.approx(result["idle_ms"] / 2)
+    largest = [g["us"] for g in result["largest"]]
+    assert 0 < len(largest) <= 5 and largest == sorted(largest, reverse=True) and min(largest) >= 10
+    assert result["idle_in_gaps_at_least_min_ms_per_step"] * 2 <= result["idle_ms"] + 1e-9
+
+
+def test_trace_without_profile_is_one_line(tmp_path):
+    done = finetune_speed(tmp_path, "--trace", "--variants", "plain:4")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(
+        "--trace writes the profiled steps: give --profile N too")
 
 
 def test_profile_that_leaves_no_step_to_time_is_one_line(tmp_path):
