@@ -20,7 +20,7 @@ $OUT/finetune_speed.jsonl (default bench/results/) its steps/s and tokens/s (med
 micro-batch, a summary line with each path's speed-up over plain and over checkpointed, the
 largest relative difference of its per-step losses from plain's, and a table row for BENCHMARKS.md.
 
-`--variants PATH:MICRO_BATCH[:compiled|:autotune][:cudnn|:flash|:efficient]` runs exactly those configurations instead
+`--variants PATH:MICRO_BATCH[:compiled|:autotune][:cudnn|:flash|:efficient][:synced]` runs exactly those configurations instead
 (same global batch, same rows, same seed), and the first one is the reference: each later one is reported as its
 speed-up over it and its largest relative per-step loss difference from it. `--tokens DIR` trains
 on the rows of a packed dataset (`tokens.bin` + `manifest.json`, e.g. a study's
@@ -28,7 +28,9 @@ on the rows of a packed dataset (`tokens.bin` + `manifest.json`, e.g. a study's
 and the loss comparison means something. `:cudnn`, `:flash` or `:efficient` lets SDPA use only that
 attention kernel (the default lets torch choose: cuDNN's on an H200 with torch 2.11, as train7's profile
 showed), to see whether the attention kernel is what keeps a step from going faster. `:autotune` compiles the
-layers as `finetune.compile: max-autotune-no-cudagraphs` does, `:compiled` as `finetune.compile: true`.
+layers as `finetune.compile: max-autotune-no-cudagraphs` does, `:compiled` as `finetune.compile: true`. `:synced`
+trains as before train14 (blocking batch copies, transformers' attention-mask creation: a host-GPU sync each), the
+reference for the path that replaced it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -177,33 +180,51 @@ def _flag(compiled: bool | str) -> str | None:
     return next((flag for flag, value in COMPILE_FLAGS.items() if value == compiled and compiled), None)
 
 
-def label(path: str, micro_batch: int, compiled: bool | str, sdpa: str | None = None) -> str:
+class Variant(NamedTuple):
+    """One configuration of `--variants`: loss path, micro-batch, `finetune.compile`, the one SDPA kernel allowed
+    (None: torch's choice), and `synced`: trained as before train14 (`ropelaw.finetune.train`'s `host_syncs`:
+    blocking batch copies and transformers' mask creation, each a host-GPU sync every step)."""
+
+    path: str
+    micro_batch: int
+    compiled: bool | str = False
+    sdpa: str | None = None
+    synced: bool = False
+
+
+def label(path: str, micro_batch: int, compiled: bool | str, sdpa: str | None = None, synced: bool = False) -> str:
     flag = _flag(compiled)
-    return f"{path}_mb{micro_batch}" + (f"_{flag}" if flag else "") + (f"_{sdpa}" if sdpa else "")
+    return (f"{path}_mb{micro_batch}" + (f"_{flag}" if flag else "") + (f"_{sdpa}" if sdpa else "")
+            + ("_synced" if synced else ""))
 
 
-def parse_variant(text: str) -> tuple[str, int, bool | str, str | None]:
-    """'PATH:MICRO_BATCH[:compiled|:autotune][:BACKEND]' -> (path, micro_batch, `finetune.compile`, BACKEND or None)."""
+VARIANT_FORM = f"PATH:MICRO_BATCH[:{'|:'.join(COMPILE_FLAGS)}][:{'|:'.join(SDPA_BACKENDS)}][:synced]"
+
+
+def parse_variant(text: str) -> Variant:
+    """VARIANT_FORM -> a Variant; the optional flags in that order, each at most once."""
     parts = text.split(":")
     flags = parts[2:]
     compiled = COMPILE_FLAGS.get(flags[0], False) if flags else False
-    backend = flags[1:] if compiled else flags
-    if len(parts) < 2 or parts[0] not in FUSED_LOSS or not parts[1].isdigit() \
-            or len(backend) > 1 or (backend and backend[0] not in SDPA_BACKENDS):
-        raise argparse.ArgumentTypeError(
-            f"'{text}': expected PATH:MICRO_BATCH[:{'|:'.join(COMPILE_FLAGS)}][:{'|:'.join(SDPA_BACKENDS)}], "
-            f"PATH one of {', '.join(FUSED_LOSS)}")
-    return parts[0], int(parts[1]), compiled, (backend[0] if backend else None)
+    flags = flags[1:] if compiled else flags
+    backend = flags[0] if flags and flags[0] in SDPA_BACKENDS else None
+    flags = flags[1:] if backend else flags
+    synced = flags == ["synced"]
+    if len(parts) < 2 or parts[0] not in FUSED_LOSS or not parts[1].isdigit() or (flags and not synced):
+        raise argparse.ArgumentTypeError(f"'{text}': expected {VARIANT_FORM}, PATH one of {', '.join(FUSED_LOSS)}")
+    return Variant(parts[0], int(parts[1]), compiled, backend, synced)
 
 
-def variant_text(path: str, micro_batch: int, compiled: bool | str, sdpa: str | None) -> str:
+def variant_text(path: str, micro_batch: int, compiled: bool | str, sdpa: str | None, synced: bool = False) -> str:
     flag = _flag(compiled)
-    return f"{path}:{micro_batch}" + (f":{flag}" if flag else "") + (f":{sdpa}" if sdpa else "")
+    return (f"{path}:{micro_batch}" + (f":{flag}" if flag else "") + (f":{sdpa}" if sdpa else "")
+            + (":synced" if synced else ""))
 
 
 def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled: bool | str, args,
-             sdpa: str | None = None) -> dict:
-    """One training run with loss `path`; its record (`oom: true` if it ran out of GPU memory).
+             sdpa: str | None = None, synced: bool = False) -> dict:
+    """One training run with loss `path`; its record (`oom: true` if it ran out of GPU memory). `synced`: as
+    `Variant.synced`.
 
     `sdpa` ('cudnn', 'flash' or 'efficient'): SDPA may use only that attention kernel
     (`torch.nn.attention.sdpa_kernel`), where None lets torch pick (cuDNN's on an H200 with torch 2.11: the
@@ -222,19 +243,19 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
         "model": str(args.model_dir or ("tiny" if args.tiny else "smollm2-135m random")), "seq": args.seq,
         "global_batch": args.global_batch, "micro_batch": micro_batch, "steps": args.steps,
         "logging_steps": args.logging_steps, "ac": args.ac,
-        "compile": compiled, "sdpa": f"{sdpa} only" if sdpa else "torch's choice",
+        "compile": compiled, "sdpa": f"{sdpa} only" if sdpa else "torch's choice", "host_syncs": synced,
         "tokens": args.tokens_sha256 or "uniform random",
     }
     timer = StepTimer()
     callbacks = [timer]
     if args.profile:
-        trace = out_path(f"trace_{label(path, micro_batch, compiled, sdpa)}.json.gz") if args.trace else None
+        trace = out_path(f"trace_{label(path, micro_batch, compiled, sdpa, synced)}.json.gz") if args.trace else None
         profiler = StepProfiler(args.skip, args.profile, trace)
         callbacks.append(profiler)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    tag = label(path, micro_batch, compiled, sdpa)
+    tag = label(path, micro_batch, compiled, sdpa, synced)
     if compiled and not args.keep_compiled:
         # Dynamo keeps the graphs a run compiled, keyed by code object, and its guards do not cover the SDPA
         # backend: without a reset, a later variant of this process reruns the first one's graphs, whatever
@@ -245,7 +266,7 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
     try:
         with benchlib.sdpa_context(sdpa or "default"):
             record = train(str(model_dir), str(root / "data"), args.base, spec, str(root / f"ckpt_{tag}"),
-                           str(root / f"out_{tag}"), callbacks=callbacks)
+                           str(root / f"out_{tag}"), callbacks=callbacks, host_syncs=synced)
     except torch.OutOfMemoryError as err:
         message = str(err).splitlines()[0]
         record = None
@@ -347,7 +368,7 @@ def main() -> None:
     parser.add_argument("--base", type=float, default=1e6, help="the rotary base the cell tunes with")
     parser.add_argument("--ac", action="store_true", help="finetune.gradient_checkpointing")
     parser.add_argument("--compile", action="store_true", help="finetune.compile (every run)")
-    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None, metavar="PATH:MB[:compiled|:autotune][:BACKEND]",
+    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None, metavar="PATH:MB[:compiled|:autotune][:BACKEND][:synced]",
                         help="run these instead of --paths x --micro-batch; the first is the reference")
     parser.add_argument("--tokens", default=None, metavar="DIR",
                         help="train on a packed dataset's rows (tokens.bin + manifest.json) instead of random ones")
@@ -384,9 +405,9 @@ def main() -> None:
         model_dir, _ = prepare(root, args)
         if args.variants:
             runs = {}
-            for path, micro_batch, compiled, sdpa in args.variants:
-                name = label(path, micro_batch, compiled, sdpa)
-                runs[name] = run_path(root, model_dir, path, micro_batch, compiled, args, sdpa)
+            for variant in args.variants:
+                name = label(*variant)
+                runs[name] = run_path(root, model_dir, *variant[:3], args, *variant[3:])
                 write_record(out_path("finetune_speed.jsonl"), runs[name])
             line = variant_summary(runs, args)
             write_record(out_path("finetune_speed.jsonl"), line)

@@ -24,13 +24,14 @@
 #   bash bench/run_all.sh train12   # 1 GPU: SmolLM2 at 16K, plain (micro-batch 2) vs the fast path (4), side by side
 #   bash bench/run_all.sh train13   # 1 GPU: train11's plain and compiled-loss paths, then the latter with max-autotune
 #   bash bench/run_all.sh train14   # 1 GPU: the compiled-loss path's 3 profiled steps as a trace: where the GPU waits
+#   bash bench/run_all.sh train15   # 1 GPU: train14's two host syncs removed, side by side with the path before (goal 3)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
 # zstandard (ropelaw.data imports it; the device machine lacks it: carry its cp312 wheel).
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -279,8 +280,18 @@ train14)
     step 120 bash -c 'python3 bench/trace_gaps.py "$OUT"/trace_grad_in_forward_compiled_mb8_compiled.json.gz \
         --steps 3 --top 25 >>"$OUT/trace_gaps.jsonl"'
     ;;
+train15)
+    # Issue 14 goal 3 after train14: each step's two host-GPU syncs (the blocking batch copy, transformers' mask
+    # creation) removed. Plain and the compiled-loss path as they were (":synced", as the issue measured them), then
+    # the compiled-loss path as it trains now, one process, 30 steps. Predictions in
+    # bench/results/2026-12-03-session16/PREDICTIONS.md.
+    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
+    step 400 python3 bench/finetune_speed.py $model $tokens --steps 30 --logging-steps 10 \
+        --variants plain:4:synced grad_in_forward_compiled:8:compiled:synced grad_in_forward_compiled:8:compiled
+    ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13 or train14" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14 or train15" >&2
     exit 2
     ;;
 esac

@@ -202,7 +202,7 @@ def test_a_corrupt_newest_checkpoint_is_named_and_the_previous_one_resumed(cell,
 
     assert main(_finetune(cell, tmp_path / "clean")) == 0
     build = trainer.build_trainer
-    monkeypatch.setattr(trainer, "build_trainer", lambda *a, **k: build(*a[:4], [*a[4], _StopAt()]))
+    monkeypatch.setattr(trainer, "build_trainer", lambda *a, **k: build(*a[:4], [*a[4], _StopAt()], **k))
     previous = signal.getsignal(signal.SIGUSR1)
     with pytest.raises(SystemExit, match="75"):
         main(_finetune(cell, tmp_path / "run"))

@@ -97,10 +97,26 @@ def test_a_variant_names_one_attention_kernel(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     runs = [r for r in map(json.loads, (tmp_path / "finetune_speed.jsonl").read_text().splitlines()) if "path" in r]
     assert [r["sdpa"] for r in runs] == ["torch's choice", "flash only"]
-    for bad in ("plain:4:cudnn:flash", "plain:4:fast", "plain:4:flash:compiled"):
+    for bad in ("plain:4:cudnn:flash", "plain:4:fast", "plain:4:flash:compiled", "plain:4:synced:flash",
+                "plain:4:synced:synced"):
         done = finetune_speed(tmp_path, "--variants", bad)
         assert done.returncode == 2 and \
-            "expected PATH:MICRO_BATCH[:compiled|:autotune][:cudnn|:flash|:efficient]" in done.stderr
+            "expected PATH:MICRO_BATCH[:compiled|:autotune][:cudnn|:flash|:efficient][:synced]" in done.stderr
+
+
+def test_a_synced_variant_trains_as_before_train14(tmp_path):
+    """':synced' is the path train14's fixes replaced (blocking batch copies, transformers' mask creation), the
+    reference beside the path that replaced it: its record says so, and it computes the same losses."""
+    done = finetune_speed(tmp_path, "--steps", "3", "--variants", "grad_in_forward:4:synced", "grad_in_forward:4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in (tmp_path / "finetune_speed.jsonl").read_text().splitlines()]
+    runs = [r for r in lines if "path" in r]
+    assert [r["host_syncs"] for r in runs] == [True, False]
+    assert runs[0]["losses"] == runs[1]["losses"]
+    summary = [r for r in lines if "variants" in r][0]
+    assert summary["variants"] == ["grad_in_forward_mb4_synced", "grad_in_forward_mb4"]
+    assert summary["grad_in_forward_mb4_max_rel_loss_diff"] == 0
+    assert "--variants grad_in_forward:4:synced grad_in_forward:4`" in summary["table_row"]
 
 
 def test_an_autotune_variant_compiles_with_that_mode(tmp_path):

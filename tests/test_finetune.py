@@ -176,8 +176,8 @@ def _signal_callback(monkeypatch):
 
     build = trainer.build_trainer
 
-    def with_signal(model, spec, args, dataset, callbacks=()):
-        return build(model, spec, args, dataset, [*callbacks, _Signal()])
+    def with_signal(model, spec, args, dataset, callbacks=(), **kwargs):
+        return build(model, spec, args, dataset, [*callbacks, _Signal()], **kwargs)
 
     monkeypatch.setattr(trainer, "build_trainer", with_signal)
     previous = signal.getsignal(signal.SIGUSR1)
@@ -215,7 +215,7 @@ class Kill(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 build = trainer.build_trainer
-trainer.build_trainer = lambda model, spec, args, dataset, callbacks=(): build(model, spec, args, dataset, [*callbacks, Kill()])
+trainer.build_trainer = lambda model, spec, args, dataset, callbacks=(), **kw: build(model, spec, args, dataset, [*callbacks, Kill()], **kw)
 main(sys.argv[1:])
 """
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import dataclasses
 from pathlib import Path
 
@@ -236,3 +237,66 @@ def test_a_compile_mode_reaches_every_layers_torch_compile(tmp_path, monkeypatch
         assert seen and all(kind == "LlamaDecoderLayer" for kind, _ in seen), seen
         assert {m for _, m in seen} == {mode}, seen
         assert manifest(cell, name)["spec"]["compile"] == value
+
+
+class _ScalarReads(TorchDispatchMode):
+    """Where a run reads a tensor's value on the host (`.item()`, `bool(t)`: aten._local_scalar_dense), by the
+    transformers or ropelaw file and line that asked; on a GPU each read makes the host wait for the device. The
+    data loader's sampler draws its seeds from CPU tensors, on a GPU machine too: those reads are left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import traceback
+
+        stack = traceback.extract_stack() if func is torch.ops.aten._local_scalar_dense.default else []
+        if stack and not any("/torch/utils/data/" in f.filename for f in stack):
+            frames = [f for f in stack if "/transformers/" in f.filename or "/ropelaw/" in f.filename]
+            self.sites.append(f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("path", ["grad_in_forward", "grad_in_forward_compiled"])
+def test_a_training_step_reads_no_device_value_between_logs(tmp_path, path, monkeypatch):
+    """The fast path's steps read nothing back from the device but at a log (BENCHMARKS.md train14: each read was a
+    host-GPU sync that left the GPU idle at every step's start): 8 steps logged every 4 read the loss and the grad
+    norm twice and the total loss once at the end, nothing per step. The path before train14 (`host_syncs`: transformers' mask creation, which
+    tests the position ids for packed sequences) read one value at every forward. The batches are copied without
+    blocking."""
+    from ropelaw.finetune import train
+    from ropelaw.train_plan import TrainSpec
+    from ropelaw import trainer as trainer_module
+
+    cell = make_cell(tmp_path, hidden=32, vocab=96)
+    spec = TrainSpec(**{**SPEC, "steps": 8, "logging_steps": 4, "fused_loss": path, "global_batch_size": 4,
+                        "micro_batch_size": 4, "checkpoint_every": 100})
+    made = []
+    build = trainer_module.build_trainer
+    monkeypatch.setattr(trainer_module, "build_trainer", lambda *a, **k: made.append(build(*a, **k)) or made[-1])
+    sites = {}
+    for host_syncs in (False, True):
+        reads = _ScalarReads()
+
+        class During(transformers.TrainerCallback):  # only the training loop's steps, not the load or the save
+            def on_train_begin(self, *a, **k):
+                reads.__enter__()
+
+            def on_train_end(self, *a, **k):
+                reads.__exit__(None, None, None)
+
+        train(str(cell / "model"), str(cell / "data"), 50000.0, spec, str(tmp_path / f"ckpt{host_syncs}"),
+              str(tmp_path / f"out{host_syncs}"), callbacks=[During()], host_syncs=host_syncs)
+        sites[host_syncs] = reads.sites
+        assert made[-1].accelerator.dataloader_config.non_blocking is (not host_syncs)
+    assert sorted(set(sites[False])) == sorted({s for s in sites[False] if s.startswith("trainer.py")}), sites[False]
+    assert len(sites[False]) == 5, sites[False]  # the loss and the grad norm at steps 4 and 8; the total at the end
+    masking = [s for s in sites[True] if s.startswith("masking_utils.py")]
+    assert len(masking) == 8, sites[True]  # one per micro-batch forward
+    # the same attention with and without the mask creation: the same losses, the same weights
+    logged = [[r["loss"] for r in json.loads((tmp_path / f"out{h}/ropelaw_manifest.json").read_text())["log_history"]
+               if "loss" in r] for h in (False, True)]
+    assert logged[0] == logged[1] and len(logged[0]) == 2
+    weights = [load_file(tmp_path / f"out{h}/model.safetensors") for h in (False, True)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])

@@ -69,10 +69,12 @@ def _resume_point(args, ckpt_dir: Path, identity: dict, steps: int) -> Path | No
 
 def train(
     model_dir: str, data_dir: str, method: float | methods.MethodSpec, spec: TrainSpec, checkpoints_dir: str,
-    out: str, callbacks=(),
+    out: str, callbacks=(), host_syncs: bool = False,
 ) -> dict:
     """Train one cell with `method` (a rotary base, or a resolved method that trains); `callbacks` are
-    extra TrainerCallbacks (bench/ times steps with them). Returns the manifest written beside the model."""
+    extra TrainerCallbacks (bench/ times steps with them); `host_syncs` trains as before train14's fixes
+    (blocking batch copies, transformers' mask creation), for bench/finetune_speed.py's reference.
+    Returns the manifest written beside the model."""
     import torch
     from transformers import AutoTokenizer
 
@@ -90,11 +92,13 @@ def train(
     if earlier := checkpoints.diverged(ckpt_dir, identity):  # before the model loads: a retry would diverge again
         raise UserError(f"attempt {earlier['attempt']} of this run diverged (training loss {earlier['loss']} at step "
                         f"{earlier['step']}) and the same seed, spec and data would again: {Diverged.FIX}")
-    args = training_arguments(spec, plan, str(ckpt_dir), bf16=resolve_dtype(spec.precision) == torch.bfloat16)
+    args = training_arguments(spec, plan, str(ckpt_dir), bf16=resolve_dtype(spec.precision) == torch.bfloat16,
+                              host_syncs=host_syncs)
     model, inv_freq = load_causal_lm(model_dir, method_spec, precision="fp32", attn_implementation=spec.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = PackedDataset(data_dir, plan.rows_per_epoch)
-    trainer = build_trainer(model, spec, args, dataset, [stopper, RecordCheckpoints(), *callbacks])
+    trainer = build_trainer(model, spec, args, dataset, [stopper, RecordCheckpoints(), *callbacks],
+                            host_syncs=host_syncs)
     resume = _resume_point(args, ckpt_dir, identity, spec.steps)
     main = args.process_index == 0
     try:

@@ -104,11 +104,17 @@ def _on_any_rank(flag: bool, device) -> bool:
     return bool(flag_t.item())
 
 
-def training_arguments(spec: TrainSpec, plan: Plan, output_dir: str, bf16: bool) -> TrainingArguments:
+def training_arguments(spec: TrainSpec, plan: Plan, output_dir: str, bf16: bool,
+                       host_syncs: bool = False) -> TrainingArguments:
     """The Trainer's arguments. Under ZeRO-3, creating them before the model makes from_pretrained load
     each rank's shard only (deepspeed.zero.Init), instead of the whole fp32 model on every rank.
     The optimizer is transformers' default, torch's fused AdamW (one kernel for every parameter,
-    on CPU and GPU, with torch >= 2.8); the model manifest records it."""
+    on CPU and GPU, with torch >= 2.8); the model manifest records it.
+
+    Each batch is copied to the GPU from pinned memory without blocking (accelerate's `non_blocking`): a
+    blocking copy made the host wait at every step's start for the GPU to finish the step before, and
+    the GPU then waited while the host launched the next step (BENCHMARKS.md, train14). `host_syncs`
+    keeps the blocking copy, for benchmarks of the path this replaced."""
     return TrainingArguments(
         output_dir=output_dir,
         max_steps=spec.steps,
@@ -134,16 +140,46 @@ def training_arguments(spec: TrainSpec, plan: Plan, output_dir: str, bf16: bool)
         logging_nan_inf_filter=False,  # FiniteLoss stops the run instead
         report_to=[],
         dataloader_drop_last=True,
+        dataloader_pin_memory=True,
+        accelerator_config={"non_blocking": not host_syncs},
         disable_tqdm=False,
     )
 
 
-def build_trainer(model, spec: TrainSpec, args: TrainingArguments, dataset, callbacks=()) -> Trainer:
-    """The Trainer of a loaded fp32 model (bf16 autocast through the Trainer, or DeepSpeed's bf16 engine)."""
+CAUSAL_SDPA = "ropelaw_causal_sdpa"
+
+
+def skip_mask_creation(model) -> bool:
+    """Train an SDPA model with no attention mask built, the same kernel called with `is_causal`.
+
+    Before every forward, transformers' mask creation tests the position ids for packed sequences, a
+    reduction whose result the host reads (a host-GPU sync each micro-batch, BENCHMARKS.md train14).
+    A training row here is one unpadded sequence (`PackedDataset` gives no attention_mask and the model
+    numbers the positions 0..T-1), so the mask it builds is always none at all. SDPA registered under
+    another name with no mask function (transformers' AttentionInterface) skips the creation: the same
+    attention function, the same numbers, no sync. Other kernels are left as they are; the saved
+    config does not record the name. Returns whether it switched."""
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if model.config._attn_implementation != "sdpa":
+        return False
+    if CAUSAL_SDPA not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(CAUSAL_SDPA, ALL_ATTENTION_FUNCTIONS["sdpa"])
+    model.set_attn_implementation(CAUSAL_SDPA)
+    return True
+
+
+def build_trainer(model, spec: TrainSpec, args: TrainingArguments, dataset, callbacks=(),
+                  host_syncs: bool = False) -> Trainer:
+    """The Trainer of a loaded fp32 model (bf16 autocast through the Trainer, or DeepSpeed's bf16 engine).
+    SDPA trains without transformers' mask creation (`skip_mask_creation`) unless `host_syncs`."""
     from ropelaw.fastloss import install_chunked_loss
     from ropelaw.models import compile_layers
 
     model.config.use_cache = False
+    if not host_syncs:
+        skip_mask_creation(model)
     if spec.compile:
         compile_layers(model, "finetune.compile", compile_mode(spec.compile))
         if spec.deepspeed:
