@@ -68,6 +68,10 @@ fi
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name(), torch.cuda.device_count())' | tee -a "$log"
 
+# The SmolLM2 fine-tuning parts read a converted model (SMOLLM2_DIR) or packed rows (TOKENS_DIR) where set.
+model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
+tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
+
 case $part in
 eval)
     step 60 python3 bench/ceilings.py
@@ -148,7 +152,6 @@ train3)
 train4)
     # The three losses of finetune.fused_loss side by side, per micro-batch, in one process each
     # (bench/finetune_speed.py; plain last: at micro-batch 16 it may run out of memory, recorded as such).
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
     step 220 python3 bench/finetune_speed.py $model --steps 20 --micro-batch 4 8
     step 170 python3 bench/finetune_speed.py $model --steps 20 --micro-batch 8 --compile
     step 170 python3 bench/finetune_speed.py $model --steps 20 --micro-batch 16 --global-batch 16 --compile
@@ -181,8 +184,6 @@ train5)
     # default, first, the reference) vs the fused loss, compiled and larger micro-batches, at the studies' global
     # batch of 8 over 50 steps (the loss check), then at a global batch of 16. TOKENS_DIR: a packed dataset
     # (e.g. results/smollm2/data/train_len8192), so that the loss falls; random weights of SmolLM2's shape.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
-    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
     step 360 python3 bench/finetune_speed.py $model $tokens --steps 50 \
         --variants plain:4 grad_in_forward:8:compiled grad_in_forward:4:compiled grad_in_forward:8
     step 200 python3 bench/finetune_speed.py $model $tokens --steps 20 --global-batch 16 \
@@ -191,8 +192,6 @@ train5)
 train6)
     # Issue 14 goal 3: is the attention kernel what holds the step? train5's reference and best path, each
     # again with SDPA restricted to cuDNN's attention (flash is torch's choice on an H200). TOKENS_DIR as train5.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
-    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 50 \
         --variants plain:4 plain:4:cudnn grad_in_forward:8:compiled grad_in_forward:8:compiled:cudnn
     ;;
@@ -200,8 +199,6 @@ train7)
     # Issue 14 goal 3: where a step's GPU time goes. The reference and the fast path of train6, 30 steps each,
     # steps 4-8 profiled (GPU seconds per step by kernel class, busy fraction); predictions before the run in
     # bench/results/2026-12-02-session9/PREDICTIONS.md. TOKENS_DIR as train5.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
-    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 30 --profile 5 \
         --variants plain:4 grad_in_forward:8:compiled
     ;;
@@ -210,8 +207,6 @@ train8)
     # "cuDNN only" ran the same kernel), 43% of the fast step. Beside the fast path: the same with its loss
     # chunk fused by torch.compile (fused_loss: grad_in_forward_compiled), and with flash's and efficient's
     # attention; profiled as train7; predictions before the run in bench/results/2026-12-02-session9/PREDICTIONS.md.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
-    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 30 --profile 5 \
         --variants grad_in_forward:8:compiled grad_in_forward_compiled:8:compiled grad_in_forward:8:compiled:flash \
         grad_in_forward:8:compiled:efficient
@@ -219,8 +214,6 @@ train8)
 train9)
     # Issue 14 goal 3, as the goal is measured: the reference (plain, micro-batch 4), the fast path and the fast
     # path with its loss chunk compiled (train8: 1.10x the fast path), side by side in one process, no profiler.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
-    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
     step 300 python3 bench/finetune_speed.py $model $tokens --steps 30 \
         --variants plain:4 grad_in_forward:8:compiled grad_in_forward_compiled:8:compiled
     ;;
@@ -228,8 +221,6 @@ train10)
     # train8's flash and efficient rows again: there, dynamo reran the first variant's compiled graphs (cuDNN's
     # kernel) under their names. finetune_speed.py now resets dynamo before each compiled run and records the
     # graphs each compiled. Profiled as train7; predictions in bench/results/2026-12-02-session9/PREDICTIONS.md.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
-    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 30 --profile 5 \
         --variants grad_in_forward:8:compiled grad_in_forward:8:compiled:flash grad_in_forward:8:compiled:efficient
     ;;
@@ -245,8 +236,6 @@ train11)
     # setting), with the per-micro-batch sync of transformers' logging_nan_inf_filter gone (ropelaw.trainer's
     # FiniteLoss) and the step timer on CUDA events (no sync of its own). Predictions in
     # bench/results/2026-12-02-session9/PREDICTIONS.md.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
-    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 50 --logging-steps 10 \
         --variants plain:4 grad_in_forward:8:compiled grad_in_forward_compiled:8:compiled
     ;;
@@ -255,7 +244,6 @@ train12)
     # path at micro-batch 4; PLAN.md prices both from the 8K rate x 8K/16K FLOP ratio): the two paths side by side,
     # global batch 4 x 16K (the parts' 65,536 tokens a step), 30 steps, logging every 10. Predictions in
     # bench/results/2026-12-02-session11/PREDICTIONS.md.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
     step 400 python3 bench/finetune_speed.py $model --seq 16384 --global-batch 4 --steps 30 --logging-steps 10 \
         --variants plain:2 grad_in_forward:4:compiled
     ;;
@@ -264,8 +252,6 @@ train13)
     # compiled in torch.compile's max-autotune-no-cudagraphs mode (`finetune.compile: max-autotune-no-cudagraphs`:
     # Inductor times candidate kernels for each matrix product on this GPU), beside plain and the default mode, in
     # one process, as train11 ran them. Predictions in bench/results/2026-12-03-session16/PREDICTIONS.md.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
-    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
     step 540 python3 bench/finetune_speed.py $model $tokens --steps 50 --logging-steps 10 \
         --variants plain:4 grad_in_forward_compiled:8:compiled grad_in_forward_compiled:8:autotune
     ;;
@@ -274,7 +260,6 @@ train14)
     # needs about 4 ms. Three steps of that path (after 4, logging every 10 as the studies) as a Chrome trace, and
     # bench/trace_gaps.py's reading of it: the gaps, what the host ran in each, its synchronising calls.
     # Predictions in bench/results/2026-12-03-session16/PREDICTIONS.md.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
     step 300 python3 bench/finetune_speed.py $model --steps 12 --skip 4 --profile 3 --trace --logging-steps 10 \
         --variants grad_in_forward_compiled:8:compiled
     step 120 bash -c 'python3 bench/trace_gaps.py "$OUT"/trace_grad_in_forward_compiled_mb8_compiled.json.gz \
@@ -285,8 +270,6 @@ train15)
     # creation) removed. Plain and the compiled-loss path as they were (":synced", as the issue measured them), then
     # the compiled-loss path as it trains now, one process, 30 steps. Predictions in
     # bench/results/2026-12-03-session16/PREDICTIONS.md.
-    model=${SMOLLM2_DIR:+--model-dir $SMOLLM2_DIR}
-    tokens=${TOKENS_DIR:+--tokens $TOKENS_DIR}
     step 400 python3 bench/finetune_speed.py $model $tokens --steps 30 --logging-steps 10 \
         --variants plain:4:synced grad_in_forward_compiled:8:compiled:synced grad_in_forward_compiled:8:compiled
     ;;
