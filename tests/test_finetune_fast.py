@@ -290,6 +290,8 @@ def test_a_training_step_reads_no_device_value_between_logs(tmp_path, path, monk
               str(tmp_path / f"out{host_syncs}"), callbacks=[During()], host_syncs=host_syncs)
         sites[host_syncs] = reads.sites
         assert made[-1].accelerator.dataloader_config.non_blocking is (not host_syncs)
+        trained = json.loads((tmp_path / f"out{host_syncs}/ropelaw_manifest.json").read_text())["attention_trained"]
+        assert trained == ("sdpa" if host_syncs else "ropelaw_causal_sdpa")
     assert sorted(set(sites[False])) == sorted({s for s in sites[False] if s.startswith("trainer.py")}), sites[False]
     assert len(sites[False]) == 5, sites[False]  # the loss and the grad norm at steps 4 and 8; the total at the end
     masking = [s for s in sites[True] if s.startswith("masking_utils.py")]

@@ -159,6 +159,9 @@ def model_manifest(trainer, spec: TrainSpec, plan: Plan, data: PackManifest, met
         attempts=checkpoints.completed(Path(trainer.args.output_dir), spec.steps),
         optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)),
         loss_path=loss_path_of(spec),
+        # the attention function the steps ran: `sdpa` trains as ropelaw_causal_sdpa, the same kernel with no
+        # mask built (ropelaw.trainer.skip_mask_creation)
+        attention_trained=trainer.model.config._attn_implementation,
         inv_freq=inv_freq_after.tolist(),
         inv_freq_sha256=rope.inv_freq_digest(inv_freq_after),
         inv_freq_before_training_sha256=rope.inv_freq_digest(inv_freq),
