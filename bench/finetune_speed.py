@@ -246,16 +246,16 @@ def run_path(root: Path, model_dir: Path, path: str, micro_batch: int, compiled:
         "compile": compiled, "sdpa": f"{sdpa} only" if sdpa else "torch's choice", "host_syncs": synced,
         "tokens": args.tokens_sha256 or "uniform random",
     }
+    tag = label(path, micro_batch, compiled, sdpa, synced)
     timer = StepTimer()
     callbacks = [timer]
     if args.profile:
-        trace = out_path(f"trace_{label(path, micro_batch, compiled, sdpa, synced)}.json.gz") if args.trace else None
+        trace = out_path(f"trace_{tag}.json.gz") if args.trace else None
         profiler = StepProfiler(args.skip, args.profile, trace)
         callbacks.append(profiler)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    tag = label(path, micro_batch, compiled, sdpa, synced)
     if compiled and not args.keep_compiled:
         # Dynamo keeps the graphs a run compiled, keyed by code object, and its guards do not cover the SDPA
         # backend: without a reset, a later variant of this process reruns the first one's graphs, whatever

@@ -139,6 +139,7 @@ class Tables:
         missing, self.missing = self.missing, []
         return missing
 
+
     def rows(self, rel: str) -> list[dict] | None:
         if rel not in self._cache:
             path = self.root / rel
@@ -265,6 +266,10 @@ class Tables:
             return None
         return first[-logs:]
 
+
+def _take_missing(*tables: Tables) -> list[str]:
+    """What each of the tables (each once, however often passed: a control may be this part's own) missed."""
+    return [item for i, table in enumerate(tables) if table not in tables[:i] for item in table.take_missing()]
 
 def _num(text) -> float | None:
     try:
@@ -459,14 +464,14 @@ def _in_distribution(part: str, t: Tables, m: str, base: int, tune_len: int = T8
     steps of the first epoch, where every row is read for the first time (a held-out estimate, paired: the same
     rows in the same order), and exp of the gap, the ratio of their in-distribution perplexities at T_tune.
     A control of another part (`control_part`, method `control_m`) read other rows at other steps: unpaired."""
-    paired = control_part is None
     control_part, control_m = (t if control_part is None else control_part), control_m or m
+    paired = control_part is t
     name = f"in-distribution ({base}, first-pass training loss{'' if paired else ', unpaired'})"
     thr = ("(no rule; the logged loss of rows read for the first time, last 50 steps of epoch 1"
            + (")" if paired else "; the control's from another part: other rows, other steps)"))
     small = t.first_pass(m, base, tune_len, FIRST_PASS_LOGS)
     control = control_part.first_pass(control_m, ORIGINAL, tune_len, FIRST_PASS_LOGS)
-    miss = t.take_missing() + (control_part.take_missing() if control_part is not t else [])
+    miss = _take_missing(t, control_part)
     if miss:
         return Row(part, name, "", thr, missing_word(miss))
     small_loss, control_loss = sum(small) / len(small), sum(control) / len(control)
@@ -506,7 +511,7 @@ def _b2(t: Tables, m: str, base: int, tune_len: int, control: Tables | None = No
     control, control_m = (t if control is None else control), control_m or m
     s = {L: t.ppl(m, base, tune_len, L) for L in (L32, L128)}
     c = {L: control.ppl(control_m, ORIGINAL, tune_len, L) for L in (L32, L128)}
-    miss = t.take_missing() + (control.take_missing() if control is not t else [])
+    miss = _take_missing(t, control)
     if miss:
         verdict = missing_word(miss)
     elif all(c[L] > s[L] for L in s):
@@ -531,7 +536,7 @@ def _b4(t: Tables, method: str, base: int, tune_len: int, control: Tables, lengt
     read at the lengths <= max_len (B4: 8K; d2: its T_tune, 16K)."""
     small = _retrieval(t, method, base, tune_len, lengths)
     ctrl = _retrieval(control, control_method, ORIGINAL, control_tune_len, lengths)
-    miss = t.take_missing() + (control.take_missing() if control is not t else [])
+    miss = _take_missing(t, control)
     inputs = show(**{f"{L // 1024}K": v for L, v in small.items()},
                   **{f"control {L // 1024}K": v for L, v in ctrl.items()})
     if miss:
@@ -714,7 +719,7 @@ def _recipe(part: str, t: Tables, m: str, control: Tables, control_m: str, adapt
     """The rows of d2 and e: 500 (method m, and m + "_logn") against the control (control_m in `control`)."""
     m_logn, out = f"{m}_logn", []
     small8, control8 = t.ppl(m, 500, T16, T8), control.ppl(control_m, ORIGINAL, T16, T8)
-    miss = t.take_missing() + (control.take_missing() if control is not t else [])
+    miss = _take_missing(t, control)
     adapted = None if miss else small8 <= THRESHOLDS["adapted"] * control8
     out.append(Row(part, adapted_name, show(ppl_8K=small8, control_ppl_8K=control8),
                    f"ppl_8K <= {THRESHOLDS['adapted']:g} x {'control' if control is t else who}'s",
@@ -733,8 +738,7 @@ def _recipe(part: str, t: Tables, m: str, control: Tables, control_m: str, adapt
                               control_tune_len=T16, max_len=T16)
         out.append(Row(part, f"D3: retrieval ({method})", inputs, thr, verdict, note))
     out.append(_against_untuned(part, t, m, 500, small8, control8, tune_len=T16))
-    out.append(_in_distribution(part, t, m, 500, tune_len=T16, control_part=None if control is t else control,
-                                control_m=control_m))
+    out.append(_in_distribution(part, t, m, 500, tune_len=T16, control_part=control, control_m=control_m))
     return out
 
 
