@@ -78,6 +78,16 @@ def test_trace_is_written_and_trace_gaps_reads_it(tmp_path):
     assert result["idle_in_gaps_at_least_min_ms_per_step"] * 2 <= result["idle_ms"] + 1e-9
 
 
+def test_a_trace_that_is_not_one_is_one_line(tmp_path):
+    (tmp_path / "t.json.gz").write_bytes(b"not gzip")
+    done = subprocess.run([sys.executable, str(ROOT / "bench/trace_gaps.py"), str(tmp_path / "t.json.gz")],
+                          capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"trace_gaps.py: {tmp_path}/t.json.gz is "
+                                                                          "not a readable Chrome trace (")
+    assert lines[0].endswith("pass the file finetune_speed.py --trace wrote")
+
+
 def test_trace_without_profile_is_one_line(tmp_path):
     done = finetune_speed(tmp_path, "--trace", "--variants", "plain:4")
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(
