@@ -25,13 +25,14 @@
 #   bash bench/run_all.sh train13   # 1 GPU: train11's plain and compiled-loss paths, then the latter with max-autotune
 #   bash bench/run_all.sh train14   # 1 GPU: the compiled-loss path's 3 profiled steps as a trace: where the GPU waits
 #   bash bench/run_all.sh train15   # 1 GPU: train14's two host syncs removed, side by side with the path before (goal 3)
+#   bash bench/run_all.sh eval4check  # 1 GPU: eval4's 131K check alone (head groups 8 and 4 vs the default, uncapped)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
 # zstandard (ropelaw.data imports it; the device machine lacks it: carry its cp312 wheel).
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -41,6 +42,10 @@ log=$OUT/log.txt
 work=${BENCH_WORK:-/tmp/ropelaw-bench}
 
 source "$(dirname "$0")/step.sh"  # step SECONDS CMD...
+
+eval4_check() {  # the same perplexity with the capped run's head groups (8, and 4) as the default's, uncapped, at 131,072
+    step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 131072 --no-plain --no-warmup --variants auto:8 auto:4
+}
 
 best_backend() {  # the fastest SDPA backend for a shape in attention.jsonl, else 'default'
     python3 - "$OUT/attention.jsonl" "$1" <<'EOF'
@@ -163,7 +168,11 @@ eval4)
     # Predictions: bench/results/2026-12-03-session16/PREDICTIONS.md ("eval4").
     step 1500 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80
     # The same perplexity with the capped run's head groups (8, and 4) as with the default's, uncapped, at 131,072.
-    step 240 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 131072 --no-plain --no-warmup --variants auto:8 auto:4
+    eval4_check
+    ;;
+eval4check)
+    # eval4's second half alone (about 3 minutes): the perplexity half of goal 2.
+    eval4_check
     ;;
 eval5)
     # Issue 14 goal 2's memory in 3 minutes: the 13B at 1,048,576 tokens under an 80 GiB cap with every layer's
@@ -274,7 +283,7 @@ train15)
         --variants plain:4:synced grad_in_forward_compiled:8:compiled:synced grad_in_forward_compiled:8:compiled
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14 or train15" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15 or eval4check" >&2
     exit 2
     ;;
 esac
