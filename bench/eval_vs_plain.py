@@ -11,7 +11,10 @@ random weights (bf16 on a GPU, fp32 on CPU), by each path in turn:
   head groups chosen by `ropelaw.chunking.choose_chunk` from the free memory, then
   `ropelaw.scoring.score_window`;
 - `--variants`: the same with a fixed chunk and/or number of head groups (`CHUNK:GROUPS`, `auto`
-  for either; `whole:1` is the previous default with memory to spare: no chunk, no groups).
+  for either; `whole:1` is the previous default with memory to spare: no chunk, no groups), and
+  optionally the MLP's slices of the intermediate dimension (`CHUNK:GROUPS:SLICES`, the
+  `mlp_slices` in `ropelaw.perplexity.token_stats`: 0 the module's own forward, the default; `8192:1:1`
+  ropelaw's LLaMA MLP writing its down projection into its rows; `whole:1:4` four slices over whole rows).
 Every path runs once untimed at each length before it is timed (the first call at a new shape pays
 for cuDNN's attention plan; a path timed first would carry it), then --repeat times; the best time
 and the peak allocated memory (GPU only) are kept. Rows record the ratios to plain of time and of
@@ -107,12 +110,13 @@ def _stop_recording(row: dict, peak_report: bool) -> None:
         torch.cuda.memory._record_memory_history(enabled=None)
 
 
-def scored_path(model, ids_bl, length, budget_gib, chunk="auto", groups="auto", decided=None):
+def scored_path(model, ids_bl, length, budget_gib, chunk="auto", groups="auto", decided=None, slices=0):
     chunk_size, why = choose_chunk(model, length, 1, "auto" if chunk == "auto" else chunk, budget_gib,
                                    None if groups == "auto" else groups)
     if decided is not None:  # the caller's record, kept if the forward runs out of memory
         decided.update(why)
-    stats = score_window(model, ids_bl, length, Scoring(), chunk_size=chunk_size, head_groups=why["head_groups"])
+    stats = score_window(model, ids_bl, length, Scoring(), chunk_size=chunk_size, head_groups=why["head_groups"],
+                         mlp_slices=slices)
     return float(torch.exp(torch.as_tensor(stats["nll"]).mean())), why
 
 
@@ -121,14 +125,18 @@ def plain_path(model, ids_bl):
         return float(torch.exp(model(input_ids=ids_bl, labels=ids_bl, use_cache=False).loss.float()))
 
 
-def parse_variant(text: str) -> tuple[str, int | str, int | str]:
-    """`CHUNK:GROUPS` -> (name, chunk: a number, 'whole' or 'auto', groups: a number or 'auto')."""
-    chunk, _, groups = text.partition(":")
+def parse_variant(text: str) -> tuple[str, int | str, int | str, int]:
+    """`CHUNK:GROUPS[:SLICES]` -> (name, chunk: a number, 'whole' or 'auto', groups: a number or 'auto',
+    the MLP's slices: a number, 0 when not given)."""
+    chunk, _, rest = text.partition(":")
+    groups, _, slices = rest.partition(":")
     chunk, groups = chunk or "auto", groups or "auto"
     try:
-        return (text, chunk if chunk in ("auto", "whole") else int(chunk), groups if groups == "auto" else int(groups))
+        return (text, chunk if chunk in ("auto", "whole") else int(chunk), groups if groups == "auto" else int(groups),
+                int(slices or 0))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use CHUNK:GROUPS, e.g. whole:1, 8192:2, auto:4") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: use CHUNK:GROUPS[:SLICES], e.g. whole:1, 8192:2, auto:4, "
+                                         "whole:1:4") from None
 
 
 def profiled(fn, device: str) -> dict:
@@ -177,10 +185,10 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
     ids = ids_bl[:, :length]
     weights_gib = weights_gib or gib(sum(p.numel() * p.element_size() for p in model.parameters()))
     rows, reference, calls = [], None, {}
-    paths = [("default", "auto", "auto"), *variants]
+    paths = [("default", "auto", "auto", 0), *variants]
     if plain:
-        paths.insert(0, ("plain", None, None))
-    for name, chunk, groups in paths:
+        paths.insert(0, ("plain", None, None, 0))
+    for name, chunk, groups, slices in paths:
         row, decided = {"tokens": length, "path": name, "weights_gib": weights_gib}, {}
         if peak_report:
             torch.cuda.memory._record_memory_history(max_entries=200_000, stacks="python", clear_history=True)
@@ -191,11 +199,11 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
             else:
                 fixed = length if chunk == "whole" else chunk
                 # the loop's values bound now: `interleave` calls it after the loop has moved on
-                call = lambda fixed=fixed, groups=groups, decided=decided: scored_path(  # noqa: E731
-                    model, ids, length, budget_gib, fixed, groups, decided)
+                call = lambda fixed=fixed, groups=groups, decided=decided, slices=slices: scored_path(  # noqa: E731
+                    model, ids, length, budget_gib, fixed, groups, decided, slices)
                 row["seconds"], row["peak_gib"], (ppl, why) = measure(call, device, repeat, warmup)
                 row.update(chunk_size=why["chunk_size"], head_groups=why["head_groups"], chunk_reason=why["reason"],
-                           chunking=why)
+                           mlp_slices=slices, chunking=why)
             if profile:
                 row.update(profiled(call, device))
         except torch.OutOfMemoryError as err:
@@ -235,7 +243,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a 2-layer shape with LLaMA's vocabulary, on CPU")
     parser.add_argument("--repeat", type=int, default=1, help="timed calls per path and length, after one untimed")
     parser.add_argument("--budget-gib", type=float, default=None, help="evaluation.memory_budget_gib")
-    parser.add_argument("--variants", nargs="*", default=[], type=parse_variant, metavar="CHUNK:GROUPS",
+    parser.add_argument("--variants", nargs="*", default=[], type=parse_variant, metavar="CHUNK:GROUPS[:SLICES]",
                         help="more paths: a fixed chunk (a number, whole, auto) and head groups (a number, auto)")
     parser.add_argument("--no-plain", action="store_true", help="skip plain transformers (where it cannot fit)")
     parser.add_argument("--cap-gib", type=float, default=None, help="cap this process's GPU memory (an A100-80GB: 80)")

@@ -25,6 +25,7 @@
 #   bash bench/run_all.sh train13   # 1 GPU: train11's plain and compiled-loss paths, then the latter with max-autotune
 #   bash bench/run_all.sh train14   # 1 GPU: the compiled-loss path's 3 profiled steps as a trace: where the GPU waits
 #   bash bench/run_all.sh train15   # 1 GPU: train14's two host syncs removed, side by side with the path before (goal 3)
+#   bash bench/run_all.sh eval12    # 1 GPU: ropelaw's own LLaMA MLP (down projection into its rows; intermediate slices) vs plain (goal 1)
 #   bash bench/run_all.sh eval4check  # 1 GPU: eval4's 131K check alone (head groups 8 and 4 vs the default, uncapped)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
@@ -32,7 +33,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -170,6 +171,14 @@ eval4)
     # The same perplexity with the capped run's head groups (8, and 4) as with the default's, uncapped, at 131,072.
     eval4_check
     ;;
+eval12)
+    # Issue 14 goal 1 after eval9-eval11: the default's 1% behind plain at 100K is its MLP over 8,192-row chunks
+    # (+51 ms of GEMMs in a smaller tile, +21 ms elementwise). ropelaw's own LLaMA MLP: the down projection written
+    # into its rows (no copy), and whole rows over 2 or 4 slices of the intermediate dimension; interleaved.
+    # Predictions: bench/results/2026-12-03-session17/PREDICTIONS.md.
+    step 540 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 1 \
+        --variants 8192:1:1 whole:1:2 whole:1:4 --interleave 4
+    ;;
 eval4check)
     # eval4's second half alone (about 3 minutes): the perplexity half of goal 2.
     eval4_check
@@ -283,7 +292,7 @@ train15)
         --variants plain:4:synced grad_in_forward_compiled:8:compiled:synced grad_in_forward_compiled:8:compiled
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15 or eval4check" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check or eval12" >&2
     exit 2
     ;;
 esac

@@ -79,8 +79,52 @@ def _forwards(modules: list[torch.nn.Module], make) -> Iterator[None]:
             del module.forward
 
 
+def _is_llama_mlp(mlp: torch.nn.Module) -> bool:
+    """LLaMA's MLP, `down(act(gate(x)) * up(x))` with bias-free projections (what `_llama_rows` computes)."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    return type(mlp) is LlamaMLP and all(getattr(mlp, n).bias is None for n in ("gate_proj", "up_proj", "down_proj"))
+
+
+def _llama_rows(mlp: torch.nn.Module, forward, chunk: int, slices: int):
+    """LLaMA's MLP (inference) over `chunk` positions at a time, each block's down projection written by its
+    matrix product straight into the block's rows: no [chunk, d] temporary and no copy.
+
+    `slices` = 1: the rows written are the block's own input rows (the input, a norm's output, is not used
+    again, as for `_sliced(in_place=True)`); the same products as the module's forward on each block.
+    `slices` > 1: the intermediate dimension in that many slices, the down projection summed over them
+    into a new [B, L, d] output (one more whole-sequence tensor; the sum rounds once per slice in the
+    model's dtype, so results differ from the module's forward at that rounding). With `chunk` the whole
+    row, every product runs over all L rows at once with 1/`slices` of the intermediate activations.
+    """
+    gate, up, down = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
+    inter = gate.shape[0]
+    edges = [inter * i // slices for i in range(slices + 1)]
+
+    def run(hidden_bld: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or not hidden_bld.is_contiguous():
+            return forward(hidden_bld)
+        batch, length, width = hidden_bld.shape
+        rows_2d = hidden_bld.view(batch * length, width)
+        out_2d = rows_2d if slices == 1 else rows_2d.new_empty(batch * length, down.shape[0])
+        step = chunk * batch
+        for start in range(0, batch * length, step):
+            block_2d, target_2d = rows_2d[start:start + step], out_2d[start:start + step]
+            for i, (lo, hi) in enumerate(zip(edges, edges[1:])):
+                act_2d = mlp.act_fn(torch.mm(block_2d, gate[lo:hi].t()))
+                act_2d *= torch.mm(block_2d, up[lo:hi].t())
+                if i == 0:
+                    torch.mm(act_2d, down[:, lo:hi].t(), out=target_2d)
+                else:
+                    target_2d.addmm_(act_2d, down[:, lo:hi].t())
+                del act_2d
+        return out_2d.view(batch, length, -1)
+
+    return run
+
+
 @contextlib.contextmanager
-def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False) -> Iterator[None]:
+def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False, slices: int = 0) -> Iterator[None]:
     """Within the block, every decoder layer's MLP runs on `chunk` positions at a time.
 
     Without autograd (evaluation) each slice's output is written over its own input rows: the MLP's input,
@@ -89,10 +133,21 @@ def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False) -> I
     compiled=True (the layers were compiled, `ropelaw.models.compile_layers`): the loop over
     slices stays out of the layer's graph (torch.compile would unroll it, one copy per slice)
     and the MLP itself is compiled on one slice, so SiLU and the gate-up product are fused.
+    `slices` (eager LLaMA MLPs; 0: the module's own forward on each chunk): ropelaw computes the MLP, the
+    down projection written straight into its rows, over `slices` slices of the intermediate dimension
+    (`_llama_rows`).
     """
     if chunk < 1:
         raise UserError(f"MLP chunk must be >= 1 positions, got {chunk}")
-    if compiled:
+    if slices < 0:
+        raise UserError(f"MLP slices must be >= 0 (0: the module's own forward), got {slices}")
+    if slices and not compiled:
+        mlps = _mlps(model)
+        if not all(_is_llama_mlp(mlp) for mlp in mlps):
+            raise UserError(f"MLP slices={slices} computes LLaMA's MLP; this model's is {type(mlps[0]).__name__}")
+        with _forwards(mlps, lambda mlp: _llama_rows(mlp, mlp.forward, chunk, slices)):
+            yield
+    elif compiled:
         with _forwards(_mlps(model),
                        lambda mlp: torch.compiler.disable(_sliced(torch.compile(mlp.forward), chunk, in_place=True))):
             yield

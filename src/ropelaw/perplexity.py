@@ -82,7 +82,7 @@ def reset_dynamic_rope(model) -> None:
 
 
 def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = False, targets_bl=None,
-                head_groups: int = 1):
+                head_groups: int = 1, mlp_slices: int = 0):
     """Per-position NLL (float64) and argmax correctness (bool) of the next token.
 
     Returns `(nll_bt, correct_bt)`, both [B, T] on CPU. By default T = L-1 and column j scores
@@ -93,6 +93,8 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     `compiled`: the decoder layers were compiled (`ropelaw.models.compile_layers`).
     `head_groups`: the attention runs over this many groups of heads, one at a time, and (more than one)
     the eager RMSNorms over `chunk_size` positions at a time (`ropelaw.lean`).
+    `mlp_slices`: 0, each MLP's own forward on `chunk_size` positions at a time; k >= 1 (eager LLaMA),
+    ropelaw's own MLP over k slices of the intermediate dimension (`ropelaw.lean.chunked_mlp`).
     """
     _check_plain_logits(model)
     device = next(model.parameters()).device
@@ -116,7 +118,7 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     # The eager norms too, where memory is tight enough to group the heads: with one group their float32
     # temporaries are smaller than the attention's own whole-sequence tensors (`ropelaw.chunking`).
     norms = chunked_norms(model, chunk_size, compiled) if head_groups > 1 else contextlib.nullcontext()
-    with torch.inference_mode(), chunked_mlp(model, chunk_size, compiled), norms, \
+    with torch.inference_mode(), chunked_mlp(model, chunk_size, compiled, mlp_slices), norms, \
             grouped_attention(model, head_groups, chunk_size, compiled):
         hidden_bld = backbone(input_ids=input_ids_bl, use_cache=False).last_hidden_state
     with torch.inference_mode():

@@ -123,7 +123,7 @@ def _targets(text: TokenText | None, scoring: Scoring, ids_bt: np.ndarray):
 
 
 def score_window(model, rows_bn, length: int, scoring: Scoring, text=None, *, chunk_size=4096, compiled=False,
-                 head_groups=1):
+                 head_groups=1, mlp_slices=0):
     """Per-target sums of one window of `length` tokens: dict of [B, T] arrays over positions 1..T."""
     rows_bn = torch.as_tensor(np.asarray(rows_bn), dtype=torch.long)
     if scoring.prefix_id is not None:
@@ -133,7 +133,7 @@ def score_window(model, rows_bn, length: int, scoring: Scoring, text=None, *, ch
         raise UserError(f"a window of {length} tokens needs rows of {row_tokens_needed(length, scoring)} tokens")
     targets = rows_bn[:, 1:end] if scoring.extra else None
     nll_bt, correct_bt = token_stats(model, rows_bn[:, :length], chunk_size, compiled, targets_bl=targets,
-                                   head_groups=head_groups)
+                                   head_groups=head_groups, mlp_slices=mlp_slices)
     ids_bt = rows_bn[:, 1:end].numpy()
     n_bytes, words = _targets(text, scoring, ids_bt)
     return {"nll": nll_bt.numpy(), "tokens": np.ones(ids_bt.shape, np.int64),
