@@ -146,6 +146,39 @@ def test_chunked_mlp_runs_each_mlp_on_slices():
     assert seen == [50, 50, 20]
 
 
+@pytest.mark.parametrize("chunk, slices", [(64, 1), (1000, 1), (64, 3), (1000, 4)])
+def test_ropelaw_llama_mlp_matches_the_module_forward(chunk, slices):
+    """`mlp_slices`: ropelaw's own LLaMA MLP, the down projection written into its rows (1 slice) or summed over
+    slices of the intermediate dimension (80 in 3 slices: ragged), gives the module's numbers (float64), with a
+    batch of 2 and a ragged last chunk (203 = 3 x 64 + 11), and leaves the model as it was."""
+    model = tiny_gqa_llama()
+    ids_bl = torch.randint(0, 61, (2, 203), generator=torch.Generator().manual_seed(1))
+    plain_bld = _hidden(model, ids_bl)
+    calls = []
+    hook = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    with torch.no_grad(), chunked_mlp(model, chunk, slices=slices):
+        ours_bld = model.get_decoder()(ids_bl, use_cache=False).last_hidden_state
+    hook.remove()
+    torch.testing.assert_close(ours_bld, plain_bld, rtol=1e-12, atol=1e-12)
+    assert calls == []  # the products are ropelaw's, not the module's
+    assert all("forward" not in vars(layer.mlp) for layer in model.model.layers)
+    nll_bt, correct_bt = token_stats(model, ids_bl, chunk_size=chunk, mlp_slices=slices)
+    nll_ref, correct_ref = token_stats(model, ids_bl, chunk_size=chunk)
+    torch.testing.assert_close(nll_bt, nll_ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(correct_bt, correct_ref)
+
+
+def test_ropelaw_llama_mlp_refuses_another_mlp_and_bad_slices():
+    model = tiny_gqa_llama()
+    with pytest.raises(UserError, match="slices must be >= 0"):
+        with chunked_mlp(model, 64, slices=-1):
+            pass
+    model.model.layers[1].mlp = torch.nn.Identity()
+    with pytest.raises(UserError, match="computes LLaMA's MLP"):
+        with chunked_mlp(model, 64, slices=1):
+            pass
+
+
 def test_token_stats_with_small_chunks_equals_one_chunk():
     model = tiny_gqa_llama()
     ids_bl = torch.randint(0, 61, (1, 150), generator=torch.Generator().manual_seed(2))
