@@ -13,8 +13,8 @@ random weights (bf16 on a GPU, fp32 on CPU), by each path in turn:
 - `--variants`: the same with a fixed chunk and/or number of head groups (`CHUNK:GROUPS`, `auto`
   for either; `whole:1` is the previous default with memory to spare: no chunk, no groups), and
   optionally the MLP's slices of the intermediate dimension (`CHUNK:GROUPS:SLICES`, the
-  `mlp_slices` in `ropelaw.perplexity.token_stats`: 0 the module's own forward, the default; `8192:1:1`
-  ropelaw's LLaMA MLP writing its down projection into its rows; `whole:1:4` four slices over whole rows).
+  `mlp_slices` of `ropelaw.perplexity.token_stats`: 0, the default, the module's own forward over chunks
+  of rows; `8192:1:4` ropelaw's LLaMA MLP over whole rows in four slices, the rest chunked by 8,192).
 Every path runs once untimed at each length before it is timed (the first call at a new shape pays
 for cuDNN's attention plan; a path timed first would carry it), then --repeat times; the best time
 and the peak allocated memory (GPU only) are kept. Rows record the ratios to plain of time and of

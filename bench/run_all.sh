@@ -25,7 +25,7 @@
 #   bash bench/run_all.sh train13   # 1 GPU: train11's plain and compiled-loss paths, then the latter with max-autotune
 #   bash bench/run_all.sh train14   # 1 GPU: the compiled-loss path's 3 profiled steps as a trace: where the GPU waits
 #   bash bench/run_all.sh train15   # 1 GPU: train14's two host syncs removed, side by side with the path before (goal 3)
-#   bash bench/run_all.sh eval12    # 1 GPU: ropelaw's own LLaMA MLP (down projection into its rows; intermediate slices) vs plain (goal 1)
+#   bash bench/run_all.sh eval12    # 1 GPU: ropelaw's own LLaMA MLP over whole rows in intermediate slices vs plain (goal 1)
 #   bash bench/run_all.sh eval4check  # 1 GPU: eval4's 131K check alone (head groups 8 and 4 vs the default, uncapped)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
@@ -173,11 +173,11 @@ eval4)
     ;;
 eval12)
     # Issue 14 goal 1 after eval9-eval11: the default's 1% behind plain at 100K is its MLP over 8,192-row chunks
-    # (+51 ms of GEMMs in a smaller tile, +21 ms elementwise). ropelaw's own LLaMA MLP: the down projection written
-    # into its rows (no copy), and whole rows over 2 or 4 slices of the intermediate dimension; interleaved.
+    # (+51 ms of GEMMs in a smaller tile, +21 ms elementwise). ropelaw's own LLaMA MLP over whole rows, in 1, 2 or 4
+    # slices of the intermediate dimension, the rest chunked as the default's; interleaved.
     # Predictions: bench/results/2026-12-03-session17/PREDICTIONS.md.
     step 540 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 1 \
-        --variants 8192:1:1 whole:1:2 whole:1:4 --interleave 4
+        --variants 8192:1:1 8192:1:2 8192:1:4 --interleave 4
     ;;
 eval4check)
     # eval4's second half alone (about 3 minutes): the perplexity half of goal 2.

@@ -168,6 +168,31 @@ def test_ropelaw_llama_mlp_matches_the_module_forward(chunk, slices):
     assert torch.equal(correct_bt, correct_ref)
 
 
+def test_token_stats_runs_the_sliced_mlp_over_whole_rows():
+    """With `mlp_slices` the MLP's products take every position at once (its intermediate dimension in slices),
+    while the lm_head keeps `chunk_size` positions: the products' shapes, as aten sees them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.mm = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm_):
+                self.mm.append((func.overloadpacket.__name__, tuple(args[-2].shape), tuple(args[-1].shape)))
+            return func(*args, **(kwargs or {}))
+
+    model = tiny_gqa_llama()  # hidden 48, intermediate 80
+    ids_bl = torch.randint(0, 61, (2, 203), generator=torch.Generator().manual_seed(1))
+    with Shapes() as seen:
+        token_stats(model, ids_bl, chunk_size=64, mlp_slices=2)
+    mlp = [(op, a, b) for op, a, b in seen.mm if 40 in a or 40 in b]  # 80 in 2 slices of 40
+    assert len(mlp) == 3 * 3 * 2  # 3 layers x (gate, up, down) x 2 slices
+    assert {a[0] for _, a, _ in mlp} == {2 * 203}  # every row of the batch at once
+    assert [op for op, _, _ in mlp].count("addmm_") == 3  # the second slice's down projection, summed
+
+
 def test_ropelaw_llama_mlp_refuses_another_mlp_and_bad_slices():
     model = tiny_gqa_llama()
     with pytest.raises(UserError, match="slices must be >= 0"):

@@ -94,7 +94,8 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     `head_groups`: the attention runs over this many groups of heads, one at a time, and (more than one)
     the eager RMSNorms over `chunk_size` positions at a time (`ropelaw.lean`).
     `mlp_slices`: 0, each MLP's own forward on `chunk_size` positions at a time; k >= 1 (eager LLaMA),
-    ropelaw's own MLP over k slices of the intermediate dimension (`ropelaw.lean.chunked_mlp`).
+    ropelaw's own MLP on every position at once, over k slices of the intermediate dimension instead
+    (`ropelaw.lean.chunked_mlp`): every matrix product over the whole row, 1/k of its activations.
     """
     _check_plain_logits(model)
     device = next(model.parameters()).device
@@ -118,7 +119,7 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     # The eager norms too, where memory is tight enough to group the heads: with one group their float32
     # temporaries are smaller than the attention's own whole-sequence tensors (`ropelaw.chunking`).
     norms = chunked_norms(model, chunk_size, compiled) if head_groups > 1 else contextlib.nullcontext()
-    with torch.inference_mode(), chunked_mlp(model, chunk_size, compiled, mlp_slices), norms, \
+    with torch.inference_mode(), chunked_mlp(model, length if mlp_slices else chunk_size, compiled, mlp_slices), norms, \
             grouped_attention(model, head_groups, chunk_size, compiled):
         hidden_bld = backbone(input_ids=input_ids_bl, use_cache=False).last_hidden_state
     with torch.inference_mode():
