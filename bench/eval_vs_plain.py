@@ -110,13 +110,16 @@ def _stop_recording(row: dict, peak_report: bool) -> None:
         torch.cuda.memory._record_memory_history(enabled=None)
 
 
-def scored_path(model, ids_bl, length, budget_gib, chunk="auto", groups="auto", decided=None, slices=0):
+def scored_path(model, ids_bl, length, budget_gib, chunk="auto", groups="auto", decided=None, slices=None):
+    """The scored forward as `ropelaw evaluate` runs it; `slices` (not None) fixes the MLP's slices."""
     chunk_size, why = choose_chunk(model, length, 1, "auto" if chunk == "auto" else chunk, budget_gib,
                                    None if groups == "auto" else groups)
+    if slices is not None:
+        why.update(mlp_slices=slices, mlp_reason="fixed by the variant")
     if decided is not None:  # the caller's record, kept if the forward runs out of memory
         decided.update(why)
     stats = score_window(model, ids_bl, length, Scoring(), chunk_size=chunk_size, head_groups=why["head_groups"],
-                         mlp_slices=slices)
+                         mlp_slices=why["mlp_slices"])
     return float(torch.exp(torch.as_tensor(stats["nll"]).mean())), why
 
 
@@ -125,15 +128,15 @@ def plain_path(model, ids_bl):
         return float(torch.exp(model(input_ids=ids_bl, labels=ids_bl, use_cache=False).loss.float()))
 
 
-def parse_variant(text: str) -> tuple[str, int | str, int | str, int]:
+def parse_variant(text: str) -> tuple[str, int | str, int | str, int | None]:
     """`CHUNK:GROUPS[:SLICES]` -> (name, chunk: a number, 'whole' or 'auto', groups: a number or 'auto',
-    the MLP's slices: a number, 0 when not given)."""
+    the MLP's slices: a number, or None (as `choose_chunk` decides) when not given)."""
     chunk, _, rest = text.partition(":")
     groups, _, slices = rest.partition(":")
     chunk, groups = chunk or "auto", groups or "auto"
     try:
         return (text, chunk if chunk in ("auto", "whole") else int(chunk), groups if groups == "auto" else int(groups),
-                int(slices or 0))
+                None if slices == "" else int(slices))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: use CHUNK:GROUPS[:SLICES], e.g. whole:1, 8192:2, auto:4, "
                                          "whole:1:4") from None
@@ -185,9 +188,9 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
     ids = ids_bl[:, :length]
     weights_gib = weights_gib or gib(sum(p.numel() * p.element_size() for p in model.parameters()))
     rows, reference, calls = [], None, {}
-    paths = [("default", "auto", "auto", 0), *variants]
+    paths = [("default", "auto", "auto", None), *variants]
     if plain:
-        paths.insert(0, ("plain", None, None, 0))
+        paths.insert(0, ("plain", None, None, None))
     for name, chunk, groups, slices in paths:
         row, decided = {"tokens": length, "path": name, "weights_gib": weights_gib}, {}
         if peak_report:
@@ -203,7 +206,7 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
                     model, ids, length, budget_gib, fixed, groups, decided, slices)
                 row["seconds"], row["peak_gib"], (ppl, why) = measure(call, device, repeat, warmup)
                 row.update(chunk_size=why["chunk_size"], head_groups=why["head_groups"], chunk_reason=why["reason"],
-                           mlp_slices=slices, chunking=why)
+                           mlp_slices=why["mlp_slices"], chunking=why)
             if profile:
                 row.update(profiled(call, device))
         except torch.OutOfMemoryError as err:

@@ -173,11 +173,12 @@ eval4)
     ;;
 eval12)
     # Issue 14 goal 1 after eval9-eval11: the default's 1% behind plain at 100K is its MLP over 8,192-row chunks
-    # (+51 ms of GEMMs in a smaller tile, +21 ms elementwise). ropelaw's own LLaMA MLP over whole rows, in 1, 2 or 4
-    # slices of the intermediate dimension, the rest chunked as the default's; interleaved.
+    # (+51 ms of GEMMs in a smaller tile, +21 ms elementwise). The default now runs ropelaw's own LLaMA MLP over whole
+    # rows where that raises no peak (one slice of the intermediate dimension at these lengths); against the MLP
+    # over 8,192-row chunks as before (8192:1:0) and whole rows in 2 and 4 slices; interleaved.
     # Predictions: bench/results/2026-12-03-session17/PREDICTIONS.md.
     step 540 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 1 \
-        --variants 8192:1:1 8192:1:2 8192:1:4 --interleave 4
+        --variants 8192:1:0 8192:1:2 8192:1:4 --interleave 4
     ;;
 eval4check)
     # eval4's second half alone (about 3 minutes): the perplexity half of goal 2.

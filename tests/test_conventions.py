@@ -234,10 +234,16 @@ def test_cli_writes_doc_sums_that_add_up_to_the_table(kit, tmp_path):
     assert np.isfinite(prefix.word_ppl).all()
 
 
-def test_cli_auto_chunk_is_recorded_and_changes_no_number(kit, tmp_path):
-    tables, sidecars = {}, {}
+def test_cli_auto_chunk_is_recorded_and_changes_no_number(kit, tmp_path, monkeypatch):
+    import ropelaw.lean
+
+    tables, sidecars, ran = {}, {}, {}
+    llama_rows = ropelaw.lean._llama_rows  # watched, not replaced: which forwards ran ropelaw's MLP, in what slices
+    monkeypatch.setattr(ropelaw.lean, "_llama_rows",
+                        lambda mlp, forward, chunk, slices: ran[name].add(slices) or llama_rows(mlp, forward, chunk, slices))
     # auto with room to spare; a fixed chunk; auto with a budget too small for anything: the most head groups.
     for name, chunk, budget in (("auto", "auto", "1"), ("16", "16", "1"), ("tight", "auto", "1e-5")):
+        ran[name] = set()
         out = tmp_path / name / "eval.csv"
         assert main(["evaluate", "--model", str(kit.model_dir), "--cell-json", cell_json(), "--eval-data",
                      str(kit.eval_dir), "--tokenizer", str(kit.tokenizer_dir), "--lengths", "64", str(ROW),
@@ -250,6 +256,9 @@ def test_cli_auto_chunk_is_recorded_and_changes_no_number(kit, tmp_path):
     assert auto["budget_source"] == "evaluation.memory_budget_gib" and auto["budget_bytes"] == 2**30
     assert auto["head_groups"] == 1 and len(tight["head_groups_possible"]) > 1
     assert tight["head_groups"] == tight["head_groups_possible"][-1] and tight["chunk_size"] == 256
+    # The MLP: over whole rows where that raises no peak (auto, room to spare), else over chunks of rows.
+    assert (auto["mlp_slices"], tight["mlp_slices"], sidecars["16"]["chunking"]["mlp_slices"]) == (1, 0, 0)
+    assert ran == {"auto": {1}, "16": set(), "tight": set()}  # and the forwards ran as recorded
     for name in ("16", "tight"):
         np.testing.assert_allclose(tables[name].nll_sum, tables["auto"].nll_sum, rtol=1e-6)
 

@@ -4,13 +4,15 @@ Tiny random LLaMA (with grouped-query attention) on CPU, float64 so that any
 difference is a bug, not rounding; run with `pytest -q tests/test_lean.py`.
 """
 
+from pathlib import Path
+
 import torch
 import transformers
 
 import pytest
 
 from ropelaw import UserError
-from ropelaw.chunking import CHUNK_CAP, SLACK, choose_chunk, memory_costs
+from ropelaw.chunking import CHUNK_CAP, SLACK, choose_chunk, memory_costs, whole_row_mlp_bytes
 from ropelaw.lean import chunked_mlp, chunked_norms, group_counts, grouped_attention
 from ropelaw.methods import register_logn_attention
 from ropelaw.perplexity import token_stats
@@ -260,6 +262,30 @@ def wide_vocab_llama():
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=3000, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         head_dim=8)).to(torch.bfloat16)
+
+
+def test_auto_runs_the_mlp_over_whole_rows_only_where_the_peak_allows(monkeypatch):
+    """`evaluation.chunk_size: auto`: ropelaw's LLaMA MLP over every position (one slice) where its phase is no
+    larger than the forward's peak otherwise; the MLP over chunks of rows with a fixed chunk, compiled layers,
+    another MLP, or where the whole row would raise the peak (a 13B at 1M tokens in 80 GiB)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
+    from benchlib import llama_config
+
+    with torch.device("meta"):
+        seven, thirteen = (transformers.LlamaForCausalLM(llama_config(s)).to(torch.bfloat16)
+                           for s in ("llama2-7b", "llama2-13b"))
+    why = choose_chunk(seven, 100_000, 1, "auto", 80)[1]
+    assert (why["chunk_size"], why["head_groups"], why["mlp_slices"]) == (8192, 1, 1), why["mlp_reason"]
+    peak = max(f + 8192 * p for f, p in (v.values() for v in why["phases"].values()))
+    assert whole_row_mlp_bytes(seven, 100_000, 1, 1) <= peak < whole_row_mlp_bytes(seven, 100_000, 1, 1) * 1.1
+    assert choose_chunk(seven, 100_000, 1, 4096, 80)[1]["mlp_slices"] == 0
+    assert choose_chunk(seven, 100_000, 1, "auto", 80, compiled=True)[1]["mlp_slices"] == 0
+    big = choose_chunk(thirteen, 1_048_576, 1, "auto", 80)[1]
+    assert big["head_groups"] > 1 and big["mlp_slices"] == 0, big["mlp_reason"]
+    model = tiny_gqa_llama()
+    assert choose_chunk(model, 200, 1, "auto")[1]["mlp_slices"] == 1
+    model.model.layers[0].mlp = torch.nn.Identity()
+    assert choose_chunk(model, 200, 1, "auto")[1]["mlp_slices"] == 0
 
 
 def test_auto_chunk_follows_the_budget():

@@ -19,7 +19,7 @@ import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ropelaw.chunking import memory_costs
+from ropelaw.chunking import memory_costs, whole_row_mlp_bytes
 from ropelaw.perplexity import token_stats
 
 
@@ -92,3 +92,19 @@ def test_the_largest_phase_bounds_the_peak_tightly(groups, intermediate, heads, 
     assert max(predicted, key=predicted.get) == largest, predicted
     assert peak <= predicted[largest], (peak, predicted)
     assert predicted[largest] <= 1.10 * peak, (peak, predicted)
+
+
+@pytest.mark.parametrize("slices", [1, 2, 4])
+def test_the_whole_row_mlp_phase_bounds_the_peak_tightly(slices):
+    """`mlp_slices`: ropelaw's LLaMA MLP over every position at once, its intermediate dimension in slices (a wide
+    MLP, so that this phase sets the peak): `whole_row_mlp_bytes` bounds the counted peak, within 10 %."""
+    model, length, chunk = small_llama(4096), 4096, 512
+    ids_bl = torch.randint(0, 1000, (1, length), generator=torch.Generator().manual_seed(1))
+    others = {name: fixed + chunk * per_position for name, (fixed, per_position) in memory_costs(model, length, 1).items()
+              if name != "mlp"}
+    predicted = whole_row_mlp_bytes(model, length, 1, slices)
+    assert predicted > max(others.values()), (predicted, others)
+    with LiveBytes() as counted:
+        token_stats(model, ids_bl, chunk_size=chunk, mlp_slices=slices)
+    peak = counted.peak - length * (8 + 8 + 8 + 8 + 1)
+    assert peak <= predicted <= 1.10 * peak, (peak, predicted)

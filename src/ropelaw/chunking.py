@@ -11,7 +11,9 @@ products over at least CHUNK_CAP positions run at the GPU's full rate (for a 7B,
 a chunk larger than that: the [L, intermediate] activations and the float32 logits never
 exist whole. Head groups are added only as the memory free for this forward requires (the
 fewest that fit); a number in `evaluation.chunk_size` fixes the chunk, and the groups are
-still chosen to fit.
+still chosen to fit. The MLP (LLaMA's, eager) then takes every position at once where that
+raises no peak (`_mlp_slices`, `whole_row_mlp_bytes`): over 8,192-row chunks its products ran in
+a slower GEMM tile than over whole rows, 1% of a 7B's forward at 100K (bench eval9, eval10).
 
 The estimate, per forward of `length` positions and `batch` rows, activation element size e, is
 the largest of its phases, each (bytes held whole) + chunk x (bytes per chunk position). All of
@@ -41,7 +43,7 @@ unused, within the process's `set_per_process_memory_fraction`), capped by
 `evaluation.memory_budget_gib` when set, times 0.9 for the allocator's slack; on CPU it is
 `evaluation.memory_budget_gib` (default 8 GiB). The chunk is the largest that fits up to
 CHUNK_CAP, rounded down to a multiple of 256, and never below 256. `eval.json` records the
-chunk, the groups and this reckoning.
+chunk, the groups, the MLP's slices (0: over chunks of rows) and this reckoning.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ CPU_BUDGET_GIB = 8.0
 SLACK = 0.9
 GRAIN = 256
 CHUNK_CAP = 8192
+# The whole-row MLP's slices `auto` may take: one, the module's products row for row. More slices hold less
+# (1/k of the [L, intermediate] activations) but sum the down projection in the model's dtype, one rounding
+# per slice (bench eval12 measures both).
+MLP_SLICES = (1,)
 GIB = 2**30
 
 
@@ -92,6 +98,37 @@ def memory_costs(model, length: int, batch: int, head_groups: int = 1) -> dict[s
     }
 
 
+def whole_row_mlp_bytes(model, length: int, batch: int, slices: int) -> int:
+    """Bytes of the MLP phase when ropelaw's LLaMA MLP takes every position at once in `slices` slices of the
+    intermediate dimension (`ropelaw.lean._llama_rows`): held + the residual and the norm's output, the output
+    buffer where the down projection is summed over slices (> 1; with one it overwrites its input), and two
+    [B, L, I/slices] tensors alive at once (the gate's product and its activation, then the activation and the
+    up projection's product)."""
+    s = _shape(model)
+    e = next(model.parameters()).element_size()
+    d = s["d"]
+    held = 2 * d + 2 * s["head_dim"]
+    out = d if slices > 1 else 0
+    return ((held + 2 * d + out) + 2 * -(-s["inter"] // slices)) * batch * length * e
+
+
+def _mlp_slices(model, phases, chunk: int, length: int, batch: int, room: int) -> tuple[int, str]:
+    """(slices, why) of the MLP for `evaluation.chunk_size: auto`: the fewest of MLP_SLICES with which the
+    whole-row MLP's phase is no larger than the forward's peak with the MLP over chunks of rows, within the
+    room; 0 (rows) where none is, or where the MLPs are not LLaMA's. Row-chunked MLPs ran their products in a
+    slower GEMM tile than whole rows (bench eval9, eval10: the default's 1% behind plain at 100K)."""
+    from ropelaw.lean import _is_llama_mlp, _mlps
+
+    mlps = _mlps(model)
+    if not mlps or not all(_is_llama_mlp(mlp) for mlp in mlps):
+        return 0, "not LLaMA's MLP: the module's own forward over chunks of rows"
+    peak = max(fixed + chunk * per_position for fixed, per_position in phases.values())
+    for slices in MLP_SLICES:
+        if whole_row_mlp_bytes(model, length, batch, slices) <= min(peak, room):
+            return slices, f"whole rows in {slices} slice(s) of the intermediate dimension: no higher peak"
+    return 0, "every whole-row MLP would raise the peak: the MLP over chunks of rows"
+
+
 def _fits(phases: dict[str, tuple[int, int]], room: int, wanted: int) -> tuple[int, str | None]:
     """(the most chunk positions, up to `wanted`, that every phase has room for; the phase that binds, if one)."""
     fits, binding = wanted, None
@@ -121,11 +158,13 @@ def memory_budget(device: str, budget_gib: float | None) -> tuple[int, str]:
 
 
 def choose_chunk(model, length: int, batch: int, requested: int | str = "auto",
-                 budget_gib: float | None = None, head_groups: int | None = None) -> tuple[int, dict]:
+                 budget_gib: float | None = None, head_groups: int | None = None,
+                 compiled: bool = False) -> tuple[int, dict]:
     """(chunk size, the reckoning for eval.json) for forwards of up to `length` positions.
 
     The reckoning's `head_groups` is the number of head groups to run the attention in: the fewest
-    that fit (`head_groups` fixes it)."""
+    that fit (`head_groups` fixes it); its `mlp_slices` how the eager MLP runs (`_mlp_slices`; 0 with a
+    fixed chunk or compiled layers: the MLP over chunks of rows)."""
     from ropelaw.lean import group_counts
 
     fixed_chunk = requested != "auto"
@@ -151,7 +190,13 @@ def choose_chunk(model, length: int, batch: int, requested: int | str = "auto",
         chunk, reason = fits // GRAIN * GRAIN, "the largest multiple of 256 positions that fits"
     else:
         chunk, reason = GRAIN, "even 256 positions exceed the budget: the smallest chunk, memory may run out"
+    if fixed_chunk or compiled:
+        slices, mlp_reason = 0, "the MLP over chunks of rows (" + ("compiled layers" if compiled else
+                                                                   "a fixed evaluation.chunk_size") + ")"
+    else:
+        slices, mlp_reason = _mlp_slices(model, phases, chunk, length, batch, int(budget * SLACK))
     return chunk, {"requested": requested, "chunk_size": chunk, "reason": reason, "head_groups": groups,
+                   "mlp_slices": slices, "mlp_reason": mlp_reason,
                    "head_groups_possible": counts, "budget_bytes": budget, "budget_source": source,
                    "phases": {name: {"fixed_bytes": f, "per_position_bytes": p} for name, (f, p) in phases.items()},
                    "binding_phase": binding, "length": length, "batch": batch}

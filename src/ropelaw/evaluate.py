@@ -125,11 +125,12 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
     one_pass = not length_dependent_rope(model)
     spec = cell_method(cell)
     assert one_pass != spec.length_dependent, "the model's rope type disagrees with its method"
-    chunk, chunking = choose_chunk(model, max(lengths), min(batch_size, len(docs)), chunk_size, memory_budget_gib)
+    chunk, chunking = choose_chunk(model, max(lengths), min(batch_size, len(docs)), chunk_size, memory_budget_gib,
+                                   compiled=compile)
     table, doc_sums = evaluate_docs(
         model, docs, lengths, scoring=scoring, text=text, train_len=cell.train_len, one_pass=one_pass,
         chunk_size=chunk, buckets=bucket_edges, batch_size=batch_size, compiled=compile,
-        head_groups=chunking["head_groups"],
+        head_groups=chunking["head_groups"], mlp_slices=chunking["mlp_slices"],
     )
     seconds = time.perf_counter() - started
     table.insert(0, "convention", scoring.convention)

@@ -199,7 +199,7 @@ def default_bucket_edges(length: int) -> list[int]:
 
 def evaluate_docs(model, docs_nl, lengths, *, scoring: Scoring = Scoring(), text: TokenText | None = None,
                   train_len: int | None = None, one_pass=True, chunk_size=4096, buckets=None, batch_size=1,
-                  progress=True, compiled=False, head_groups=1) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  progress=True, compiled=False, head_groups=1, mlp_slices=0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table, per-document segments) of `docs_nl` ([n_docs, >= longest] ids) at each of `lengths`.
 
     one_pass=True: one forward per batch at the longest length, shorter lengths read from its
@@ -223,7 +223,7 @@ def evaluate_docs(model, docs_nl, lengths, *, scoring: Scoring = Scoring(), text
         batch_nl = docs_nl[first : first + batch_size]
         for n in [longest] if one_pass else lengths:
             stats = score_window(model, batch_nl, n, scoring, text, chunk_size=chunk_size, compiled=compiled,
-                                 head_groups=head_groups)
+                                 head_groups=head_groups, mlp_slices=mlp_slices)
             segments.append(doc_segments(stats, edges, n, first))
             if n == longest:
                 bucket_parts.extend(bucket_sums(stats, buckets))
