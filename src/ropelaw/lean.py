@@ -146,8 +146,9 @@ def chunked_mlp(model: torch.nn.Module, chunk: int, compiled: bool = False, slic
         raise UserError(f"MLP slices must be >= 0 (0: the module's own forward), got {slices}")
     if slices and not compiled:
         mlps = _mlps(model)
-        if not all(_is_llama_mlp(mlp) for mlp in mlps):
-            raise UserError(f"MLP slices={slices} computes LLaMA's MLP; this model's is {type(mlps[0]).__name__}")
+        other = next((mlp for mlp in mlps if not _is_llama_mlp(mlp)), None)
+        if other is not None:
+            raise UserError(f"MLP slices={slices} computes LLaMA's MLP; this model has a {type(other).__name__}")
         with _forwards(mlps, lambda mlp: _llama_rows(mlp, mlp.forward, chunk, slices)):
             yield
     elif compiled:

@@ -119,8 +119,8 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     # The eager norms too, where memory is tight enough to group the heads: with one group their float32
     # temporaries are smaller than the attention's own whole-sequence tensors (`ropelaw.chunking`).
     norms = chunked_norms(model, chunk_size, compiled) if head_groups > 1 else contextlib.nullcontext()
-    with torch.inference_mode(), chunked_mlp(model, length if mlp_slices else chunk_size, compiled, mlp_slices), norms, \
-            grouped_attention(model, head_groups, chunk_size, compiled):
+    mlp = chunked_mlp(model, length if mlp_slices else chunk_size, compiled, mlp_slices)
+    with torch.inference_mode(), mlp, norms, grouped_attention(model, head_groups, chunk_size, compiled):
         hidden_bld = backbone(input_ids=input_ids_bl, use_cache=False).last_hidden_state
     with torch.inference_mode():
         for start in range(0, n_targets, chunk_size):
