@@ -72,6 +72,12 @@ def _shape(model) -> dict[str, int]:
     }
 
 
+def _held(s: dict[str, int]) -> int:
+    """Elements per position held through every layer: the embeddings, the layer's input, the rotation's cos
+    and sin."""
+    return 2 * s["d"] + 2 * s["head_dim"]
+
+
 def memory_costs(model, length: int, batch: int, head_groups: int = 1) -> dict[str, tuple[int, int]]:
     """{phase: (bytes of its whole-sequence tensors, bytes per chunk position)} of one evaluation forward."""
     s = _shape(model)
@@ -79,7 +85,7 @@ def memory_costs(model, length: int, batch: int, head_groups: int = 1) -> dict[s
     d, heads, kv_heads, head_dim = s["d"], s["heads"], s["kv_heads"], s["head_dim"]
     qkv = (heads + 2 * kv_heads) * head_dim
     rotation = max(3 * heads, heads + 3 * kv_heads) * head_dim
-    held = 2 * d + 2 * head_dim
+    held = _held(s)
     whole = batch * length * e  # bytes per element of a whole-sequence row
     if head_groups == 1:
         attention = ((held + d + qkv + rotation) * whole, 0)
@@ -107,9 +113,8 @@ def whole_row_mlp_bytes(model, length: int, batch: int, slices: int) -> int:
     s = _shape(model)
     e = next(model.parameters()).element_size()
     d = s["d"]
-    held = 2 * d + 2 * s["head_dim"]
     out = d if slices > 1 else 0
-    return ((held + 2 * d + out) + 2 * -(-s["inter"] // slices)) * batch * length * e
+    return ((_held(s) + 2 * d + out) + 2 * -(-s["inter"] // slices)) * batch * length * e
 
 
 def _mlp_slices(model, phases, chunk: int, length: int, batch: int, room: int) -> tuple[int, str]:
@@ -117,10 +122,9 @@ def _mlp_slices(model, phases, chunk: int, length: int, batch: int, room: int) -
     whole-row MLP's phase is no larger than the forward's peak with the MLP over chunks of rows, within the
     room; 0 (rows) where none is, or where the MLPs are not LLaMA's. Row-chunked MLPs ran their products in a
     slower GEMM tile than whole rows (bench eval9, eval10: the default's 1% behind plain at 100K)."""
-    from ropelaw.lean import _is_llama_mlp, _mlps
+    from ropelaw.lean import llama_mlps
 
-    mlps = _mlps(model)
-    if not mlps or not all(_is_llama_mlp(mlp) for mlp in mlps):
+    if not llama_mlps(model):
         return 0, "not LLaMA's MLP: the module's own forward over chunks of rows"
     peak = max(fixed + chunk * per_position for fixed, per_position in phases.values())
     for slices in MLP_SLICES:

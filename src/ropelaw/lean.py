@@ -89,6 +89,12 @@ def _is_llama_mlp(mlp: torch.nn.Module) -> bool:
     return type(mlp) is LlamaMLP and all(getattr(mlp, n).bias is None for n in ("gate_proj", "up_proj", "down_proj"))
 
 
+def llama_mlps(model: torch.nn.Module) -> bool:
+    """Whether the model has decoder MLPs and every one is LLaMA's (`chunked_mlp` can take `slices`)."""
+    mlps = _mlps(model)
+    return bool(mlps) and all(_is_llama_mlp(mlp) for mlp in mlps)
+
+
 def _llama_rows(mlp: torch.nn.Module, forward, chunk: int, slices: int):
     """LLaMA's MLP (inference) over `chunk` positions at a time, each block's down projection written by its
     matrix product straight into the block's rows: no [chunk, d] temporary and no copy.
