@@ -3,7 +3,9 @@
 # by the calls after it (back to back: the machine goes back 30 s after a call ends, and the run with it).
 #
 #   bash bench/background.sh start eval4          # copies the tree to /tmp/bench-bg/repo, starts run_all.sh eval4
-#   bash bench/background.sh poll 540             # waits up to 540 s; prints RUNNING or DONE, and the log's tail
+#   bash bench/background.sh poll 540             # waits up to 540 s; prints RUNNING or DONE, and the log's tail;
+#                                                 # copies the results so far into $OUT (every poll: a call that
+#                                                 # turns out to be the last one still brings them back)
 #   bash bench/background.sh collect              # copies the part's results into $OUT
 #
 # The run's own process id is kept in a file: `pgrep -f "run_all.sh eval4"` also matches the shell of the
@@ -28,6 +30,7 @@ poll)
     kill -0 "$(cat "$HOME_DIR/pid")" 2>/dev/null && echo "RUNNING" ||
         echo "DONE after $(($(date -u +%s) - $(cat "$HOME_DIR/start"))) s"
     grep -v '^{' "$HOME_DIR/results/log.txt" | tail -5
+    [[ -n ${OUT:-} ]] && cp "$HOME_DIR"/results/* "$OUT/"
     ;;
 collect)
     cp "$HOME_DIR"/results/* "${OUT:?}/" && ls -la "$OUT"

@@ -26,6 +26,7 @@
 #   bash bench/run_all.sh train14   # 1 GPU: the compiled-loss path's 3 profiled steps as a trace: where the GPU waits
 #   bash bench/run_all.sh train15   # 1 GPU: train14's two host syncs removed, side by side with the path before (goal 3)
 #   bash bench/run_all.sh eval12    # 1 GPU: ropelaw's own LLaMA MLP over whole rows in intermediate slices vs plain (goal 1)
+#   bash bench/run_all.sh eval13    # 1 GPU: the default vs plain at 32K, 8 interleaved rounds and a profile (goal 1's last 0.3%)
 #   bash bench/run_all.sh eval4check  # 1 GPU: eval4's 131K check alone (head groups 8 and 4 vs the default, uncapped)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
@@ -33,7 +34,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12|eval13}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -180,6 +181,12 @@ eval12)
     step 540 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 1 \
         --variants 8192:1:0 8192:1:2 8192:1:4 --interleave 4
     ;;
+eval13)
+    # Issue 14 goal 1's last 0.3% at 32K (eval12: the default 1.0032x plain interleaved): plain and the default,
+    # eight interleaved rounds and one profiled call each (seconds by kernel class).
+    # Predictions: bench/results/2026-12-03-session18/PREDICTIONS.md.
+    step 400 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 --repeat 2 --interleave 8 --profile
+    ;;
 eval4check)
     # eval4's second half alone (about 3 minutes): the perplexity half of goal 2.
     eval4_check
@@ -293,7 +300,7 @@ train15)
         --variants plain:4:synced grad_in_forward_compiled:8:compiled:synced grad_in_forward_compiled:8:compiled
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check or eval12" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check, eval12 or eval13" >&2
     exit 2
     ;;
 esac
