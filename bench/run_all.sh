@@ -9,7 +9,7 @@
 #   bash bench/run_all.sh eval3     # 1 GPU: default evaluation path (auto chunk) vs plain model(ids, labels=ids), 7B and 13B at 32K/100K
 #   bash bench/run_all.sh train3    # 1 GPU: SmolLM2-135M at 8K, plain vs finetune.fused_loss (SMOLLM2_DIR: a converted model)
 #   bash bench/run_all.sh train4    # 1 GPU: SmolLM2-135M at 8K, the three losses (grad_in_forward, checkpointed, plain)
-#   bash bench/run_all.sh eval4     # 1 GPU: 13B at 1M under an A100-80GB's cap (head groups); grouped vs own attention at 128K
+#   bash bench/run_all.sh eval4     # 1 GPU: 13B at 1M under an A100-80GB's cap (head groups); ~18 min: bench/background.sh
 #   bash bench/run_all.sh eval5     # 1 GPU: 13B at 1M under the cap, 2 of 40 layers run (all resident): the peak memory in 3 minutes
 #   bash bench/run_all.sh eval9     # 1 GPU: 7B at 32K/100K, the default path beside chunks of 16K, 32K and the whole row, vs plain
 #   bash bench/run_all.sh eval10    # 1 GPU: eval9's plain, default and whole row at 32K/100K, each profiled by kernel class
@@ -168,9 +168,9 @@ eval4)
     # groups chosen by evaluation.chunk_size: auto (8 groups in eval8's two-layer run, 73.54 GiB); about 18
     # minutes, timed once, no warm-up call: longer than one device call, so run it with bench/background.sh.
     # Predictions: bench/results/2026-12-03-session16/PREDICTIONS.md ("eval4").
+    # The perplexity half (8 and 4 groups against the default at 131,072, uncapped) is its own part, eval4check,
+    # measured in the seventeenth session; this part is the 1M run alone (1,034 s of its step in the eighteenth).
     step 1500 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80
-    # The same perplexity with the capped run's head groups (8, and 4) as with the default's, uncapped, at 131,072.
-    eval4_check
     ;;
 eval12)
     # Issue 14 goal 1 after eval9-eval11: the default's 1% behind plain at 100K is its MLP over 8,192-row chunks

@@ -55,6 +55,23 @@ def test_chunked_stats_match_full_logits(attn):
     assert torch.equal(correct_bt, logits_blv.argmax(-1) == ids_bl[:, 1:])
 
 
+def test_bf16_argmax_is_that_of_the_float32_logits():
+    """token_stats takes the argmax of the lm_head's bf16 logits before their float32 copy: the same answer, ties
+    included (a 97-token vocabulary in bf16 has many), for half the bytes read. The targets are the float32
+    logits' own argmax, so every position must count as correct, the tied ones too."""
+    model, ids_bl = tiny_llama("sdpa").to(torch.bfloat16), random_docs(4, 300)
+    with torch.inference_mode():
+        hidden_bld = model.get_decoder()(input_ids=ids_bl, use_cache=False).last_hidden_state
+        logits_blv = torch.cat([model.lm_head(hidden_bld[:, s:s + 64]).float() for s in range(0, 300, 64)], 1)
+    ties_bl = (logits_blv == logits_blv.amax(-1, keepdim=True)).sum(-1) > 1
+    assert ties_bl.sum() >= 2, "the check needs positions whose maximum is tied"
+    targets_bl = logits_blv.argmax(-1)
+    nll_bt, correct_bt = token_stats(model, ids_bl, chunk_size=64, targets_bl=targets_bl)
+    assert bool(correct_bt.all())
+    expected_bt = F.cross_entropy(logits_blv.transpose(1, 2), targets_bl, reduction="none")
+    torch.testing.assert_close(nll_bt, expected_bt.double(), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_one_pass_prefixes_match_separate_passes(attn):
     model, docs = tiny_llama(attn), random_docs(3, 300)

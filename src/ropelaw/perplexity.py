@@ -125,11 +125,13 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
     with torch.inference_mode():
         for start in range(0, n_targets, chunk_size):
             end = min(start + chunk_size, n_targets)
-            logits_bcv = lm_head(hidden_bld[:, start:end]).float()
+            logits_bcv = lm_head(hidden_bld[:, start:end])
             targets_bc = targets_bt[:, start:end]
+            # The argmax of the model's own logits is that of their exact float32 copy, in half the bytes (bf16).
+            correct_bt[:, start:end] = logits_bcv.argmax(-1) == targets_bc
+            logits_bcv = logits_bcv.float()
             nll_bc = F.cross_entropy(logits_bcv.flatten(0, 1), targets_bc.flatten(), reduction="none")
             nll_bt[:, start:end] = nll_bc.view(batch, -1)
-            correct_bt[:, start:end] = logits_bcv.argmax(-1) == targets_bc
             del logits_bcv, nll_bc
     return nll_bt.cpu(), correct_bt.cpu()
 
