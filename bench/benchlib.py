@@ -14,6 +14,7 @@ FLOPs are counted the usual way (matrix products only, 2 per multiply-add):
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -165,6 +166,15 @@ KERNEL_CLASSES = {  # substrings of CUDA kernel (or, on the CPU, operator) names
 }
 
 
+def kernel_name(key: str, width: int = 120) -> str:
+    """A kernel's name for a record: the profiler's key, or its first `width` characters and a digest of the whole
+    key where it is longer, so that two template instances sharing a long prefix stay two names (eval13's two
+    `direct_copy_kernel_cuda` kernels once shared one)."""
+    if len(key) <= width:
+        return key
+    return f"{key[:width]}…#{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
 def kernel_breakdown(prof, top: int = 25, per: int = 1) -> dict:
     """Seconds of a torch.profiler run by kernel class (attention, matmul, optimizer, compiled, other) and its top
     kernels, divided by `per` (the steps profiled): GPU kernels, or CPU operators' self time if there are none."""
@@ -183,6 +193,6 @@ def kernel_breakdown(prof, top: int = 25, per: int = 1) -> dict:
         name = event.key.lower()
         kind = next((k for k, subs in KERNEL_CLASSES.items() if any(s in name for s in subs)), "other")
         total[kind] += us / 1e6 / per
-        rows.append({"kernel": event.key[:120], "class": kind, "seconds": us / 1e6 / per, "calls": event.count / per})
+        rows.append({"kernel": kernel_name(event.key), "class": kind, "seconds": us / 1e6 / per, "calls": event.count / per})
     rows.sort(key=lambda r: -r["seconds"])
     return {"gpu_seconds_by_class" if on_gpu else "cpu_seconds_by_class": total, "top_kernels": rows[:top]}

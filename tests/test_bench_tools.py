@@ -213,3 +213,16 @@ def test_eval_vs_plain_interleaves_the_paths(tmp_path):
     for row in rows:
         assert row["seconds_interleaved"] > 0
         assert row["time_ratio_interleaved"] == row["seconds_interleaved"] / rows[0]["seconds_interleaved"]
+
+
+def test_long_kernel_names_stay_distinct():
+    """Two kernels whose names share their first 120 characters keep two names in a record; short names stay as
+    the profiler gives them."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from benchlib import kernel_name
+
+    prefix = "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(" + "x" * 60
+    first, second = kernel_name(prefix + "bfloat16>"), kernel_name(prefix + "float>")
+    assert first != second and first.startswith(prefix[:120]) and len(first) < 140
+    assert kernel_name(prefix + "bfloat16>") == first
+    assert kernel_name("aten::mm") == "aten::mm"
