@@ -1,7 +1,7 @@
 """The default evaluation path against plain transformers, side by side in one process.
 
     python bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 2   # one GPU
-    python bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80
+    python bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80 --layer-progress
     python bench/eval_vs_plain.py --tiny --variants whole:1 256:2                       # CPU, a small shape
 
 For each length, one row of random token ids is scored on a model of the given shape with
@@ -29,6 +29,9 @@ difference in time between two paths can be put where it is.
 `--interleave R` times every path R more times, one call each per round, the first path rotating from round to
 round, and records the medians (`seconds_interleaved`, `time_ratio_interleaved`): a path always timed first or
 after another cannot carry an order or clock effect into its ratio.
+`--layer-progress` prints a line after each decoder layer of every call (seconds since the call began, the device
+synchronised first; the peak allocated so far) and keeps the last call's lines in its row (`layers_done`): a
+run as long as a 13B at 1M (17 minutes) shows how far it got, and its peak so far, even if it never ends.
 `--cap-gib 80` caps the process (`torch.cuda.set_per_process_memory_fraction`) like an A100-80GB.
 `--run-layers N` keeps every layer's weights on the GPU but runs only the first N layers: every
 layer has the same shape, so the peak memory of a whole forward is measured (weights, one layer's
@@ -41,6 +44,7 @@ Results: JSON lines in $OUT/eval_vs_plain.jsonl (bench/results/ without $OUT).
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -108,6 +112,29 @@ def _stop_recording(row: dict, peak_report: bool) -> None:
     if peak_report:
         row["peak_report"] = peak_blocks(torch.cuda.memory._snapshot())
         torch.cuda.memory._record_memory_history(enabled=None)
+
+
+class LayerProgress:
+    """`--layer-progress`: forward hooks that print, after each decoder layer, its number, the seconds since the
+    forward began (the device synchronised first: the layer's end, not when its kernels were queued) and the peak
+    allocated memory so far; `layers_done` keeps the last forward's (seconds, peak GiB or None) per layer."""
+
+    def __init__(self, backbone, layers, device: str):
+        self.device, self.count, self.started, self.layers_done = device, len(layers), 0.0, []
+        backbone.register_forward_pre_hook(self._begin)
+        for index, layer in enumerate(layers):
+            layer.register_forward_hook(lambda module, args, output, index=index: self._after(index))
+
+    def _begin(self, module, args):
+        self.started, self.layers_done = time.perf_counter(), []
+
+    def _after(self, index: int) -> None:
+        _sync(self.device)
+        seconds = time.perf_counter() - self.started
+        peak = gib(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
+        self.layers_done.append((round(seconds, 3), None if peak is None else round(peak, 3)))
+        print(f"layer {index + 1}/{self.count}: {seconds:.1f} s" + ("" if peak is None else f", peak {peak:.2f} GiB"),
+              file=sys.stderr, flush=True)
 
 
 def scored_path(model, ids_bl, length, budget_gib, chunk="auto", groups="auto", decided=None, slices=None):
@@ -182,9 +209,10 @@ def interleave(calls: dict, rows: list[dict], device: str, rounds: int) -> None:
 
 
 def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=True, warmup=True,
-            weights_gib=None, peak_report=False, profile=False, rounds=0) -> list[dict]:
+            weights_gib=None, peak_report=False, profile=False, rounds=0, progress=None) -> list[dict]:
     """One row per path at this length: plain, default, then each variant; with `rounds`, timed again
-    interleaved (`interleave`) before the rows are printed."""
+    interleaved (`interleave`) before the rows are printed; with `progress` (a `LayerProgress`), each row keeps
+    its last forward's `layers_done`."""
     ids = ids_bl[:, :length]
     weights_gib = weights_gib or gib(sum(p.numel() * p.element_size() for p in model.parameters()))
     rows, reference, calls = [], None, {}
@@ -207,6 +235,8 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
                 row["seconds"], row["peak_gib"], (ppl, why) = measure(call, device, repeat, warmup)
                 row.update(chunk_size=why["chunk_size"], head_groups=why["head_groups"], chunk_reason=why["reason"],
                            mlp_slices=why["mlp_slices"], chunking=why)
+            if progress:
+                row["layers_done"] = progress.layers_done
             if profile:
                 row.update(profiled(call, device))
         except torch.OutOfMemoryError as err:
@@ -214,6 +244,8 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
                        peak_gib=gib(torch.cuda.max_memory_allocated()) if device == "cuda" else None)
             if decided:
                 row.update(chunk_size=decided["chunk_size"], head_groups=decided["head_groups"], chunking=decided)
+            if progress:
+                row["layers_done"] = progress.layers_done
             del err
             _stop_recording(row, peak_report)
             torch.cuda.empty_cache()
@@ -258,6 +290,8 @@ def main() -> None:
                         help="record the allocator's trace (GPU) and keep the 25 largest blocks alive at its peak")
     parser.add_argument("--profile", action="store_true",
                         help="one more call per path under torch.profiler: its seconds by kernel class")
+    parser.add_argument("--layer-progress", action="store_true",
+                        help="a line after each decoder layer (seconds, peak so far), kept in the row: long runs")
     parser.add_argument("--interleave", type=int, default=0, metavar="R",
                         help="R more rounds timing every path once each, the first path rotating: order effects")
     args = parser.parse_args()
@@ -285,12 +319,13 @@ def main() -> None:
         if not 1 <= args.run_layers <= len(all_layers):
             parser.error(f"--run-layers {args.run_layers}: the model has {len(all_layers)} layers")
         model.model.layers = torch.nn.ModuleList(list(all_layers)[:args.run_layers])
+    progress = LayerProgress(model.model, model.model.layers, device) if args.layer_progress else None
     ids_bl = torch.randint(0, config.vocab_size, (1, max(lengths)), generator=torch.Generator().manual_seed(1))
     for length in lengths:
         for row in compare(model, ids_bl, length, device, args.repeat, args.budget_gib, args.variants,
                            plain=not args.no_plain, warmup=not args.no_warmup, weights_gib=weights_gib,
                            peak_report=args.peak_report and device == "cuda", profile=args.profile,
-                           rounds=args.interleave):
+                           rounds=args.interleave, progress=progress):
             write_record(out_path("eval_vs_plain.jsonl"), {"bench": "eval_vs_plain", **environment(),
                                                             "shape": "tiny" if args.tiny else args.shape,
                                                             "weights": "random", "cap_gib": args.cap_gib,

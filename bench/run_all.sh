@@ -170,7 +170,9 @@ eval4)
     # Predictions: bench/results/2026-12-03-session16/PREDICTIONS.md ("eval4").
     # The perplexity half (8 and 4 groups against the default at 131,072, uncapped) is its own part, eval4check,
     # measured in the seventeenth session; this part is the 1M run alone (1,034 s of its step in the eighteenth).
-    step 1500 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80
+    # --layer-progress logs each layer's end and the peak so far: every poll's tail shows them.
+    step 1500 python3 bench/eval_vs_plain.py --shape llama2-13b --tokens 1048576 --no-plain --no-warmup --cap-gib 80 \
+        --layer-progress
     ;;
 eval12)
     # Issue 14 goal 1 after eval9-eval11: the default's 1% behind plain at 100K is its MLP over 8,192-row chunks

@@ -226,3 +226,20 @@ def test_long_kernel_names_stay_distinct():
     assert first != second and first.startswith(prefix[:120]) and len(first) < 140
     assert kernel_name(prefix + "bfloat16>") == first
     assert kernel_name("aten::mm") == "aten::mm"
+
+
+def test_eval_vs_plain_layer_progress(tmp_path):
+    """--layer-progress: a line after each decoder layer of every forward (the untimed one, the timed one), and the
+    timed forward's layers kept in its row, in order, their seconds rising."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'bench'}", "OUT": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(ROOT / "bench/eval_vs_plain.py"), "--tiny", "--tokens", "256",
+                           "--no-plain", "--variants", "64:2", "--layer-progress"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line.split(":")[0] for line in done.stderr.splitlines() if line.startswith("layer ")]
+    assert lines == ["layer 1/2", "layer 2/2"] * 4  # two paths, each one untimed and one timed forward
+    rows = [json.loads(line) for line in (tmp_path / "eval_vs_plain.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["default", "64:2"]
+    for row in rows:
+        (first, peak_first), (second, peak_second) = row["layers_done"]
+        assert 0 < first < second <= row["seconds"] and peak_first is peak_second is None  # no GPU: no peak
