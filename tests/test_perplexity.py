@@ -6,6 +6,7 @@ Tiny random LlamaForCausalLM models on CPU; run with `pytest -q tests/test_perpl
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,28 @@ def test_one_pass_prefixes_match_separate_passes(attn):
         for frame in (one, sep):
             assert frame.loc[n, "ppl"] == pytest.approx(ppl, rel=1e-5)
             assert frame.loc[n, "accuracy"] == pytest.approx(accuracy, rel=1e-5)
+
+
+def test_long_forwards_show_their_layers(capsys):
+    """Forwards of `layer_progress_from` positions or more show a bar of layers (each layer's end: 2 of 2 per
+    forward); the numbers are those without it, the hooks are gone afterwards, and shorter forwards show none.
+    Compiled layers too: the hooks run outside their graphs."""
+    from ropelaw.models import compile_layers
+
+    model, docs = tiny_llama("sdpa"), random_docs(2, 200)
+    kwargs = dict(chunk_size=64, progress=True)
+    plain, _ = evaluate_docs(model, docs, [100, 200], **kwargs)
+    assert "layers" not in capsys.readouterr().err  # 200 positions < LAYER_PROGRESS_FROM
+    shown, _ = evaluate_docs(model, docs, [100, 200], layer_progress_from=200, **kwargs)
+    err = capsys.readouterr().err
+    assert "layers: 100%" in err and "2/2" in err
+    pd.testing.assert_frame_equal(shown, plain)
+    decoder = model.get_decoder()
+    assert not decoder._forward_pre_hooks and not any(layer._forward_hooks for layer in decoder.layers)
+    compile_layers(model, "evaluation.compile")
+    compiled, _ = evaluate_docs(model, docs, [100, 200], layer_progress_from=200, compiled=True, **kwargs)
+    assert "layers: 100%" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(compiled, plain, rtol=1e-6, atol=1e-6)
 
 
 def test_dynamic_ntk_needs_one_pass_per_length():
