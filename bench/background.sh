@@ -30,7 +30,7 @@ poll)
     kill -0 "$(cat "$HOME_DIR/pid")" 2>/dev/null && echo "RUNNING" ||
         echo "DONE after $(($(date -u +%s) - $(cat "$HOME_DIR/start"))) s"
     grep -v '^{' "$HOME_DIR/results/log.txt" | tail -5
-    [[ -n ${OUT:-} ]] && cp "$HOME_DIR"/results/* "$OUT/"
+    if [[ -n ${OUT:-} ]]; then cp "$HOME_DIR"/results/* "$OUT/" 2>/dev/null || echo "(no results to copy yet)"; fi
     ;;
 collect)
     cp "$HOME_DIR"/results/* "${OUT:?}/" && ls -la "$OUT"
