@@ -42,6 +42,7 @@ Results: JSON lines in $OUT/eval_vs_plain.jsonl (bench/results/ without $OUT).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -52,7 +53,7 @@ import torch
 
 from benchlib import SHAPES, environment, gib, kernel_breakdown, llama_config, out_path, write_record
 from ropelaw.chunking import choose_chunk
-from ropelaw.scoring import Scoring, score_window
+from ropelaw.scoring import Scoring, layer_progress, score_window
 
 TINY = dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=4, head_dim=64, rope_theta=10000.0, tie_word_embeddings=False,
@@ -115,25 +116,21 @@ def _stop_recording(row: dict, peak_report: bool) -> None:
 
 
 class LayerProgress:
-    """`--layer-progress`: forward hooks that print, after each decoder layer, its number, the seconds since the
-    forward began (the device synchronised first: the layer's end, not when its kernels were queued) and the peak
-    allocated memory so far; `layers_done` keeps the last forward's (seconds, peak GiB or None) per layer."""
+    """`--layer-progress` (through `ropelaw.scoring.layer_progress`, the device synchronised at each layer's end): a
+    line on stderr after each decoder layer with the seconds since the forward began and the peak allocated memory
+    so far; `layers_done` keeps the last forward's (seconds, peak GiB or None) per layer."""
 
-    def __init__(self, backbone, layers, device: str):
-        self.device, self.count, self.started, self.layers_done = device, len(layers), 0.0, []
-        backbone.register_forward_pre_hook(self._begin)
-        for index, layer in enumerate(layers):
-            layer.register_forward_hook(lambda module, args, output, index=index: self._after(index))
+    def __init__(self, device: str):
+        self.device, self.started, self.layers_done = device, 0.0, []
 
-    def _begin(self, module, args):
+    def forward(self) -> None:
         self.started, self.layers_done = time.perf_counter(), []
 
-    def _after(self, index: int) -> None:
-        _sync(self.device)
+    def layer(self, done: int, total: int) -> None:
         seconds = time.perf_counter() - self.started
         peak = gib(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
         self.layers_done.append((round(seconds, 3), None if peak is None else round(peak, 3)))
-        print(f"layer {index + 1}/{self.count}: {seconds:.1f} s" + ("" if peak is None else f", peak {peak:.2f} GiB"),
+        print(f"layer {done}/{total}: {seconds:.1f} s" + ("" if peak is None else f", peak {peak:.2f} GiB"),
               file=sys.stderr, flush=True)
 
 
@@ -319,19 +316,20 @@ def main() -> None:
         if not 1 <= args.run_layers <= len(all_layers):
             parser.error(f"--run-layers {args.run_layers}: the model has {len(all_layers)} layers")
         model.model.layers = torch.nn.ModuleList(list(all_layers)[:args.run_layers])
-    progress = LayerProgress(model.model, model.model.layers, device) if args.layer_progress else None
+    progress = LayerProgress(device) if args.layer_progress else None
     ids_bl = torch.randint(0, config.vocab_size, (1, max(lengths)), generator=torch.Generator().manual_seed(1))
-    for length in lengths:
-        for row in compare(model, ids_bl, length, device, args.repeat, args.budget_gib, args.variants,
-                           plain=not args.no_plain, warmup=not args.no_warmup, weights_gib=weights_gib,
-                           peak_report=args.peak_report and device == "cuda", profile=args.profile,
-                           rounds=args.interleave, progress=progress):
-            write_record(out_path("eval_vs_plain.jsonl"), {"bench": "eval_vs_plain", **environment(),
-                                                            "shape": "tiny" if args.tiny else args.shape,
-                                                            "weights": "random", "cap_gib": args.cap_gib,
-                                                            "run_layers": args.run_layers, "layers": len(all_layers),
-                                                            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
-                                                            **row})
+    hooks = (layer_progress(model, on_forward=progress.forward, on_layer=progress.layer) if progress
+             else contextlib.nullcontext())
+    with hooks:
+        for length in lengths:
+            for row in compare(model, ids_bl, length, device, args.repeat, args.budget_gib, args.variants,
+                               plain=not args.no_plain, warmup=not args.no_warmup, weights_gib=weights_gib,
+                               peak_report=args.peak_report and device == "cuda", profile=args.profile,
+                               rounds=args.interleave, progress=progress):
+                write_record(out_path("eval_vs_plain.jsonl"), {
+                    "bench": "eval_vs_plain", **environment(), "shape": "tiny" if args.tiny else args.shape,
+                    "weights": "random", "cap_gib": args.cap_gib, "run_layers": args.run_layers,
+                    "layers": len(all_layers), "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), **row})
 
 
 if __name__ == "__main__":

@@ -205,36 +205,48 @@ LAYER_PROGRESS_FROM = 131_072
 
 
 @contextlib.contextmanager
-def layer_progress(model, enabled: bool = True) -> Iterator[None]:
-    """A progress bar of the decoder's layers in every forward of `model` within the block: after each layer the
-    device is synchronised (the bar shows layers finished, not layers queued: the host runs ahead of the GPU) and
-    the bar moves on. Meant for long forwards only (`LAYER_PROGRESS_FROM`): at 128K positions a layer takes tenths
-    of a second and a synchronisation tens of microseconds. The hooks run outside compiled layers' graphs and are
-    removed on exit; the numbers are those of the same forward without them."""
-    layers = getattr(model.get_decoder(), "layers", None)
+def layer_progress(model, enabled: bool = True, on_forward=None, on_layer=None) -> Iterator[None]:
+    """Progress of the decoder's layers in every forward of `model` within the block: `on_forward()` as a forward
+    begins, `on_layer(done, total)` after each layer, the device synchronised first (layers finished, not layers
+    queued: the host runs ahead of the GPU); by default a bar of layers. Meant for long forwards only
+    (`LAYER_PROGRESS_FROM`): at 128K positions a layer takes tenths of a second and a synchronisation tens of
+    microseconds. The hooks run outside compiled layers' graphs and are removed on exit; the numbers are those of
+    the same forward without them."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
     if not enabled or not layers:
         yield
         return
-    bar = tqdm(total=len(layers), desc="layers", unit="layer", leave=False, mininterval=0)  # each layer drawn
+    bar = None
+    if on_forward is None and on_layer is None:
+        bar = tqdm(total=len(layers), desc="layers", unit="layer", leave=False, mininterval=0)  # each layer drawn
+        on_forward, on_layer = bar.reset, lambda done, total: bar.update()
+    done = 0
 
     def begin(module, args):
-        bar.reset()
+        nonlocal done
+        done = 0
+        if on_forward:
+            on_forward()
 
     @torch.compiler.disable
     def after(module, args, output):
+        nonlocal done
         device = output[0].device if isinstance(output, tuple) else output.device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        bar.update()
+        done += 1
+        if on_layer:
+            on_layer(done, len(layers))
 
-    handles = [model.get_decoder().register_forward_pre_hook(begin)]
-    handles += [layer.register_forward_hook(after) for layer in layers]
+    handles = [decoder.register_forward_pre_hook(begin)] + [layer.register_forward_hook(after) for layer in layers]
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def evaluate_docs(model, docs_nl, lengths, *, scoring: Scoring = Scoring(), text: TokenText | None = None,
