@@ -58,7 +58,7 @@ def test_chunked_stats_match_full_logits(attn):
 
 def test_bf16_argmax_is_that_of_the_float32_logits():
     """token_stats takes the argmax of the lm_head's bf16 logits before their float32 copy: the same answer, ties
-    included (a 97-token vocabulary in bf16 has many), for half the bytes read. The targets are the float32
+    included (a 97-token vocabulary in bf16 has many). The targets are the float32
     logits' own argmax, so every position must count as correct, the tied ones too."""
     model, ids_bl = tiny_llama("sdpa").to(torch.bfloat16), random_docs(4, 300)
     with torch.inference_mode():

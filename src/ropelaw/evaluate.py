@@ -14,7 +14,10 @@ chunk of the long forward is chosen by `ropelaw.chunking`. Outputs, all beside `
 eval.csv (rows: scope 'prefix' per length, scope 'bucket' per position bucket, with the cell's
 identity and the convention on every row), eval_docs.csv (per-document segment sums, whose
 sums are eval.csv's prefix rows) and eval.json (provenance: inv_freq in effect, checksums,
-convention, BOS, chunking). Every argument and input file is checked before the model loads.
+convention, BOS, chunking; `resumed_batches_seconds`: the time of the batches an earlier, stopped attempt
+finished). Until eval.csv is written, each finished batch of rows waits in eval_partial/ beside it, so a
+job stopped by its time limit resumes when re-submitted (`ropelaw.evaljournal`). Every argument and input
+file is checked before the model loads.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ropelaw import UserError, methods, provenance, rope
+from ropelaw import UserError, evaljournal, methods, provenance, rope
 from ropelaw.cells import TABLE_COLUMNS, Cell
+from ropelaw.evaljournal import Journal, journal_dir
 
 CELL_KEYS = TABLE_COLUMNS
 
@@ -103,8 +107,10 @@ def _device_and_peak(device: str) -> dict:
 
 def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, batch_size, precision,
                        attn_implementation, bucket_edges=None, compile=False, tokenizer_dir=None,
-                       convention="ropelaw", bos="auto", memory_budget_gib=None):
-    """(table, per-document segment sums, sidecar) of one cell (`ropelaw.scoring`)."""
+                       convention="ropelaw", bos="auto", memory_budget_gib=None, journal_dir=None):
+    """(table, per-document segment sums, sidecar) of one cell (`ropelaw.scoring`). With `journal_dir`
+    the batches an earlier attempt of the same evaluation finished are taken from there, and each batch
+    finished here is kept there (`ropelaw.evaljournal`)."""
     import torch
 
     from ropelaw.chunking import choose_chunk
@@ -127,16 +133,8 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
     assert one_pass != spec.length_dependent, "the model's rope type disagrees with its method"
     chunk, chunking = choose_chunk(model, max(lengths), min(batch_size, len(docs)), chunk_size, memory_budget_gib,
                                    compiled=compile)
-    table, doc_sums = evaluate_docs(
-        model, docs, lengths, scoring=scoring, text=text, train_len=cell.train_len, one_pass=one_pass,
-        chunk_size=chunk, buckets=bucket_edges, batch_size=batch_size, compiled=compile,
-        head_groups=chunking["head_groups"], mlp_slices=chunking["mlp_slices"],
-    )
-    seconds = time.perf_counter() - started
-    table.insert(0, "convention", scoring.convention)
-    for key, value in reversed(cell.columns().items()):
-        table.insert(0, key, value)
-    sidecar = provenance.manifest(
+    # Everything that decides the numbers: what a resumed attempt must share with the one it resumes.
+    identity = dict(
         kind="evaluate",
         cell=cell.to_dict(),
         model_dir=str(model_dir),
@@ -148,17 +146,42 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
         prefix_token_id=scoring.prefix_id,
         tokenizer=tokenizer_identity,
         segment_edges=segment_edges(lengths, scoring, cell.train_len),
+        bucket_edges=bucket_edges,
         method=spec.to_json(),
         one_pass=one_pass,
+        batch_size=batch_size,
         chunk_size=chunk,
-        chunking=chunking,
+        head_groups=chunking["head_groups"],
+        mlp_slices=chunking["mlp_slices"],
         dtype=str(next(model.parameters()).dtype),
         attn_implementation=attn_implementation,
         compiled=compile,
+        inv_freq_sha256=rope.inv_freq_digest(inv_freq),
+        git_commit=provenance.git_commit(),
+        versions=provenance.library_versions(),
+    )
+    journal = None
+    if journal_dir is not None:
+        journal = Journal(journal_dir, identity)
+        if kept := journal.claim():
+            print(f"resuming: {kept} finished batch(es) of {batch_size} document(s) from {journal_dir} "
+                  "(an earlier attempt of this evaluation)", flush=True)
+    table, doc_sums = evaluate_docs(
+        model, docs, lengths, scoring=scoring, text=text, train_len=cell.train_len, one_pass=one_pass,
+        chunk_size=chunk, buckets=bucket_edges, batch_size=batch_size, compiled=compile,
+        head_groups=chunking["head_groups"], mlp_slices=chunking["mlp_slices"], journal=journal,
+    )
+    seconds = time.perf_counter() - started
+    table.insert(0, "convention", scoring.convention)
+    for key, value in reversed(cell.columns().items()):
+        table.insert(0, key, value)
+    sidecar = provenance.manifest(
+        **identity,
+        chunking=chunking,
         seconds=seconds,
+        resumed_batches_seconds=journal.resumed_seconds if journal else 0.0,
         **_device_and_peak(device),
         inv_freq=inv_freq.tolist(),
-        inv_freq_sha256=rope.inv_freq_digest(inv_freq),
     )
     return table, doc_sums, sidecar
 
@@ -226,7 +249,7 @@ def run(args) -> None:
         chunk_size=args.chunk_size, batch_size=args.batch_size, precision=args.precision,
         attn_implementation=args.attn_implementation, bucket_edges=args.bucket_edges or None, compile=args.compile,
         tokenizer_dir=args.tokenizer, convention=args.convention, bos=args.bos,
-        memory_budget_gib=args.memory_budget_gib,
+        memory_budget_gib=args.memory_budget_gib, journal_dir=journal_dir(args.out),
     )
     out = Path(args.out)
     with provenance.atomic_path(docs_path(out)) as tmp:
@@ -234,5 +257,6 @@ def run(args) -> None:
     with provenance.atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
     provenance.write_json(out.with_suffix(".json"), sidecar)
+    evaljournal.remove(journal_dir(out))
     prefix = table[table.scope == "prefix"]
     print(prefix[["end", "ppl", "accuracy", "bits_per_byte", "word_ppl"]].to_string(index=False))

@@ -127,7 +127,8 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
             end = min(start + chunk_size, n_targets)
             logits_bcv = lm_head(hidden_bld[:, start:end])
             targets_bc = targets_bt[:, start:end]
-            # The argmax of the model's own logits is that of their exact float32 copy, in half the bytes (bf16).
+            # The argmax of the model's own logits is that of their exact float32 copy, ties included (no faster
+            # on an H200 for reading half the bytes: BENCHMARKS.md, eval13c).
             correct_bt[:, start:end] = logits_bcv.argmax(-1) == targets_bc
             logits_bcv = logits_bcv.float()
             nll_bc = F.cross_entropy(logits_bcv.flatten(0, 1), targets_bc.flatten(), reduction="none")

@@ -45,6 +45,9 @@ ASSUMPTIONS = [
     "of a long length); a length-dependent method (dynamic NTK) does one forward per length; passkey: one forward "
     "per prompt",
     "wall time = GPU-hours / GPUs of the job; queueing is not counted",
+    "a job over its time limit is re-submitted (the profile's retries): a fine-tune resumes from its checkpoint; "
+    "an evaluation from the batches of rows it finished (ropelaw.evaljournal), the one it was in lost; a passkey "
+    "job does not resume. 'never': no attempt can finish (a passkey job, or one batch, longer than the limit)",
 ]
 
 
@@ -148,11 +151,12 @@ def plan(cfg: dict, cells: list, jobs: dict[str, Job], rows: list[dict]) -> list
                                job))
         rows_read = _prepared_rows(cell) or max_docs
         forwards = [(L, rows_read) for L in lengths] if spec.length_dependent else [(max(lengths), rows_read)]
-        _add_eval(lines, cell, "evaluate", forwards, jobs["evaluate"], rows)
+        batches = math.ceil(rows_read / cfg["evaluation"]["batch_size"])
+        _add_eval(lines, cell, "evaluate", forwards, jobs["evaluate"], rows, batches=batches)
         if passkey["enabled"]:
             prompts = len(passkey["depths"]) * passkey["trials"]
             forwards = [(L, prompts) for L in passkey_args(cfg, cell)["lengths"]]
-            _add_eval(lines, cell, "passkey", forwards, jobs["passkey"], rows)
+            _add_eval(lines, cell, "passkey", forwards, jobs["passkey"], rows, batches=0)
     return lines
 
 
@@ -192,22 +196,33 @@ def _step_seconds(rows: list[dict], cell, job: Job, tokens: int, path: str = "")
     return None if rate is None else tokens * rate / STEP_EFFICIENCY
 
 
-def _add_eval(lines, cell, step, forwards, job: Job, rows) -> None:
+def _add_eval(lines, cell, step, forwards, job: Job, rows, batches: int) -> None:
     tokens = sum(L * n for L, n in forwards)
     rates = [(L, n, seconds_per_token(rows, cell.model, "evaluate", job.gpu_type, L)) for L, n in forwards]
     sec = None if any(r is None for _, _, r in rates) else sum(L * n * r for L, n, r in rates)
-    lines.append(_line(cell, step, tokens, sec, job))
+    lines.append(_line(cell, step, tokens, sec, job, batches=batches))
 
 
-def _line(cell, step: str, tokens: int, gpu_seconds: float | None, job: Job) -> dict:
+def _line(cell, step: str, tokens: int, gpu_seconds: float | None, job: Job, batches: int | None = None) -> dict:
     line = {"cell": cell.path.removeprefix("results/"), "model": cell.model, "step": step, "tokens": tokens,
             "gpus": job.gpus, "gpu_hours": None, "wall_hours": None, "resubmits": None}
     if gpu_seconds is not None:
         wall_h = gpu_seconds / 3600 / job.gpus
         limit_h = job.runtime_min / 60 if job.runtime_min else None
-        line.update(gpu_hours=gpu_seconds / 3600, wall_hours=wall_h,
-                    resubmits=math.ceil(wall_h / limit_h) - 1 if limit_h else 0)
+        line.update(gpu_hours=gpu_seconds / 3600, wall_hours=wall_h, resubmits=_resubmits(wall_h, limit_h, batches))
     return line
+
+
+def _resubmits(wall_h: float, limit_h: float | None, batches: int | None) -> int | str:
+    """Re-submissions a job needs to finish under its time limit. batches None: it resumes where it stopped
+    (a fine-tune's checkpoint); N: it keeps the N equal batches it finished and loses the one it was in (an
+    evaluation); 0: it does not resume (passkey). 'never' where no attempt can finish."""
+    if not limit_h or wall_h <= limit_h:
+        return 0
+    if batches is None:
+        return math.ceil(wall_h / limit_h) - 1
+    per_attempt = math.floor(limit_h / (wall_h / batches)) if batches else 0
+    return "never" if per_attempt == 0 else math.ceil(batches / per_attempt) - 1
 
 
 def render(lines: list[dict], jobs: dict[str, Job], benchmarks: Path, profile: Path) -> str:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -252,13 +253,15 @@ def layer_progress(model, enabled: bool = True, on_forward=None, on_layer=None) 
 def evaluate_docs(model, docs_nl, lengths, *, scoring: Scoring = Scoring(), text: TokenText | None = None,
                   train_len: int | None = None, one_pass=True, chunk_size=4096, buckets=None, batch_size=1,
                   progress=True, compiled=False, head_groups=1, mlp_slices=0,
-                  layer_progress_from: int = LAYER_PROGRESS_FROM) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  layer_progress_from: int = LAYER_PROGRESS_FROM, journal=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table, per-document segments) of `docs_nl` ([n_docs, >= longest] ids) at each of `lengths`.
 
     one_pass=True: one forward per batch at the longest length, shorter lengths read from its
     segments (position-only RoPE; a length-dependent RoPE raises). one_pass=False: one forward per
     length; bucket rows come from the longest pass. Table columns: scope ('prefix' per length,
     'bucket' per position bucket), start, end, nll_sum, the int sums, the metrics, n_docs.
+    journal (`ropelaw.evaljournal.Journal`): batches an earlier attempt finished are read from it, and
+    each batch run here is saved to it.
     """
     docs_nl = torch.from_numpy(np.asarray(docs_nl).astype(np.int64))  # a copy: eval rows are read-only memmaps
     lengths = sorted(int(n) for n in lengths)
@@ -274,13 +277,23 @@ def evaluate_docs(model, docs_nl, lengths, *, scoring: Scoring = Scoring(), text
     segments, bucket_parts = [], []
     with layer_progress(model, progress and longest >= layer_progress_from):
         for first in tqdm(range(0, docs_nl.shape[0], batch_size), desc="docs", disable=not progress):
+            if journal is not None and (done := journal.load(first)) is not None:
+                segments.append(done[0])
+                bucket_parts.extend(done[1])
+                continue
+            started, batch_segments, batch_buckets = time.perf_counter(), [], []
             batch_nl = docs_nl[first : first + batch_size]
             for n in [longest] if one_pass else lengths:
                 stats = score_window(model, batch_nl, n, scoring, text, chunk_size=chunk_size, compiled=compiled,
                                      head_groups=head_groups, mlp_slices=mlp_slices)
-                segments.append(doc_segments(stats, edges, n, first))
+                batch_segments.append(doc_segments(stats, edges, n, first))
                 if n == longest:
-                    bucket_parts.extend(bucket_sums(stats, buckets))
+                    batch_buckets.extend(bucket_sums(stats, buckets))
+            segments.extend(batch_segments)
+            bucket_parts.extend(batch_buckets)
+            if journal is not None:
+                journal.save(first, pd.concat(batch_segments, ignore_index=True), batch_buckets,
+                             time.perf_counter() - started)
     docs = pd.concat(segments, ignore_index=True).sort_values(["pass_len", "doc", "start"], ignore_index=True)
     buckets_frame = pd.DataFrame(bucket_parts).groupby(["scope", "start", "end"], sort=False)[SUMS]
     buckets_frame = buckets_frame.agg(lambda v: math.fsum(v.tolist())).reset_index()
