@@ -329,14 +329,14 @@ def test_plan_counts_the_prepared_rows_where_they_exist(tmp_path, monkeypatch):
 
 
 def test_plan_counts_the_resubmissions_each_kind_of_job_needs():
-    """A fine-tune resumes where it stopped; an evaluation keeps the batches it finished and loses the one it
-    was in (`ropelaw.evaljournal`); a passkey job does not resume. 'never': no attempt can finish."""
+    """A fine-tune resumes where it stopped; an evaluation or passkey job keeps the batches it finished and loses
+    the one it was in (`ropelaw.evaljournal`). 'never': one batch is longer than the limit."""
     from ropelaw.plan import _resubmits
 
-    assert _resubmits(7.9, 8, None) == _resubmits(7.9, 8, 16) == _resubmits(7.9, 8, 0) == 0
-    assert _resubmits(30, None, 0) == 0  # no time limit
+    assert _resubmits(7.9, 8, None) == _resubmits(7.9, 8, 7.9) == 0
+    assert _resubmits(30, None, 30) == 0  # no time limit
     assert _resubmits(14, 8, None) == 1  # 8 h + 6 h
-    assert _resubmits(14, 8, 3) == 2  # batches of 4.67 h: one per attempt
-    assert _resubmits(14.6, 8, 16) == 1  # the 13B's 1M cell on an A100: 16 rows of 0.91 h, 8 per attempt
-    assert _resubmits(9, 8, 1) == "never"  # one batch longer than the limit
-    assert _resubmits(9, 8, 0) == "never"  # passkey over its limit
+    assert _resubmits(14, 8, 14 / 3) == 2  # batches of 4.67 h: one per attempt
+    assert _resubmits(14.6, 8, 14.6 / 16) == 1  # the 13B's 1M cell on an A100: 16 rows of 0.91 h, 8 per attempt
+    assert _resubmits(16, 8, 1) == 1  # 8 whole batches per attempt, none lost
+    assert _resubmits(9, 8, 9) == "never"  # one batch longer than the limit

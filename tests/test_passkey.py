@@ -175,6 +175,56 @@ def test_cli_prompts_are_identical_across_cells(corpus, tmp_path):
     assert list(tables[1].columns[:4]) == ["model", "method", "base", "tune_len"] and (tables[1].base == 500).all()
 
 
+def test_a_stopped_passkey_job_resumes_from_its_answered_batches(corpus, tmp_path, monkeypatch, capsys):
+    """As `tests/test_eval_resume.py` for perplexity: a job stopped partway through (here: the third batch's
+    forward fails) leaves its answered batches in passkey_partial/; the next attempt answers only the rest and
+    writes what an uninterrupted run writes, byte for byte."""
+    import ropelaw.passkey
+
+    tok = corpus.tokenizer
+    model_dir = tmp_path / "model"
+    tiny_llama(len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    spec = json.dumps({**asdict(SPEC), "lengths": [96, 256], "depths": [0.25, 0.75], "trials": 1})
+    cell = dict(model="t", method="base", base=10000, tune_len=64, head_dim=16, train_len=64, orig_base=1e4,
+                eval_set="e", seed=None, kind="base", method_options={}, eval_lengths=[96, 256], untuned_dir="",
+                training=None)
+    seen = {"calls": 0, "stop_at": None}
+    answer = ropelaw.passkey.greedy_answer
+
+    def watched(*args):  # the real decoding, counted; the forward `stop_at` fails instead
+        seen["calls"] += 1
+        if seen["calls"] == seen["stop_at"]:
+            raise KeyboardInterrupt("stopped")
+        return answer(*args)
+
+    monkeypatch.setattr(ropelaw.passkey, "greedy_answer", watched)
+
+    def run(out):
+        return main(["passkey", "--model", str(model_dir), "--cell-json", json.dumps(cell), "--eval-data",
+                     str(corpus.root / "eval"), "--tokenizer", str(corpus.root / "tokenizer"), "--spec", spec,
+                     "--precision", "fp32", "--batch-size", "1", "--out", str(out)])
+
+    reference = tmp_path / "reference" / "passkey.csv"
+    assert run(reference) == 0 and seen["calls"] == 4
+    out = tmp_path / "cell" / "passkey.csv"
+    seen.update(calls=0, stop_at=3)  # the first prompt of length 256
+    with pytest.raises(KeyboardInterrupt):
+        run(out)
+    assert not out.exists()
+    journal = out.parent / "passkey_partial"
+    assert sorted(p.name for p in journal.iterdir()) == ["L96-batch-0.json", "L96-batch-1.json", "identity.json"]
+    seen.update(calls=0, stop_at=None)
+    capsys.readouterr()
+    assert run(out) == 0 and seen["calls"] == 2
+    assert "resuming: 2 finished batch(es) of 1 prompt(s)" in capsys.readouterr().out
+    assert out.read_text() == reference.read_text()
+    sidecars = [json.loads(path.with_suffix(".json").read_text()) for path in (reference, out)]
+    for key in ("prompts_sha256", "accuracy_by_length"):
+        assert sidecars[0][key] == sidecars[1][key]
+    assert sidecars[1]["resumed_batches_seconds"] > 0 and not journal.exists()
+
+
 def test_prompt_that_cannot_fit_is_a_user_error(corpus):
     with pytest.raises(UserError, match="passkey.lengths: 40 tokens"):
         build_prompts(corpus.tokenizer, corpus.docs, SPEC, 40)

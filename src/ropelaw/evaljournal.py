@@ -1,17 +1,19 @@
 """An evaluation's finished batches, kept so that a job stopped by its time limit resumes where it was.
 
 A 13B's 1M-token cell is 16 forwards of about an hour each on an A100: more than one job's time limit.
-`ropelaw evaluate --out DIR/eval.csv` keeps `DIR/eval_partial/` beside its outputs (not one of them, so
-Snakemake leaves it when a job fails):
+`ropelaw evaluate --out DIR/eval.csv` keeps `DIR/eval_partial/` beside its outputs (`ropelaw passkey`
+`DIR/passkey_partial/`), not one of them, so Snakemake leaves it when a job fails:
 
 - `identity.json`: everything that decides the numbers (the cell, the model's and the rows' manifests,
-  the lengths, the scoring, the chunking, precision and kernels, the code and library versions);
-- `batch-<first doc>.json`, one per finished batch of documents: its per-document segment sums, its
-  bucket sums and its seconds, each file written atomically (a killed job leaves whole files or none).
+  the lengths, the scoring or the passkey spec, the chunking, precision and kernels, the code and
+  library versions);
+- one JSON file per finished batch (`batch-<first doc>.json`: its per-document segment sums and bucket
+  sums; `L<length>-batch-<first prompt>.json`: its answers), with its seconds, each written atomically
+  (a killed job leaves whole files or none).
 
 A new attempt with the same identity takes those batches as computed (JSON keeps every float exactly,
 so the table is the uninterrupted run's, bit for bit) and runs the rest; a folder of another identity
-is removed first, and the log says so. Once eval.csv is written the folder is removed, so a forced
+is removed first, and the log says so. Once the table is written the folder is removed, so a forced
 re-run evaluates afresh.
 """
 
@@ -20,8 +22,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-
-import pandas as pd
 
 from ropelaw import provenance
 
@@ -41,8 +41,9 @@ class Journal:
         self.folder, self.identity = Path(folder), json.loads(json.dumps(identity, default=str))
         self.resumed_seconds = 0.0
 
-    def claim(self) -> int:
-        """Keep the folder's batches if they are this evaluation's, else remove them; the number kept."""
+    def claim(self, unit: str) -> None:
+        """Keep the folder's batches if they are this evaluation's, else remove them; say what is kept
+        (`unit`: what one batch holds)."""
         marker = self.folder / IDENTITY
         if self.folder.exists():
             owner = _read(marker)
@@ -54,23 +55,20 @@ class Journal:
                 shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         provenance.write_json(marker, self.identity)
-        return len(list(self.folder.glob("batch-*.json")))
+        if kept := len(list(self.folder.glob("*batch-*.json"))):
+            print(f"resuming: {kept} finished batch(es) of {unit} from {self.folder} (an earlier attempt of this "
+                  "evaluation)", flush=True)
 
-    def load(self, first: int) -> tuple[pd.DataFrame, list[dict]] | None:
-        """The batch starting at document `first`, if an earlier attempt finished it."""
-        record = _read(self._path(first))
+    def load(self, name: str) -> dict | None:
+        """The record of the batch `name`, if an earlier attempt finished it."""
+        record = _read(self.folder / f"{name}.json")
         if record is None:
             return None
         self.resumed_seconds += record["seconds"]
-        return pd.DataFrame(record["segments"]), record["buckets"]
+        return record
 
-    def save(self, first: int, segments: pd.DataFrame, buckets: list[dict], seconds: float) -> None:
-        provenance.write_json(self._path(first), {"first": first, "seconds": seconds,
-                                                  "segments": {k: v.tolist() for k, v in segments.items()},
-                                                  "buckets": buckets})
-
-    def _path(self, first: int) -> Path:
-        return self.folder / f"batch-{first}.json"
+    def save(self, name: str, record: dict, seconds: float) -> None:
+        provenance.write_json(self.folder / f"{name}.json", {**record, "seconds": seconds})
 
 
 def remove(folder) -> None:

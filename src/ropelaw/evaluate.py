@@ -163,9 +163,7 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
     journal = None
     if journal_dir is not None:
         journal = Journal(journal_dir, identity)
-        if kept := journal.claim():
-            print(f"resuming: {kept} finished batch(es) of {batch_size} document(s) from {journal_dir} "
-                  "(an earlier attempt of this evaluation)", flush=True)
+        journal.claim(f"{batch_size} document(s)")
     table, doc_sums = evaluate_docs(
         model, docs, lengths, scoring=scoring, text=text, train_len=cell.train_len, one_pass=one_pass,
         chunk_size=chunk, buckets=bucket_edges, batch_size=batch_size, compiled=compile,

@@ -23,7 +23,9 @@ only (`logits_to_keep=1`), then greedily decodes len(" " + key) + 2 tokens from 
 the [B, L, V] logits never exist. A length-dependent method (dynamic NTK) sees each prompt at
 exactly L in that forward, as perplexity does; the decoded tokens follow transformers' cache
 update. An answer is correct when its first run of digits is the key.
-Output: one row per (length, depth, trial), with the key's token span in the prompt.
+Output: one row per (length, depth, trial), with the key's token span in the prompt. Until passkey.csv is
+written, each answered batch waits in passkey_partial/ beside it, so a job stopped by its time limit resumes
+when re-submitted (`ropelaw.evaljournal`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ropelaw import UserError, json_object, provenance, rope
+from ropelaw import UserError, evaljournal, json_object, provenance, rope
+from ropelaw.evaljournal import Journal, journal_dir
 
 KEY = "{key}"
 EXTRA_TOKENS = 2  # decoded beyond the key's own tokens, so a longer number is caught as wrong
@@ -180,9 +183,11 @@ def all_prompts(tokenizer, docs_nl, spec: PasskeySpec, bos: int | None = None) -
 
 
 def evaluate_passkey(model, tokenizer, docs_nl, spec: PasskeySpec, *, batch_size: int = 1, progress: bool = True,
-                     bos: int | None = None, prompts_by_length: dict[int, list[Prompt]] | None = None):
+                     bos: int | None = None, prompts_by_length: dict[int, list[Prompt]] | None = None, journal=None):
     """(one row per prompt, sha256 of every prompt's tokens in order); `bos` as in `build_prompts`;
-    `prompts_by_length` as `all_prompts` gives them (made here if not given)."""
+    `prompts_by_length` as `all_prompts` gives them (made here if not given). journal
+    (`ropelaw.evaljournal.Journal`): batches an earlier attempt answered are read from it, each batch
+    answered here is saved to it."""
     from tqdm.auto import tqdm
 
     prompts_by_length = prompts_by_length or all_prompts(tokenizer, docs_nl, spec, bos)
@@ -195,10 +200,18 @@ def evaluate_passkey(model, tokenizer, docs_nl, spec: PasskeySpec, *, batch_size
             batch = prompts[first : first + batch_size]
             ids_bl = np.stack([p.input_ids for p in batch])
             digest.update(ids_bl.astype("<i8").tobytes())
+            name = f"L{length}-batch-{first}"
+            if journal is not None and (done := journal.load(name)) is not None:
+                rows.extend(done["rows"])
+                continue
+            started, answered = time.perf_counter(), []
             for prompt, answer_ids in zip(batch, greedy_answer(model, ids_bl, n_new).tolist()):
                 answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
                 fields = {k: v for k, v in asdict(prompt).items() if k != "input_ids"}
-                rows.append({**fields, "answer": answer, "correct": score(answer, prompt.key)})
+                answered.append({**fields, "answer": answer, "correct": score(answer, prompt.key)})
+            rows.extend(answered)
+            if journal is not None:
+                journal.save(name, {"rows": answered}, time.perf_counter() - started)
     return pd.DataFrame(rows), digest.hexdigest()
 
 
@@ -237,14 +250,8 @@ def run(args) -> None:
     bos = bos_id(tokenizer, args.bos)
     prompts_by_length = all_prompts(tokenizer, docs, spec, bos)  # a length that cannot be built fails before the model loads
     model, inv_freq = load_cell_model(args.model, cell, precision=args.precision, attn_implementation=args.attn_implementation)
-    started = time.perf_counter()
-    table, prompts_sha256 = evaluate_passkey(model, tokenizer, docs, spec, batch_size=args.batch_size, bos=bos,
-                                             prompts_by_length=prompts_by_length)
-    seconds = time.perf_counter() - started
-    for key, value in reversed(cell.columns().items()):
-        table.insert(0, key, value)
-    summary = accuracy_by_length(table)
-    sidecar = provenance.manifest(
+    # Everything that decides the answers: what a resumed attempt must share with the one it resumes.
+    identity = dict(
         kind="passkey",
         cell=cell.to_dict(),
         spec=asdict(spec),
@@ -255,18 +262,34 @@ def run(args) -> None:
         tokenizer=tokenizer_identity,
         bos=args.bos,
         bos_token_id=bos,
-        prompts_sha256=prompts_sha256,
         batch_size=args.batch_size,
         dtype=str(next(model.parameters()).dtype),
         attn_implementation=args.attn_implementation,
-        device=_device_name(model),
-        seconds=seconds,
-        accuracy_by_length=summary.to_dict(orient="records"),
-        inv_freq=inv_freq.tolist(),
         inv_freq_sha256=rope.inv_freq_digest(inv_freq),
+        git_commit=provenance.git_commit(),
+        versions=provenance.library_versions(),
     )
     out = Path(args.out)
+    journal = Journal(journal_dir(out), identity)
+    journal.claim(f"{args.batch_size} prompt(s)")
+    started = time.perf_counter()
+    table, prompts_sha256 = evaluate_passkey(model, tokenizer, docs, spec, batch_size=args.batch_size, bos=bos,
+                                             prompts_by_length=prompts_by_length, journal=journal)
+    seconds = time.perf_counter() - started
+    for key, value in reversed(cell.columns().items()):
+        table.insert(0, key, value)
+    summary = accuracy_by_length(table)
+    sidecar = provenance.manifest(
+        **identity,
+        prompts_sha256=prompts_sha256,
+        device=_device_name(model),
+        seconds=seconds,
+        resumed_batches_seconds=journal.resumed_seconds,
+        accuracy_by_length=summary.to_dict(orient="records"),
+        inv_freq=inv_freq.tolist(),
+    )
     with provenance.atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
     provenance.write_json(out.with_suffix(".json"), sidecar)
+    evaljournal.remove(journal.folder)
     print(summary.to_string(index=False))

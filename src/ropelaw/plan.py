@@ -46,8 +46,8 @@ ASSUMPTIONS = [
     "per prompt",
     "wall time = GPU-hours / GPUs of the job; queueing is not counted",
     "a job over its time limit is re-submitted (the profile's retries): a fine-tune resumes from its checkpoint; "
-    "an evaluation from the batches of rows it finished (ropelaw.evaljournal), the one it was in lost; a passkey "
-    "job does not resume. 'never': no attempt can finish (a passkey job, or one batch, longer than the limit)",
+    "an evaluation or passkey job from the batches it finished (ropelaw.evaljournal), the one it was in lost "
+    "(counted as its longest batch). 'never': one batch is longer than the limit, so no attempt can finish",
 ]
 
 
@@ -151,12 +151,12 @@ def plan(cfg: dict, cells: list, jobs: dict[str, Job], rows: list[dict]) -> list
                                job))
         rows_read = _prepared_rows(cell) or max_docs
         forwards = [(L, rows_read) for L in lengths] if spec.length_dependent else [(max(lengths), rows_read)]
-        batches = math.ceil(rows_read / cfg["evaluation"]["batch_size"])
-        _add_eval(lines, cell, "evaluate", forwards, jobs["evaluate"], rows, batches=batches)
+        batch = cfg["evaluation"]["batch_size"]
+        _add_eval(lines, cell, "evaluate", forwards, jobs["evaluate"], rows, batch, together=spec.length_dependent)
         if passkey["enabled"]:
             prompts = len(passkey["depths"]) * passkey["trials"]
             forwards = [(L, prompts) for L in passkey_args(cfg, cell)["lengths"]]
-            _add_eval(lines, cell, "passkey", forwards, jobs["passkey"], rows, batches=0)
+            _add_eval(lines, cell, "passkey", forwards, jobs["passkey"], rows, batch)
     return lines
 
 
@@ -196,33 +196,41 @@ def _step_seconds(rows: list[dict], cell, job: Job, tokens: int, path: str = "")
     return None if rate is None else tokens * rate / STEP_EFFICIENCY
 
 
-def _add_eval(lines, cell, step, forwards, job: Job, rows, batches: int) -> None:
+def _add_eval(lines, cell, step, forwards, job: Job, rows, batch: int, together: bool = False) -> None:
+    """One job of forwards [(length, rows)] in batches of `batch` rows; `together`: a batch runs every length
+    (dynamic NTK's one forward per length), else a batch is one length's."""
     tokens = sum(L * n for L, n in forwards)
     rates = [(L, n, seconds_per_token(rows, cell.model, "evaluate", job.gpu_type, L)) for L, n in forwards]
-    sec = None if any(r is None for _, _, r in rates) else sum(L * n * r for L, n, r in rates)
-    lines.append(_line(cell, step, tokens, sec, job, batches=batches))
+    if any(r is None for _, _, r in rates):
+        lines.append(_line(cell, step, tokens, None, job))
+        return
+    per_batch = [L * min(batch, n) * r for L, n, r in rates]
+    lines.append(_line(cell, step, tokens, sum(L * n * r for L, n, r in rates), job,
+                       batch_seconds=sum(per_batch) if together else max(per_batch)))
 
 
-def _line(cell, step: str, tokens: int, gpu_seconds: float | None, job: Job, batches: int | None = None) -> dict:
+def _line(cell, step: str, tokens: int, gpu_seconds: float | None, job: Job, batch_seconds: float | None = None) -> dict:
     line = {"cell": cell.path.removeprefix("results/"), "model": cell.model, "step": step, "tokens": tokens,
             "gpus": job.gpus, "gpu_hours": None, "wall_hours": None, "resubmits": None}
     if gpu_seconds is not None:
         wall_h = gpu_seconds / 3600 / job.gpus
         limit_h = job.runtime_min / 60 if job.runtime_min else None
-        line.update(gpu_hours=gpu_seconds / 3600, wall_hours=wall_h, resubmits=_resubmits(wall_h, limit_h, batches))
+        batch_h = None if batch_seconds is None else batch_seconds / 3600 / job.gpus
+        line.update(gpu_hours=gpu_seconds / 3600, wall_hours=wall_h, resubmits=_resubmits(wall_h, limit_h, batch_h))
     return line
 
 
-def _resubmits(wall_h: float, limit_h: float | None, batches: int | None) -> int | str:
-    """Re-submissions a job needs to finish under its time limit. batches None: it resumes where it stopped
-    (a fine-tune's checkpoint); N: it keeps the N equal batches it finished and loses the one it was in (an
-    evaluation); 0: it does not resume (passkey). 'never' where no attempt can finish."""
+def _resubmits(wall_h: float, limit_h: float | None, batch_h: float | None) -> int | str:
+    """Re-submissions a job needs to finish under its time limit. batch_h None: it resumes where it stopped
+    (a fine-tune's checkpoint); else it keeps the batches it finished and loses the one it was in (evaluation
+    and passkey; batch_h: its longest batch, so an upper bound where batches differ). 'never': one batch is
+    longer than the limit."""
     if not limit_h or wall_h <= limit_h:
         return 0
-    if batches is None:
+    if batch_h is None:
         return math.ceil(wall_h / limit_h) - 1
-    per_attempt = math.floor(limit_h / (wall_h / batches)) if batches else 0
-    return "never" if per_attempt == 0 else math.ceil(batches / per_attempt) - 1
+    per_attempt_h = math.floor(limit_h / batch_h) * batch_h  # the work an attempt surely keeps
+    return "never" if per_attempt_h == 0 else math.ceil(wall_h / per_attempt_h - 1e-9) - 1
 
 
 def render(lines: list[dict], jobs: dict[str, Job], benchmarks: Path, profile: Path) -> str:

@@ -277,9 +277,9 @@ def evaluate_docs(model, docs_nl, lengths, *, scoring: Scoring = Scoring(), text
     segments, bucket_parts = [], []
     with layer_progress(model, progress and longest >= layer_progress_from):
         for first in tqdm(range(0, docs_nl.shape[0], batch_size), desc="docs", disable=not progress):
-            if journal is not None and (done := journal.load(first)) is not None:
-                segments.append(done[0])
-                bucket_parts.extend(done[1])
+            if journal is not None and (done := journal.load(f"batch-{first}")) is not None:
+                segments.append(pd.DataFrame(done["segments"]))
+                bucket_parts.extend(done["buckets"])
                 continue
             started, batch_segments, batch_buckets = time.perf_counter(), [], []
             batch_nl = docs_nl[first : first + batch_size]
@@ -292,8 +292,9 @@ def evaluate_docs(model, docs_nl, lengths, *, scoring: Scoring = Scoring(), text
             segments.extend(batch_segments)
             bucket_parts.extend(batch_buckets)
             if journal is not None:
-                journal.save(first, pd.concat(batch_segments, ignore_index=True), batch_buckets,
-                             time.perf_counter() - started)
+                frame = pd.concat(batch_segments, ignore_index=True)
+                journal.save(f"batch-{first}", {"segments": {k: v.tolist() for k, v in frame.items()},
+                                                "buckets": batch_buckets}, time.perf_counter() - started)
     docs = pd.concat(segments, ignore_index=True).sort_values(["pass_len", "doc", "start"], ignore_index=True)
     buckets_frame = pd.DataFrame(bucket_parts).groupby(["scope", "start", "end"], sort=False)[SUMS]
     buckets_frame = buckets_frame.agg(lambda v: math.fsum(v.tolist())).reset_index()
