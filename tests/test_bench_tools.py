@@ -243,3 +243,17 @@ def test_eval_vs_plain_layer_progress(tmp_path):
     for row in rows:
         (first, peak_first), (second, peak_second) = row["layers_done"]
         assert 0 < first < second <= row["seconds"] and peak_first is peak_second is None  # no GPU: no peak
+
+
+def test_passkey_memory_answers_each_length(tmp_path):
+    """bench/passkey_memory.py on the CPU: a row per length with the KV cache's size (2 x layers x tokens x KV heads
+    x head_dim x 4 bytes for fp32) and the greedy tokens' shape."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'bench'}", "OUT": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(ROOT / "bench/passkey_memory.py"), "--tiny", "--tokens", "512", "256"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "passkey_memory.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in rows] == [256, 512]
+    for row in rows:
+        assert row["kv_cache_gib"] * 2**30 == 2 * 2 * row["tokens"] * 2 * 16 * 4
+        assert row["answer_tokens"] == [1, 8] and row["seconds"] > 0 and "out_of_memory" not in row

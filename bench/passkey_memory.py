@@ -1,0 +1,80 @@
+"""Passkey's memory by length: what `passkey.lengths` an 80 GB GPU allows.
+
+    python bench/passkey_memory.py --shape llama2-7b --tokens 32768 65536 98304 --cap-gib 80   # one GPU
+    python bench/passkey_memory.py --tiny --tokens 256 512                                      # CPU, a small shape
+
+`ropelaw passkey` answers a prompt with `ropelaw.passkey.greedy_answer`: transformers' own forward over the
+whole prompt with the KV cache on (every layer's keys and values kept whole), then greedy tokens from that
+cache; its chunking is not `ropelaw evaluate`'s. Here one prompt of random token ids per length, on a model of
+the given shape with random weights (bf16 on a GPU, fp32 on CPU), is answered with 8 new tokens, as a 5-digit
+key needs (len(" " + key) + 2). One row per length: seconds, peak allocated memory (GPU), the weights, the KV
+cache's own size (2 x layers x tokens x KV heads x head_dim x bytes), or out of memory (recorded, and the longer
+lengths are not tried). `--cap-gib 80` caps the process like an A100-80GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from benchlib import environment, gib, llama_config, out_path, write_record
+
+from ropelaw.passkey import greedy_answer
+
+TINY = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, rope_theta=10000.0, max_position_embeddings=4096)
+NEW_TOKENS = 8
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", default="llama2-7b", help="benchlib.SHAPES")
+    parser.add_argument("--tiny", action="store_true", help="a small shape on the CPU (the CPU suite's check)")
+    parser.add_argument("--tokens", type=int, nargs="+", required=True, help="prompt lengths, increasing")
+    parser.add_argument("--cap-gib", type=float, default=None, help="cap the process's GPU memory (GiB)")
+    args = parser.parse_args()
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    if args.cap_gib and device == "cuda":
+        torch.cuda.set_per_process_memory_fraction(args.cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+    if args.tiny:
+        spec = dict(TINY)
+        theta = spec.pop("rope_theta")
+        config = LlamaConfig(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta},
+                             attn_implementation="sdpa")
+    else:
+        config = llama_config(args.shape)
+    config.use_cache = True
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=torch.float32 if device == "cpu" else torch.bfloat16)
+    model.eval()
+    element = next(model.parameters()).element_size()
+    weights_gib = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
+    kv_heads = config.num_key_value_heads
+    for length in sorted(args.tokens):
+        ids_bl = torch.randint(0, config.vocab_size, (1, length), generator=torch.Generator().manual_seed(1))
+        record = {"bench": "passkey_memory", **environment(), "shape": "tiny" if args.tiny else args.shape,
+                  "cap_gib": args.cap_gib, "tokens": length, "new_tokens": NEW_TOKENS, "weights_gib": weights_gib,
+                  "kv_cache_gib": gib(2 * config.num_hidden_layers * length * kv_heads * config.head_dim * element)}
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        try:
+            answer = greedy_answer(model, ids_bl, NEW_TOKENS)
+        except torch.OutOfMemoryError as err:
+            write_record(out_path("passkey_memory.jsonl"), {**record, "out_of_memory": str(err).split("\n")[0][:300]})
+            break
+        if device == "cuda":
+            torch.cuda.synchronize()
+        record.update(seconds=time.perf_counter() - started, answer_tokens=list(answer.shape),
+                      peak_gib=gib(torch.cuda.max_memory_allocated()) if device == "cuda" else None)
+        write_record(out_path("passkey_memory.jsonl"), record)
+
+
+if __name__ == "__main__":
+    main()
