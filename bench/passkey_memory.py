@@ -9,12 +9,14 @@ cache; its chunking is not `ropelaw evaluate`'s. Here one prompt of random token
 the given shape with random weights (bf16 on a GPU, fp32 on CPU), is answered with 8 new tokens, as a 5-digit
 key needs (len(" " + key) + 2). One row per length: seconds, peak allocated memory (GPU), the weights, the KV
 cache's own size (2 x layers x tokens x KV heads x head_dim x bytes), or out of memory (recorded, and the longer
-lengths are not tried). `--cap-gib 80` caps the process like an A100-80GB.
+lengths are not tried). `--cap-gib 80` caps the process like an A100-80GB. The allocator's setting in effect
+(`PYTORCH_CUDA_ALLOC_CONF`, e.g. `expandable_segments:True`, as rules/passkey.smk sets it) is in every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -58,7 +60,7 @@ def main() -> None:
     for length in sorted(args.tokens):
         ids_bl = torch.randint(0, config.vocab_size, (1, length), generator=torch.Generator().manual_seed(1))
         record = {"bench": "passkey_memory", **environment(), "shape": "tiny" if args.tiny else args.shape,
-                  "cap_gib": args.cap_gib, "tokens": length, "new_tokens": NEW_TOKENS, "weights_gib": weights_gib,
+                  "cap_gib": args.cap_gib, "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "tokens": length, "new_tokens": NEW_TOKENS, "weights_gib": weights_gib,
                   "kv_cache_gib": gib(2 * config.num_hidden_layers * length * kv_heads * config.head_dim * element)}
         if device == "cuda":
             torch.cuda.empty_cache()

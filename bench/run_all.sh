@@ -194,8 +194,14 @@ passkeymem)
     # What passkey.lengths an 80 GB GPU allows (README, "Retrieval beside perplexity"): transformers' forward with
     # the whole KV cache, then 8 greedy tokens, under an A100-80GB's cap. Predictions:
     # bench/results/2026-12-03-session19/PREDICTIONS.md.
+    # Then the same with expandable segments, as rules/passkey.smk runs it (the nineteenth session ran the first
+    # two steps as part passkeymem, the last two by hand as passkeymem3).
     step 300 python3 bench/passkey_memory.py --shape llama2-7b --tokens 32768 65536 98304 131072 --cap-gib 80
     step 300 python3 bench/passkey_memory.py --shape llama2-13b --tokens 32768 49152 65536 --cap-gib 80
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step 300 python3 bench/passkey_memory.py --shape llama2-7b \
+        --tokens 98304 131072 --cap-gib 80
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step 300 python3 bench/passkey_memory.py --shape llama2-13b \
+        --tokens 49152 65536 --cap-gib 80
     ;;
 eval4check)
     # eval4's second half alone (about 3 minutes): the perplexity half of goal 2.

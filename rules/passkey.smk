@@ -25,6 +25,9 @@ rule passkey:
         attn=CFG["evaluation"]["attn_implementation"],
         bos=str(CFG["evaluation"]["bos"]).lower(),
     shell:
+        # The allocator's expandable segments (unless set already): without them, a 7B's prompts of 80K tokens
+        # ran out of an 80 GiB cap with 27 GiB reserved but free; with them 96K fit (BENCHMARKS.md, passkeymem).
+        'PYTORCH_CUDA_ALLOC_CONF="${{PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}}" '
         "ropelaw passkey --model {input.model:q} --cell-json {params.cell:q} --eval-data {input.data:q} "
         "--tokenizer {input.tokenizer:q} --spec {params.spec:q} --batch-size {params.batch} "
         "--precision {params.precision:q} --attn-implementation {params.attn:q} "

@@ -159,6 +159,10 @@ def test_scenario_eval_tables_and_provenance(scenario):
     assert (prefix.ppl > 1).all() and prefix.ppl.notna().all()
     sidecar = json.loads((cell / "eval.json").read_text())
     assert sidecar["inv_freq_sha256"] and sidecar["git_commit"] and "torch" in sidecar["versions"]
+    assert sidecar["resumed_batches_seconds"] == 0
+    assert not (cell / "eval_partial").exists() and not (cell / "passkey_partial").exists()  # finished: removed
+    # the passkey rule's allocator setting reaches the job (rules/passkey.smk)
+    assert json.loads((cell / "passkey.json").read_text())["alloc_conf"] == "expandable_segments:True"
     manifest = json.loads((cell / "model/ropelaw_manifest.json").read_text())
     assert manifest["base"] == 1e6 and manifest["final_loss"] > 0
     assert manifest["spec"]["steps"] == 4 and manifest["gradient_accumulation_steps"] == 1

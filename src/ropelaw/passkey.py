@@ -31,6 +31,7 @@ when re-submitted (`ropelaw.evaljournal`).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -283,6 +284,7 @@ def run(args) -> None:
         **identity,
         prompts_sha256=prompts_sha256,
         device=_device_name(model),
+        alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         seconds=seconds,
         resumed_batches_seconds=journal.resumed_seconds,
         accuracy_by_length=summary.to_dict(orient="records"),
