@@ -35,9 +35,11 @@ def journal_dir(out) -> Path:
 
 
 class Journal:
-    """The finished batches of one evaluation (one identity) in `folder`."""
+    """The finished batches of one evaluation in `folder`; `identity`: what decides its numbers, to which the
+    code's commit and the libraries' versions are added here."""
 
     def __init__(self, folder, identity: dict):
+        identity = {**identity, "git_commit": provenance.git_commit(), "versions": provenance.library_versions()}
         self.folder, self.identity = Path(folder), json.loads(json.dumps(identity, default=str))
         self.resumed_seconds = 0.0
 

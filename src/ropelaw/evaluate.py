@@ -157,8 +157,6 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
         attn_implementation=attn_implementation,
         compiled=compile,
         inv_freq_sha256=rope.inv_freq_digest(inv_freq),
-        git_commit=provenance.git_commit(),
-        versions=provenance.library_versions(),
     )
     journal = None
     if journal_dir is not None:

@@ -267,8 +267,6 @@ def run(args) -> None:
         dtype=str(next(model.parameters()).dtype),
         attn_implementation=args.attn_implementation,
         inv_freq_sha256=rope.inv_freq_digest(inv_freq),
-        git_commit=provenance.git_commit(),
-        versions=provenance.library_versions(),
     )
     out = Path(args.out)
     journal = Journal(journal_dir(out), identity)
