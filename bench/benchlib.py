@@ -57,6 +57,29 @@ def llama_config(shape: str, layers: int | None = None, attn: str = "sdpa"):
                        attn_implementation=attn, use_cache=False)
 
 
+def random_llama(shape: str, tiny: dict | None = None, cap_gib: float | None = None, use_cache: bool = False):
+    """(model, device): a LLaMA of `shape` (SHAPES) with random weights, bf16 on the GPU, in eval mode; with
+    `tiny` (a spec like SHAPES' values), that shape in fp32 on the CPU. `cap_gib` caps the process's GPU
+    memory (`torch.cuda.set_per_process_memory_fraction`), as an A100-80GB's 80 GiB."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    device = "cpu" if tiny or not torch.cuda.is_available() else "cuda"
+    if cap_gib and device == "cuda":
+        torch.cuda.set_per_process_memory_fraction(cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+    if tiny:
+        spec = dict(tiny)
+        theta = spec.pop("rope_theta")
+        config = LlamaConfig(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta},
+                             attn_implementation="sdpa")
+    else:
+        config = llama_config(shape)
+    config.use_cache = use_cache
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=torch.float32 if device == "cpu" else torch.bfloat16)
+    return model.eval(), device
+
+
 def matmul_params(config) -> int:
     d, hd = config.hidden_size, config.head_dim
     per_layer = (d * config.num_attention_heads * hd * 2 + d * config.num_key_value_heads * hd * 2

@@ -51,7 +51,7 @@ import time
 import numpy as np
 import torch
 
-from benchlib import SHAPES, environment, gib, kernel_breakdown, llama_config, out_path, write_record
+from benchlib import SHAPES, environment, gib, kernel_breakdown, out_path, random_llama, write_record
 from ropelaw.chunking import choose_chunk
 from ropelaw.scoring import Scoring, layer_progress, score_window
 
@@ -293,23 +293,8 @@ def main() -> None:
                         help="R more rounds timing every path once each, the first path rotating: order effects")
     args = parser.parse_args()
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
-    if args.cap_gib and device == "cuda":
-        torch.cuda.set_per_process_memory_fraction(args.cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory)
-    if args.tiny:
-        spec = dict(TINY)
-        theta = spec.pop("rope_theta")
-        config = LlamaConfig(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta},
-                             attn_implementation="sdpa", use_cache=False)
-    else:
-        config = llama_config(args.shape)
+    model, device = random_llama(args.shape, TINY if args.tiny else None, args.cap_gib)
     lengths = args.tokens or ([1024, 4096] if args.tiny else [32768, 100000])
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(config, dtype=torch.float32 if device == "cpu" else torch.bfloat16)
-    model.eval()
     weights_gib = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
     all_layers = model.model.layers  # referenced until the end: every layer's weights stay resident
     if args.run_layers:
@@ -317,7 +302,7 @@ def main() -> None:
             parser.error(f"--run-layers {args.run_layers}: the model has {len(all_layers)} layers")
         model.model.layers = torch.nn.ModuleList(list(all_layers)[:args.run_layers])
     progress = LayerProgress(device) if args.layer_progress else None
-    ids_bl = torch.randint(0, config.vocab_size, (1, max(lengths)), generator=torch.Generator().manual_seed(1))
+    ids_bl = torch.randint(0, model.config.vocab_size, (1, max(lengths)), generator=torch.Generator().manual_seed(1))
     hooks = (layer_progress(model, on_forward=progress.forward, on_layer=progress.layer) if progress
              else contextlib.nullcontext())
     with hooks:

@@ -20,7 +20,7 @@ import os
 import time
 
 import torch
-from benchlib import environment, gib, llama_config, out_path, write_record
+from benchlib import environment, gib, out_path, random_llama, write_record
 
 from ropelaw.passkey import greedy_answer
 
@@ -37,23 +37,8 @@ def main() -> None:
     parser.add_argument("--cap-gib", type=float, default=None, help="cap the process's GPU memory (GiB)")
     args = parser.parse_args()
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
-    if args.cap_gib and device == "cuda":
-        torch.cuda.set_per_process_memory_fraction(args.cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory)
-    if args.tiny:
-        spec = dict(TINY)
-        theta = spec.pop("rope_theta")
-        config = LlamaConfig(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta},
-                             attn_implementation="sdpa")
-    else:
-        config = llama_config(args.shape)
-    config.use_cache = True
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(config, dtype=torch.float32 if device == "cpu" else torch.bfloat16)
-    model.eval()
+    model, device = random_llama(args.shape, TINY if args.tiny else None, args.cap_gib, use_cache=True)
+    config = model.config
     element = next(model.parameters()).element_size()
     weights_gib = gib(sum(p.numel() * p.element_size() for p in model.parameters()))
     kv_heads = config.num_key_value_heads
