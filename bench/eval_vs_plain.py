@@ -10,6 +10,8 @@ random weights (bf16 on a GPU, fp32 on CPU), by each path in turn:
 - `default`: what `ropelaw evaluate` runs with `evaluation.chunk_size: auto` — the chunk and
   head groups chosen by `ropelaw.chunking.choose_chunk` from the free memory, then
   `ropelaw.scoring.score_window`;
+- `--variants plain`: plain again, as the path `plain2`: the A/A control (its ratio to plain is what the
+  timing resolves; with `--interleave`, of the medians);
 - `--variants`: the same with a fixed chunk and/or number of head groups (`CHUNK:GROUPS`, `auto`
   for either; `whole:1` is the previous default with memory to spare: no chunk, no groups), and
   optionally the MLP's slices of the intermediate dimension (`CHUNK:GROUPS:SLICES`, the
@@ -152,9 +154,12 @@ def plain_path(model, ids_bl):
         return float(torch.exp(model(input_ids=ids_bl, labels=ids_bl, use_cache=False).loss.float()))
 
 
-def parse_variant(text: str) -> tuple[str, int | str, int | str, int | None]:
+def parse_variant(text: str) -> tuple[str, int | str | None, int | str | None, int | None]:
     """`CHUNK:GROUPS[:SLICES]` -> (name, chunk: a number, 'whole' or 'auto', groups: a number or 'auto',
-    the MLP's slices: a number, or None (as `choose_chunk` decides) when not given)."""
+    the MLP's slices: a number, or None (as `choose_chunk` decides) when not given). `plain` -> plain
+    transformers' forward again, as the path `plain2`: the A/A control, what the timing resolves."""
+    if text == "plain":
+        return "plain2", None, None, None
     chunk, _, rest = text.partition(":")
     groups, _, slices = rest.partition(":")
     chunk, groups = chunk or "auto", groups or "auto"
@@ -221,7 +226,7 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
         if peak_report:
             torch.cuda.memory._record_memory_history(max_entries=200_000, stacks="python", clear_history=True)
         try:
-            if name == "plain":
+            if chunk is None:  # plain, or plain2 (the A/A control)
                 call = lambda: plain_path(model, ids.to(device))  # noqa: E731
                 row["seconds"], row["peak_gib"], ppl = measure(call, device, repeat, warmup)
             else:
@@ -276,7 +281,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="timed calls per path and length, after one untimed")
     parser.add_argument("--budget-gib", type=float, default=None, help="evaluation.memory_budget_gib")
     parser.add_argument("--variants", nargs="*", default=[], type=parse_variant, metavar="CHUNK:GROUPS[:SLICES]",
-                        help="more paths: a fixed chunk (a number, whole, auto) and head groups (a number, auto)")
+                        help="more paths: a fixed chunk (a number, whole, auto) and head groups (a number, auto); "
+                             "plain: plain again (plain2, the A/A control)")
     parser.add_argument("--no-plain", action="store_true", help="skip plain transformers (where it cannot fit)")
     parser.add_argument("--cap-gib", type=float, default=None, help="cap this process's GPU memory (an A100-80GB: 80)")
     parser.add_argument("--run-layers", type=int, default=None, metavar="N",

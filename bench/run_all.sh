@@ -28,6 +28,7 @@
 #   bash bench/run_all.sh eval12    # 1 GPU: ropelaw's own LLaMA MLP over whole rows in intermediate slices vs plain (goal 1)
 #   bash bench/run_all.sh eval13    # 1 GPU: the default vs plain at 32K, 8 interleaved rounds and a profile (goal 1's last 0.3%)
 #   bash bench/run_all.sh eval4check  # 1 GPU: eval4's 131K check alone (head groups 8 and 4 vs the default, uncapped)
+#   bash bench/run_all.sh eval14      # 1 GPU: plain, the default, plain again at 32K, 16 interleaved rounds (A/A control)
 #   bash bench/run_all.sh passkeymem  # 1 GPU: passkey's peak memory by length, 7B and 13B under an 80 GiB cap (~3 min)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
@@ -35,7 +36,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12|eval13|passkeymem}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12|eval13|eval14|passkeymem}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -190,6 +191,12 @@ eval13)
     # Predictions: bench/results/2026-12-03-session18/PREDICTIONS.md.
     step 400 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 --repeat 2 --interleave 8 --profile
     ;;
+eval14)
+    # Issue 14 goal 1 at 32K: the default 0.27-0.45% behind plain in four runs of eval13. The A/A control: plain
+    # timed twice (plain, plain2) with the default between them, 16 interleaved rounds: what the timing resolves.
+    # Predictions: bench/results/2026-12-03-session19/PREDICTIONS.md ("eval14").
+    step 500 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 --repeat 2 --interleave 16 --variants plain
+    ;;
 passkeymem)
     # What passkey.lengths an 80 GB GPU allows (README, "Retrieval beside perplexity"): transformers' forward with
     # the whole KV cache, then 8 greedy tokens, under an A100-80GB's cap. Predictions:
@@ -316,7 +323,7 @@ train15)
         --variants plain:4:synced grad_in_forward_compiled:8:compiled:synced grad_in_forward_compiled:8:compiled
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check, eval12, eval13 or passkeymem" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check, eval12, eval13, eval14 or passkeymem" >&2
     exit 2
     ;;
 esac

@@ -195,19 +195,21 @@ def test_eval_vs_plain_profiles_every_path(tmp_path):
 
 def test_eval_vs_plain_interleaves_the_paths(tmp_path):
     """--interleave times every path again, one call each per round, the first path rotating; each interleaved call
-    runs its own path's chunk (a call bound late to the loop's last values would run 64 for every path)."""
+    runs its own path's chunk (a call bound late to the loop's last values would run 64 for every path). The variant
+    `plain` is plain transformers again (`plain2`, the A/A control): the same perplexity exactly."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'bench'}", "OUT": str(tmp_path)}
     done = subprocess.run([sys.executable, str(ROOT / "bench/eval_vs_plain.py"), "--tiny", "--tokens", "256",
-                           "--variants", "whole:1", "64:1", "64:1:3", "--interleave", "3"], cwd=tmp_path, env=env,
+                           "--variants", "whole:1", "64:1", "64:1:3", "plain", "--interleave", "3"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "eval_vs_plain.jsonl").read_text().splitlines()]
-    names = ["plain", "default", "whole:1", "64:1", "64:1:3"]
+    names = ["plain", "default", "whole:1", "64:1", "64:1:3", "plain2"]
     assert [r["path"] for r in rows] == names
-    assert [r["chunk_size"] for r in rows[1:]] == [256, 256, 64, 64]
+    assert [r.get("chunk_size") for r in rows[1:]] == [256, 256, 64, 64, None]
     # auto: ropelaw's LLaMA MLP over whole rows (no higher peak); a fixed chunk: rows; CHUNK:GROUPS:SLICES fixes it
-    assert [r["mlp_slices"] for r in rows[1:]] == [1, 0, 0, 3]
-    assert rows[-1]["ppl_rel_diff"] < 1e-5
+    assert [r.get("mlp_slices") for r in rows[1:]] == [1, 0, 0, 3, None]
+    assert rows[-2]["ppl_rel_diff"] < 1e-5
+    assert rows[-1]["ppl_rel_diff"] == 0.0 and rows[-1]["compared_with"] == "plain"
     assert rows[0]["interleaved_order"] == [names, names[1:] + names[:1], names[2:] + names[:2]]
     assert rows[0]["time_ratio_interleaved"] == 1.0
     for row in rows:
