@@ -111,3 +111,15 @@ def test_an_unreadable_batch_is_run_again(kit, tmp_path, forwards):
     assert evaluate(kit, out) == 0
     assert forwards["calls"] == 2  # batches 1 and 2
     assert outputs(out) == outputs(reference)
+
+
+def test_a_folder_without_its_identity_is_not_taken(kit, tmp_path, forwards, capsys):
+    out = tmp_path / "cell" / "eval.csv"
+    forwards.update(stop_at=3)
+    with pytest.raises(Stop):
+        evaluate(kit, out)
+    (out.parent / "eval_partial" / "identity.json").unlink()
+    forwards.update(calls=0, stop_at=None)
+    capsys.readouterr()
+    assert evaluate(kit, out) == 0 and forwards["calls"] == 3
+    assert "(no readable identity.json): starting afresh" in capsys.readouterr().out

@@ -52,8 +52,8 @@ class Journal:
             if owner != self.identity:
                 differs = sorted(k for k in {*self.identity, *(owner or {})}
                                  if (owner or {}).get(k) != self.identity.get(k))
-                print(f"{self.folder} holds batches of another evaluation ({', '.join(differs) or IDENTITY} "
-                      "differs): starting afresh", flush=True)
+                why = f"no readable {IDENTITY}" if owner is None else ", ".join(differs) + " differs"
+                print(f"{self.folder} holds batches of another evaluation ({why}): starting afresh", flush=True)
                 shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         provenance.write_json(marker, self.identity)
