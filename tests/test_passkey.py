@@ -131,7 +131,7 @@ class FakeModel(torch.nn.Module):
 def test_always_right_scores_one_never_right_scores_zero(corpus, right, accuracy):
     tok, docs = corpus.tokenizer, corpus.docs
     prompts = [p for n in SPEC.lengths for p in build_prompts(tok, docs, SPEC, n)]
-    table, _ = evaluate_passkey(FakeModel(tok, prompts, right), tok, docs, SPEC, batch_size=4, progress=False)
+    table, _, _ = evaluate_passkey(FakeModel(tok, prompts, right), tok, docs, SPEC, batch_size=4, progress=False)
     assert len(table) == len(SPEC.lengths) * len(SPEC.depths) * SPEC.trials
     assert table.correct.mean() == accuracy
     assert (table.answer.str.strip().str[:5] == table.key).all() == right
@@ -147,6 +147,45 @@ def test_cached_greedy_answer_matches_full_recomputation(corpus):
         for _ in range(5):
             ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(cached, ids[:, 160:])
+
+
+@pytest.mark.parametrize("groups, slices", [(1, 0), (2, 1)])
+def test_recomputed_greedy_answer_is_the_cached_one(corpus, groups, slices):
+    """Without a KV cache (the chunked forward, head groups and MLP slices as perplexity runs them), the same
+    greedy tokens: with a draft that is the answer itself (kept whole: one forward per row), a draft that is
+    wrong from its first token (the key: a random model does not retrieve it), and none (one forward per token)."""
+    from ropelaw.passkey import greedy_answer_recomputed
+
+    model = tiny_llama(len(corpus.tokenizer)).float()
+    prompts = build_prompts(corpus.tokenizer, corpus.docs, SPEC, 160)[:3]
+    ids_bl = np.stack([p.input_ids for p in prompts])
+    cached = greedy_answer(model, ids_bl, 6)
+    keys = [corpus.tokenizer(" " + p.key, add_special_tokens=False)["input_ids"] for p in prompts]
+    half = [row[:3] + [row[3] + 1] for row in cached.tolist()]  # right for 3 tokens, then wrong
+    for drafts, forwards in ((cached.tolist(), 3), (half, 3 * 3), ([[]] * 3, 3 * 6), (keys, None)):
+        answers, ran = greedy_answer_recomputed(model, ids_bl, 6, drafts, chunk_size=32, head_groups=groups,
+                                                mlp_slices=slices)
+        assert torch.equal(answers, cached)
+        if forwards is not None:  # half: 3 kept + the fix in one forward, then one per token: 1 + 2
+            assert ran == forwards
+
+
+def test_prompts_whose_cache_does_not_fit_are_recomputed(corpus):
+    """choose_decoding: the cache where weights + KV cache + activations fit the budget, else the chunked
+    forward; a length-dependent rotation (dynamic NTK) is always cached."""
+    from ropelaw.passkey import ACTIVATION_BYTES, cached_peak_bytes, choose_decoding
+
+    model = tiny_llama(len(corpus.tokenizer)).float()
+    config = model.config
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    kv = 2 * config.num_hidden_layers * 1000 * config.num_key_value_heads * config.head_dim * 4
+    assert cached_peak_bytes(model, 500, 2) == weights + kv + int(ACTIVATION_BYTES * 2 * config.intermediate_size * 1000)
+    roomy, tight = choose_decoding(model, 256, 1, 1.0), choose_decoding(model, 256, 1, 1e-4)
+    assert roomy["path"] == "cache" and roomy["cached_peak_gib"] < 1e-3
+    assert tight["path"] == "recompute" and tight["chunk_size"] >= 1 and tight["head_groups"] >= 1
+    config.rope_parameters = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
+    dynamic = transformers.LlamaForCausalLM(config).eval()
+    assert choose_decoding(dynamic, 256, 1, 1e-4)["path"] == "cache"
 
 
 def test_cli_prompts_are_identical_across_cells(corpus, tmp_path):
@@ -223,6 +262,30 @@ def test_a_stopped_passkey_job_resumes_from_its_answered_batches(corpus, tmp_pat
     for key in ("prompts_sha256", "accuracy_by_length"):
         assert sidecars[0][key] == sidecars[1][key]
     assert sidecars[1]["resumed_batches_seconds"] > 0 and not journal.exists()
+
+
+def test_cli_answers_without_the_cache_where_it_does_not_fit(corpus, tmp_path):
+    """`--memory-budget-gib` below the KV cache's reckoning: every length answered by the chunked forward
+    (passkey.json says so, with its forwards), the table the cached run's."""
+    tok = corpus.tokenizer
+    model_dir = tmp_path / "model"
+    tiny_llama(len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    spec = json.dumps({**asdict(SPEC), "lengths": [96, 256], "depths": [0.5], "trials": 2})
+    cell = dict(model="t", method="base", base=10000, tune_len=64, head_dim=16, train_len=64, orig_base=1e4,
+                eval_set="e", seed=None, kind="base", method_options={}, eval_lengths=[96, 256], untuned_dir="",
+                training=None)
+    outs = {}
+    for name, budget in (("cached", []), ("recomputed", ["--memory-budget-gib", "1e-4"])):
+        outs[name] = tmp_path / name / "passkey.csv"
+        assert main(["passkey", "--model", str(model_dir), "--cell-json", json.dumps(cell), "--eval-data",
+                     str(corpus.root / "eval"), "--tokenizer", str(corpus.root / "tokenizer"), "--spec", spec,
+                     "--precision", "fp32", *budget, "--out", str(outs[name])]) == 0
+    assert outs["cached"].read_text() == outs["recomputed"].read_text()
+    decoding = {name: json.loads(out.with_suffix(".json").read_text())["decoding"] for name, out in outs.items()}
+    assert [(d["length"], d["path"], d["forwards"]) for d in decoding["cached"]] == [(96, "cache", 2), (256, "cache", 2)]
+    assert [(d["length"], d["path"]) for d in decoding["recomputed"]] == [(96, "recompute"), (256, "recompute")]
+    assert all(2 <= d["forwards"] <= 2 * 8 and d["head_groups"] >= 1 for d in decoding["recomputed"])
 
 
 def test_prompt_that_cannot_fit_is_a_user_error(corpus):

@@ -22,7 +22,10 @@ Each batch of prompts runs one forward with the KV cache on and logits for the l
 only (`logits_to_keep=1`), then greedily decodes len(" " + key) + 2 tokens from the cache, so
 the [B, L, V] logits never exist. A length-dependent method (dynamic NTK) sees each prompt at
 exactly L in that forward, as perplexity does; the decoded tokens follow transformers' cache
-update. An answer is correct when its first run of digits is the key.
+update. Where a length's KV cache would not fit the free memory (`choose_decoding`), its prompts are answered
+without one (`greedy_answer_recomputed`: perplexity's chunked forward, the key's tokens as a draft checked in
+one forward); passkey.json's `decoding` says which, per length.
+An answer is correct when its first run of digits is the key.
 Output: one row per (length, depth, trial), with the key's token span in the prompt. Until passkey.csv is
 written, each answered batch waits in passkey_partial/ beside it, so a job stopped by its time limit resumes
 when re-submitted (`ropelaw.evaljournal`).
@@ -45,6 +48,7 @@ from ropelaw.evaljournal import Journal, journal_dir
 
 KEY = "{key}"
 EXTRA_TOKENS = 2  # decoded beyond the key's own tokens, so a longer number is caught as wrong
+ACTIVATION_BYTES = 10.0  # per position per unit of the MLP's intermediate size in bf16, measured 9.0-9.3 (cached_peak_bytes)
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,76 @@ def greedy_answer(model, input_ids_bl, n_new: int):
     return torch.stack(tokens, 1).cpu()
 
 
+def cached_peak_bytes(model, length: int, batch: int) -> int:
+    """What `greedy_answer` needs at a prompt length: the weights, the KV cache of every layer (2 x layers x
+    positions x KV heads x head_dim) and the forward's own activations, ACTIVATION_BYTES per position per unit of
+    the MLP's intermediate size (measured: BENCHMARKS.md, nineteenth session, passkeymem: 9.0-9.3 bytes for a 7B
+    and 13B shape in bf16, at 32K to 96K tokens)."""
+    config, element = model.config, next(model.parameters()).element_size()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    positions = length * batch
+    kv = 2 * config.num_hidden_layers * positions * kv_heads * head_dim * element
+    return weights + kv + int(ACTIVATION_BYTES * element / 2 * config.intermediate_size * positions)
+
+
+def choose_decoding(model, length: int, batch: int, budget_gib: float | None = None) -> dict:
+    """How prompts of `length` tokens are answered, with the reckoning (for passkey.json): `cache` (`greedy_answer`)
+    where its memory fits the budget (`ropelaw.chunking.memory_budget`: the free GPU memory, or
+    evaluation.memory_budget_gib) or where the method's rotation depends on the length (dynamic NTK: recomputing
+    would rotate the earlier tokens again), else `recompute` (`greedy_answer_recomputed`: the chunked forward of
+    perplexity, its chunk and head groups from `ropelaw.chunking.choose_chunk`)."""
+    from ropelaw.chunking import SLACK, choose_chunk, memory_budget
+    from ropelaw.perplexity import length_dependent_rope
+
+    device = next(model.parameters()).device.type
+    budget, source = memory_budget(device, budget_gib)
+    need = cached_peak_bytes(model, length, batch)
+    record = {"length": length, "cached_peak_gib": need / 2**30, "budget_gib": budget / 2**30, "budget_source": source}
+    if length_dependent_rope(model):
+        return {**record, "path": "cache", "reason": "a length-dependent rotation (dynamic NTK) must be cached"}
+    if need <= budget * SLACK:
+        return {**record, "path": "cache", "reason": "the KV cache fits"}
+    # the longest forward: the prompt, the answer so far and a draft, at most a key's 18 digits and a few tokens
+    chunk, chunking = choose_chunk(model, length + 32, 1, "auto", budget_gib)
+    return {**record, "path": "recompute", "reason": "the KV cache does not fit: the chunked forward, once per "
+            "rejected draft token", "chunk_size": chunk, "head_groups": chunking["head_groups"],
+            "mlp_slices": chunking["mlp_slices"]}
+
+
+def greedy_answer_recomputed(model, input_ids_bl, n_new: int, drafts: list[list[int]], *, chunk_size: int,
+                             head_groups: int = 1, mlp_slices: int = 0) -> tuple[object, int]:
+    """([B, n_new] greedy continuation, full forwards run) without a KV cache: the chunked forward of perplexity
+    (`ropelaw.perplexity.last_hidden_states`, the memory of perplexity's), once per rejected draft token, as
+    speculative decoding verifies a draft. Each row's draft (the key's tokens) is appended to the prompt and the
+    tokens generated so far; one forward gives the greedy token at every draft position: the draft is kept up to
+    its first disagreement, and the greedy token there (or after the whole draft) is added. A model that
+    retrieves its key answers in one or two forwards, one that does not in up to n_new. The tokens are
+    `greedy_answer`'s (the same greedy rule on the same logits, up to rounding near ties)."""
+    import torch
+
+    from ropelaw.perplexity import last_hidden_states
+
+    device = next(model.parameters()).device
+    lm_head = model.get_output_embeddings()
+    rows, forwards = [], 0
+    for prompt, draft in zip(np.asarray(input_ids_bl), drafts, strict=True):
+        answer: list[int] = []
+        while len(answer) < n_new:
+            guess = list(draft[len(answer):]) if answer == list(draft[:len(answer)]) else []
+            guess = guess[: n_new - len(answer) - 1]
+            ids = torch.as_tensor(np.concatenate([prompt, answer + guess]).astype(np.int64), device=device)[None]
+            hidden = last_hidden_states(model, ids, chunk_size, head_groups=head_groups, mlp_slices=mlp_slices)
+            with torch.inference_mode():
+                greedy = lm_head(hidden[0, -1 - len(guess):]).argmax(-1).tolist()
+            forwards += 1
+            kept = next((i for i, (g, d) in enumerate(zip(greedy, guess)) if g != d), len(guess))
+            answer += guess[:kept] + [greedy[kept]]
+        rows.append(answer[:n_new])
+    return torch.as_tensor(rows, dtype=torch.long), forwards
+
+
 def all_prompts(tokenizer, docs_nl, spec: PasskeySpec, bos: int | None = None) -> dict[int, list[Prompt]]:
     """The prompts of every length of `spec`: a length the templates do not fit, or one the rows cannot fill, is
     a `UserError` here, before a model is loaded."""
@@ -184,19 +258,23 @@ def all_prompts(tokenizer, docs_nl, spec: PasskeySpec, bos: int | None = None) -
 
 
 def evaluate_passkey(model, tokenizer, docs_nl, spec: PasskeySpec, *, batch_size: int = 1, progress: bool = True,
-                     bos: int | None = None, prompts_by_length: dict[int, list[Prompt]] | None = None, journal=None):
-    """(one row per prompt, sha256 of every prompt's tokens in order); `bos` as in `build_prompts`;
-    `prompts_by_length` as `all_prompts` gives them (made here if not given). journal
-    (`ropelaw.evaljournal.Journal`): batches an earlier attempt answered are read from it, each batch
-    answered here is saved to it."""
+                     bos: int | None = None, prompts_by_length: dict[int, list[Prompt]] | None = None, journal=None,
+                     decoding=None):
+    """(one row per prompt, sha256 of every prompt's tokens in order, one record per length of how its prompts
+    were answered); `bos` as in `build_prompts`; `prompts_by_length` as `all_prompts` gives them (made here if
+    not given). journal (`ropelaw.evaljournal.Journal`): batches an earlier attempt answered are read from it,
+    each batch answered here is saved to it. decoding(length, batch) -> a `choose_decoding` record; None: every
+    length from the KV cache (`greedy_answer`)."""
     from tqdm.auto import tqdm
 
     prompts_by_length = prompts_by_length or all_prompts(tokenizer, docs_nl, spec, bos)
     digest = hashlib.sha256()
-    rows = []
+    rows, decodings = [], []
     for length in spec.lengths:
         prompts = prompts_by_length[length]
         n_new = max(len(_ids(tokenizer, " " + p.key)) for p in prompts) + EXTRA_TOKENS
+        how = decoding(length, min(batch_size, len(prompts))) if decoding else {"length": length, "path": "cache"}
+        decodings.append({**how, "forwards": 0})
         for first in tqdm(range(0, len(prompts), batch_size), desc=f"passkey L={length}", disable=not progress):
             batch = prompts[first : first + batch_size]
             ids_bl = np.stack([p.input_ids for p in batch])
@@ -206,14 +284,21 @@ def evaluate_passkey(model, tokenizer, docs_nl, spec: PasskeySpec, *, batch_size
                 rows.extend(done["rows"])
                 continue
             started, answered = time.perf_counter(), []
-            for prompt, answer_ids in zip(batch, greedy_answer(model, ids_bl, n_new).tolist()):
+            if how["path"] == "cache":
+                answers, forwards = greedy_answer(model, ids_bl, n_new), 1
+            else:
+                answers, forwards = greedy_answer_recomputed(
+                    model, ids_bl, n_new, [_ids(tokenizer, " " + p.key).tolist() for p in batch],
+                    chunk_size=how["chunk_size"], head_groups=how["head_groups"], mlp_slices=how["mlp_slices"])
+            decodings[-1]["forwards"] += forwards
+            for prompt, answer_ids in zip(batch, answers.tolist()):
                 answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
                 fields = {k: v for k, v in asdict(prompt).items() if k != "input_ids"}
                 answered.append({**fields, "answer": answer, "correct": score(answer, prompt.key)})
             rows.extend(answered)
             if journal is not None:
                 journal.save(name, {"rows": answered}, time.perf_counter() - started)
-    return pd.DataFrame(rows), digest.hexdigest()
+    return pd.DataFrame(rows), digest.hexdigest(), decodings
 
 
 def accuracy_by_length(table: pd.DataFrame) -> pd.DataFrame:
@@ -235,6 +320,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tokenizer", required=True, help="the tokenizer the evaluation rows were made with")
     parser.add_argument("--spec", required=True, help="the passkey config block as JSON, lengths resolved")
     parser.add_argument("--bos", default="auto", choices=["auto", "true", "false"], help="evaluation.bos")
+    parser.add_argument("--memory-budget-gib", type=float, default=None,
+                        help="memory the answers may plan for (default: the free GPU memory; 8 GiB on CPU): prompts "
+                             "whose KV cache does not fit are answered by the chunked forward (passkey.json: decoding)")
 
 
 def run(args) -> None:
@@ -272,8 +360,9 @@ def run(args) -> None:
     journal = Journal(journal_dir(out), identity)
     journal.claim(f"{args.batch_size} prompt(s)")
     started = time.perf_counter()
-    table, prompts_sha256 = evaluate_passkey(model, tokenizer, docs, spec, batch_size=args.batch_size, bos=bos,
-                                             prompts_by_length=prompts_by_length, journal=journal)
+    table, prompts_sha256, decodings = evaluate_passkey(
+        model, tokenizer, docs, spec, batch_size=args.batch_size, bos=bos, prompts_by_length=prompts_by_length,
+        journal=journal, decoding=lambda length, batch: choose_decoding(model, length, batch, args.memory_budget_gib))
     seconds = time.perf_counter() - started
     for key, value in reversed(cell.columns().items()):
         table.insert(0, key, value)
@@ -285,6 +374,7 @@ def run(args) -> None:
         alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         seconds=seconds,
         resumed_batches_seconds=journal.resumed_seconds,
+        decoding=decodings,
         accuracy_by_length=summary.to_dict(orient="records"),
         inv_freq=inv_freq.tolist(),
     )

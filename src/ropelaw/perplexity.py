@@ -109,19 +109,12 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
         targets_bt = torch.as_tensor(targets_bl, dtype=torch.long).to(device)
         assert targets_bt.shape == input_ids_bl.shape, "one target per input position"
     n_targets = targets_bt.shape[1]
-    reset_dynamic_rope(model)
-    backbone, lm_head = model.get_decoder(), model.get_output_embeddings()
+    lm_head = model.get_output_embeddings()
     # Kept on the model's device and copied to the CPU once: a copy per chunk made the host wait for each
     # chunk's loss before it could queue the next chunk's lm_head.
     nll_bt = torch.empty(batch, n_targets, dtype=torch.float64, device=device)
     correct_bt = torch.empty(batch, n_targets, dtype=torch.bool, device=device)
-    # The MLPs run in chunks of the same size: their [L, intermediate] activations dominate memory at 100K+.
-    # The eager norms too, where memory is tight enough to group the heads: with one group their float32
-    # temporaries are smaller than the attention's own whole-sequence tensors (`ropelaw.chunking`).
-    norms = chunked_norms(model, chunk_size, compiled) if head_groups > 1 else contextlib.nullcontext()
-    mlp = chunked_mlp(model, length if mlp_slices else chunk_size, compiled, mlp_slices)
-    with torch.inference_mode(), mlp, norms, grouped_attention(model, head_groups, chunk_size, compiled):
-        hidden_bld = backbone(input_ids=input_ids_bl, use_cache=False).last_hidden_state
+    hidden_bld = last_hidden_states(model, input_ids_bl, chunk_size, compiled, head_groups, mlp_slices)
     with torch.inference_mode():
         for start in range(0, n_targets, chunk_size):
             end = min(start + chunk_size, n_targets)
@@ -135,6 +128,21 @@ def token_stats(model, input_ids_bl, chunk_size: int = 4096, compiled: bool = Fa
             nll_bt[:, start:end] = nll_bc.view(batch, -1)
             del logits_bcv, nll_bc
     return nll_bt.cpu(), correct_bt.cpu()
+
+
+def last_hidden_states(model, input_ids_bl, chunk_size: int, compiled: bool = False, head_groups: int = 1,
+                       mlp_slices: int = 0) -> torch.Tensor:
+    """[B, L, d] hidden states after the decoder's final norm, by the chunked forward (`token_stats`' arguments;
+    no KV cache, no logits): what the lm_head reads."""
+    reset_dynamic_rope(model)
+    length = input_ids_bl.shape[1]
+    # The MLPs run in chunks of the same size: their [L, intermediate] activations dominate memory at 100K+.
+    # The eager norms too, where memory is tight enough to group the heads: with one group their float32
+    # temporaries are smaller than the attention's own whole-sequence tensors (`ropelaw.chunking`).
+    norms = chunked_norms(model, chunk_size, compiled) if head_groups > 1 else contextlib.nullcontext()
+    mlp = chunked_mlp(model, length if mlp_slices else chunk_size, compiled, mlp_slices)
+    with torch.inference_mode(), mlp, norms, grouped_attention(model, head_groups, chunk_size, compiled):
+        return model.get_decoder()(input_ids=input_ids_bl, use_cache=False).last_hidden_state
 
 
 def naive_perplexity(model, input_ids_bl, length: int) -> tuple[float, float]:

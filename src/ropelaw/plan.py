@@ -43,7 +43,8 @@ ASSUMPTIONS = [
     "evaluation reads the rows of the cell's longest length (its eval_lengths): as many as their manifest lists "
     "where `ropelaw prepare-eval` has made them, else data.eval.max_docs (an upper bound: a text may give fewer rows "
     "of a long length); a length-dependent method (dynamic NTK) does one forward per length; passkey: one forward "
-    "per prompt",
+    "per prompt (where a prompt's KV cache does not fit, ropelaw passkey runs the chunked forward instead, 1 to "
+    "about 8 times per prompt: not counted here)",
     "wall time = GPU-hours / GPUs of the job; queueing is not counted",
     "a job over its time limit is re-submitted (the profile's retries): a fine-tune resumes from its checkpoint; "
     "an evaluation or passkey job from the batches it finished (ropelaw.evaljournal), the one it was in lost "
