@@ -29,6 +29,7 @@
 #   bash bench/run_all.sh eval13    # 1 GPU: the default vs plain at 32K, 8 interleaved rounds and a profile (goal 1's last 0.3%)
 #   bash bench/run_all.sh eval4check  # 1 GPU: eval4's 131K check alone (head groups 8 and 4 vs the default, uncapped)
 #   bash bench/run_all.sh eval14      # 1 GPU: plain, the default, plain again at 32K, 16 interleaved rounds (A/A control)
+#   bash bench/run_all.sh passkeyrec  # 1 GPU: passkey without a KV cache (chunked forward x 8), 7B at 131K and 262K (~8 min)
 #   bash bench/run_all.sh passkeymem  # 1 GPU: passkey's peak memory by length, 7B and 13B under an 80 GiB cap (~3 min)
 #
 # Run from the repository root with torch, transformers, accelerate and deepspeed importable, and
@@ -36,7 +37,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12|eval13|eval14|passkeymem}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12|eval13|eval14|passkeymem|passkeyrec}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -210,6 +211,12 @@ passkeymem)
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step 300 python3 bench/passkey_memory.py --shape llama2-13b \
         --tokens 49152 65536 --cap-gib 80
     ;;
+passkeyrec)
+    # Passkey beyond the KV cache: the answer by the chunked forward, no draft (8 forwards, the worst case), 7B at
+    # 131K and 262K under the 80 GiB cap. Predictions: bench/results/2026-12-03-session19/PREDICTIONS.md.
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step 560 python3 bench/passkey_memory.py --shape llama2-7b \
+        --tokens 131072 262144 --cap-gib 80 --recompute
+    ;;
 eval4check)
     # eval4's second half alone (about 3 minutes): the perplexity half of goal 2.
     eval4_check
@@ -323,7 +330,7 @@ train15)
         --variants plain:4:synced grad_in_forward_compiled:8:compiled:synced grad_in_forward_compiled:8:compiled
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check, eval12, eval13, eval14 or passkeymem" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check, eval12, eval13, eval14, passkeymem or passkeyrec" >&2
     exit 2
     ;;
 esac

@@ -259,3 +259,9 @@ def test_passkey_memory_answers_each_length(tmp_path):
     for row in rows:
         assert row["kv_cache_gib"] * 2**30 == 2 * 2 * row["tokens"] * 2 * 16 * 4
         assert row["answer_tokens"] == [1, 8] and row["seconds"] > 0 and "out_of_memory" not in row
+    # --recompute: without a cache, no draft: one chunked forward per new token
+    done = subprocess.run([sys.executable, str(ROOT / "bench/passkey_memory.py"), "--tiny", "--tokens", "256",
+                           "--recompute"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads((tmp_path / "passkey_memory.jsonl").read_text().splitlines()[-1])
+    assert (row["path"], row["forwards"], row["answer_tokens"]) == ("recompute", 8, [1, 8]) and row["chunk_size"] >= 1
