@@ -205,12 +205,14 @@ def choose_decoding(model, length: int, batch: int, budget_gib: float | None = N
     from ropelaw.perplexity import length_dependent_rope
 
     device = next(model.parameters()).device.type
-    budget, source = memory_budget(device, budget_gib)
+    budget, source = memory_budget(device, budget_gib)  # beyond the weights, which are loaded already
     need = cached_peak_bytes(model, length, batch)
-    record = {"length": length, "cached_peak_gib": need / 2**30, "budget_gib": budget / 2**30, "budget_source": source}
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    record = {"length": length, "cached_peak_gib": need / 2**30, "weights_gib": weights / 2**30,
+              "budget_gib": budget / 2**30, "budget_source": source}
     if length_dependent_rope(model):
         return {**record, "path": "cache", "reason": "a length-dependent rotation (dynamic NTK) must be cached"}
-    if need <= budget * SLACK:
+    if need - weights <= budget * SLACK:
         return {**record, "path": "cache", "reason": "the KV cache fits"}
     # the longest forward: the prompt, the answer so far and a draft, at most a key's 18 digits and a few tokens
     chunk, chunking = choose_chunk(model, length + 32, 1, "auto", budget_gib)
