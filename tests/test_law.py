@@ -202,8 +202,9 @@ def assert_same_table(recomputed, published) -> None:
 def test_published_seed_studies_recompute(tmp_path, page, cells, outcome):
     """docs/results/tiny_seeds and tiny_critical: their law tables are what `ropelaw law` computes from their
     published cells (a change of the law that moves them fails here until the pages are regenerated), and their
-    predictions read as the pages say. Text columns equal, numbers to 1e-12 relative: bitwise with the numpy the
-    pages were made with, numpy 2.4.6's reductions moved a few values in the 16th digit."""
+    predictions read as the pages say. Text columns equal, numbers to 1e-12 relative: bitwise with the libraries
+    the pages were made with; with those PyPI installed on 2026-12-03 (numpy 2.4.6, pandas 3.1.1) a few values
+    moved in the 16th digit (the operation was not isolated)."""
     import re
     import subprocess
     import sys
