@@ -68,6 +68,8 @@ CASES = [  # (command, changes to the good arguments, what the one line must nam
     ("evaluate", {"--tokenizer": "{bad}/missing"}, "tokenizer"),
     ("evaluate", {"--convention": "yarn", "--bos": "false"}, "evaluation.bos"),
     ("evaluate", {"--lengths": "64 400"}, "prepare_eval"),
+    ("evaluate", {"--memory-budget-gib": "0"}, "--memory-budget-gib"),
+    ("passkey", {"--memory-budget-gib": "-1"}, "--memory-budget-gib"),
     ("passkey", {"--out": "{bad}/afile/passkey.csv"}, "--out"),
     ("passkey", {"--batch-size": "0"}, "--batch-size"),
     ("passkey", {"--eval-data": "{bad}/missing"}, "--eval-data"),

@@ -231,6 +231,10 @@ def check_arguments(args) -> None:
     lengths = getattr(args, "lengths", [2])
     if lengths != sorted(set(lengths)) or lengths[0] < 2:
         raise UserError(f"--lengths {lengths}: use strictly increasing lengths of 2 or more (evaluation.lengths)")
+    budget = getattr(args, "memory_budget_gib", None)
+    if budget is not None and not budget > 0:
+        raise UserError(f"--memory-budget-gib {budget}: use a number of GiB > 0, or leave it out "
+                        "(evaluation.memory_budget_gib: null = the free memory)")
     edges = getattr(args, "bucket_edges", None) or []
     if edges and (edges != sorted(set(edges)) or edges[0] < 0):
         raise UserError(f"--bucket-edges {edges}: use strictly increasing edges from 0 (evaluation.bucket_edges)")
@@ -240,14 +244,14 @@ def check_arguments(args) -> None:
 def run(args) -> None:
     check_arguments(args)
     cell = parse_cell(args.cell_json)
+    out = Path(args.out)
     table, doc_sums, sidecar = evaluate_cell_docs(
         args.model, cell, args.eval_data, args.lengths,
         chunk_size=args.chunk_size, batch_size=args.batch_size, precision=args.precision,
         attn_implementation=args.attn_implementation, bucket_edges=args.bucket_edges or None, compile=args.compile,
         tokenizer_dir=args.tokenizer, convention=args.convention, bos=args.bos,
-        memory_budget_gib=args.memory_budget_gib, journal_dir=journal_dir(args.out),
+        memory_budget_gib=args.memory_budget_gib, journal_dir=journal_dir(out),
     )
-    out = Path(args.out)
     with provenance.atomic_path(docs_path(out)) as tmp:
         doc_sums.to_csv(tmp, index=False)
     with provenance.atomic_path(out) as tmp:
