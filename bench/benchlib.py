@@ -159,7 +159,7 @@ def environment() -> dict:
         props = torch.cuda.get_device_properties(0)
         info.update(device=torch.cuda.get_device_name(), device_count=torch.cuda.device_count(),
                     device_memory_gib=round(gib(props.total_memory), 1), sms=props.multi_processor_count)
-    for name in ("accelerate", "deepspeed", "flash-attn"):
+    for name in ("accelerate", "deepspeed", "flash-attn", "flash-attn-4", "nvidia-cutlass-dsl"):
         try:
             info[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -4,6 +4,7 @@
     python bench/eval_long.py --shape smollm2-135m --tokens 1048576
     python bench/eval_long.py --shape llama2-7b --tokens 100000 --compile --repeat 2   # evaluation.compile
     python bench/eval_long.py --shape llama2-7b --tokens 100000 --profile              # GPU time by kernel class
+    python bench/eval_long.py --shape llama2-7b --tokens 100000 --compile --attn flash4 # FlashAttention-4's kernels
 
 A model of the given shape with random bf16 weights (speed and memory do not depend on the
 values; the perplexity of random weights means nothing) scores random token ids with
@@ -14,7 +15,8 @@ saves. Memory is torch's peak allocated (weights included) over the timed call; 
 is the forward's matrix-product FLOPs (benchlib.forward_flops) over the measured bf16 matrix rate
 (--gemm-tflops, from bench/ceilings.py) and over the datasheet peak. `--compile` compiles each
 decoder layer as `evaluation.compile: true` does (the first timed call pays the compile: use
---repeat 2); `--profile` adds one profiled call and records GPU time by kernel class.
+--repeat 2); `--profile` adds one profiled call and records GPU time by kernel class. `--attn flash4` runs
+attention by `ropelaw.flash4` (the package flash-attn-4) instead of SDPA.
 """
 
 import argparse
@@ -36,6 +38,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, required=True)
     parser.add_argument("--chunk", type=int, default=4096, help="evaluation.chunk_size")
     parser.add_argument("--sdpa", default="default", choices=["default", "flash", "cudnn", "efficient"])
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "flash4"], help="the attention function")
     parser.add_argument("--plain-mlp", action="store_true", help="run each MLP over the whole sequence")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (evaluation.compile)")
@@ -45,7 +48,12 @@ def main() -> None:
 
     from transformers import LlamaForCausalLM
 
-    config = llama_config(args.shape)
+    if args.attn == "flash4":
+        from ropelaw import flash4
+
+        if flash4.missing():
+            raise SystemExit(f"bench/eval_long.py: --attn flash4: {flash4.missing()}")
+    config = llama_config(args.shape, attn=flash4.register() if args.attn == "flash4" else "sdpa")
     torch.manual_seed(0)
     with torch.device(benchlib.DEVICE):
         model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
@@ -79,7 +87,7 @@ def main() -> None:
     seconds = min(times)
     record = {
         "bench": "eval_long", **environment(), "shape": args.shape, "tokens": args.tokens, "chunk": args.chunk,
-        "sdpa": args.sdpa, "mlp": "whole" if args.plain_mlp else "chunked", "compile": args.compile, "weights": "random",
+        "sdpa": args.sdpa, "attn": args.attn, "mlp": "whole" if args.plain_mlp else "chunked", "compile": args.compile, "weights": "random",
         "seconds": seconds, "seconds_all": times, "peak_allocated_gib": max(peaks),
         "peak_reserved_gib": gib(torch.cuda.max_memory_reserved()), "weights_gib": weights_gib,
         "matmul_params": matmul_params(config), "forward_tflop": flops / 1e12,

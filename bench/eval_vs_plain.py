@@ -34,6 +34,9 @@ after another cannot carry an order or clock effect into its ratio.
 `--layer-progress` prints a line after each decoder layer of every call (seconds since the call began, the device
 synchronised first; the peak allocated so far) and keeps the last call's lines in its row (`layers_done`): a
 run as long as a 13B at 1M (17 minutes) shows how far it got, and its peak so far, even if it never ends.
+`--attn flash4` runs every path but plain (and plain2) with FlashAttention-4's kernels (`ropelaw.flash4`,
+the package flash-attn-4), plain with SDPA as a transformers user's forward does: the model's attention function
+is set before each call of each path, interleaved ones too.
 `--cap-gib 80` caps the process (`torch.cuda.set_per_process_memory_fraction`) like an A100-80GB.
 `--run-layers N` keeps every layer's weights on the GPU but runs only the first N layers: every
 layer has the same shape, so the peak memory of a whole forward is measured (weights, one layer's
@@ -210,8 +213,18 @@ def interleave(calls: dict, rows: list[dict], device: str, rounds: int) -> None:
                        time_ratio_interleaved=medians[row["path"]] / medians[names[0]])
 
 
+def attending(model, name: str, call):
+    """`call`, with the model's attention function set to `name` first: paths of one process may differ in it."""
+    def run():
+        model.set_attn_implementation(name)
+        return call()
+
+    return run
+
+
 def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=True, warmup=True,
-            weights_gib=None, peak_report=False, profile=False, rounds=0, progress=None) -> list[dict]:
+            weights_gib=None, peak_report=False, profile=False, rounds=0, progress=None,
+            attn: str = "sdpa") -> list[dict]:
     """One row per path at this length: plain, default, then each variant; with `rounds`, timed again
     interleaved (`interleave`) before the rows are printed; with `progress` (a `LayerProgress`), each row keeps
     its last forward's `layers_done`."""
@@ -227,13 +240,14 @@ def compare(model, ids_bl, length, device, repeat, budget_gib, variants, plain=T
             torch.cuda.memory._record_memory_history(max_entries=200_000, stacks="python", clear_history=True)
         try:
             if chunk is None:  # plain, or plain2 (the A/A control)
-                call = lambda: plain_path(model, ids.to(device))  # noqa: E731
+                call = attending(model, "sdpa", lambda: plain_path(model, ids.to(device)))
                 row["seconds"], row["peak_gib"], ppl = measure(call, device, repeat, warmup)
             else:
                 fixed = length if chunk == "whole" else chunk
                 # the loop's values bound now: `interleave` calls it after the loop has moved on
-                call = lambda fixed=fixed, groups=groups, decided=decided, slices=slices: scored_path(  # noqa: E731
-                    model, ids, length, budget_gib, fixed, groups, decided, slices)
+                call = attending(model, attn, lambda fixed=fixed, groups=groups, decided=decided, slices=slices:
+                                 scored_path(model, ids, length, budget_gib, fixed, groups, decided, slices))
+                row["attn"] = attn
                 row["seconds"], row["peak_gib"], (ppl, why) = measure(call, device, repeat, warmup)
                 row.update(chunk_size=why["chunk_size"], head_groups=why["head_groups"], chunk_reason=why["reason"],
                            mlp_slices=why["mlp_slices"], chunking=why)
@@ -297,7 +311,16 @@ def main() -> None:
                         help="a line after each decoder layer (seconds, peak so far), kept in the row: long runs")
     parser.add_argument("--interleave", type=int, default=0, metavar="R",
                         help="R more rounds timing every path once each, the first path rotating: order effects")
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "flash4"],
+                        help="the attention function of every path but plain (flash4: ropelaw.flash4)")
     args = parser.parse_args()
+    attn = "sdpa"
+    if args.attn == "flash4":
+        from ropelaw import flash4
+
+        if flash4.missing():
+            parser.error(f"--attn flash4: {flash4.missing()}")
+        attn = flash4.register()
 
     model, device = random_llama(args.shape, TINY if args.tiny else None, args.cap_gib)
     lengths = args.tokens or ([1024, 4096] if args.tiny else [32768, 100000])
@@ -316,7 +339,7 @@ def main() -> None:
             for row in compare(model, ids_bl, length, device, args.repeat, args.budget_gib, args.variants,
                                plain=not args.no_plain, warmup=not args.no_warmup, weights_gib=weights_gib,
                                peak_report=args.peak_report and device == "cuda", profile=args.profile,
-                               rounds=args.interleave, progress=progress):
+                               rounds=args.interleave, progress=progress, attn=attn):
                 write_record(out_path("eval_vs_plain.jsonl"), {
                     "bench": "eval_vs_plain", **environment(), "shape": "tiny" if args.tiny else args.shape,
                     "weights": "random", "cap_gib": args.cap_gib, "run_layers": args.run_layers,

@@ -29,6 +29,7 @@
 #   bash bench/run_all.sh eval13    # 1 GPU: the default vs plain at 32K, 8 interleaved rounds and a profile (goal 1's last 0.3%)
 #   bash bench/run_all.sh eval4check  # 1 GPU: eval4's 131K check alone (head groups 8 and 4 vs the default, uncapped)
 #   bash bench/run_all.sh eval14      # 1 GPU: plain, the default, plain again at 32K, 16 interleaved rounds (A/A control)
+#   bash bench/run_all.sh flash4      # 1 GPU: FlashAttention-4's kernels (flash-attn-4; bench/flash4_site.sh) against SDPA's
 #   bash bench/run_all.sh passkeyrec  # 1 GPU: passkey without a KV cache (chunked forward x 8), 7B at 131K and 262K (~8 min)
 #   bash bench/run_all.sh passkeymem  # 1 GPU: passkey's peak memory by length, 7B and 13B under an 80 GiB cap (~3 min)
 #
@@ -37,7 +38,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12|eval13|eval14|passkeymem|passkeyrec}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12|eval13|eval14|flash4|flash4b|passkeymem|passkeyrec}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -198,6 +199,23 @@ eval14)
     # Predictions: bench/results/2026-12-03-session19/PREDICTIONS.md ("eval14").
     step 500 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 --repeat 2 --interleave 16 --variants plain
     ;;
+flash4)
+    # Issue 14 goal 1's floors: FlashAttention-4's CuTe kernels (package flash-attn-4, `ropelaw.flash4`) against
+    # SDPA (cuDNN's kernel on this H200), side by side: the kernels alone, then the compiled 7B at 100K each way,
+    # against the GEMM rate measured first. Needs flash-attn-4 importable (bench/flash4_site.sh unpack).
+    # Predictions: bench/results/2026-12-03-session20/PREDICTIONS.md.
+    step 60 python3 bench/ceilings.py
+    gemm=$(python3 -c "import json; print(json.loads(open('$OUT/ceilings.jsonl').readline())['gemm_bf16_tflops'])" 2>/dev/null || echo "")
+    floor=${gemm:+--gemm-tflops $gemm}
+    step 240 python3 bench/attention.py --backends cudnn fa4
+    step 150 python3 bench/eval_long.py --shape llama2-7b --tokens 100000 --repeat 3 --compile $floor
+    step 200 python3 bench/eval_long.py --shape llama2-7b --tokens 100000 --repeat 3 --compile --attn flash4 $floor
+    ;;
+flash4b)
+    # The default evaluation path with FlashAttention-4's kernels against plain transformers (SDPA), 32K and 100K,
+    # six interleaved rounds (plain with SDPA, the default with flash4). Predictions as flash4.
+    step 300 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 1 --interleave 6 --attn flash4
+    ;;
 passkeymem)
     # What passkey.lengths an 80 GB GPU allows (README, "Retrieval beside perplexity"): transformers' forward with
     # the whole KV cache, then 8 greedy tokens, under an A100-80GB's cap. Predictions:
@@ -330,7 +348,7 @@ train15)
         --variants plain:4:synced grad_in_forward_compiled:8:compiled:synced grad_in_forward_compiled:8:compiled
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check, eval12, eval13, eval14, passkeymem or passkeyrec" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check, eval12, eval13, eval14, flash4, flash4b, passkeymem or passkeyrec" >&2
     exit 2
     ;;
 esac
