@@ -1,7 +1,7 @@
 """FlashAttention-4's kernels (PyPI `flash-attn-4`: `flash_attn.cute`) as a transformers attention function.
 
     from ropelaw import flash4
-    model.set_attn_implementation(flash4.register())   # "ropelaw_flash4"
+    model.set_attn_implementation(flash4.register())   # "ropelaw_fa4"
 
 The kernels are CuTe-DSL programs compiled at first use for the GPU at hand (Hopper: FlashAttention-3's
 design; Blackwell: FlashAttention-4's), so the package is pure Python plus NVIDIA's CuTe-DSL wheels, no
@@ -15,7 +15,7 @@ projections, norms and MLP stay compiled).
 
 from __future__ import annotations
 
-NAME = "ropelaw_flash4"
+NAME = "ropelaw_fa4"  # no "flash" in it: transformers takes such names for its own flash integrations
 PACKAGE = "flash-attn-4"
 
 
