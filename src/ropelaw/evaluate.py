@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ropelaw import UserError, evaljournal, methods, provenance, rope
+from ropelaw import UserError, evaljournal, flash4, methods, provenance, rope
 from ropelaw.cells import TABLE_COLUMNS, Cell
 from ropelaw.evaljournal import Journal, journal_dir
 
@@ -37,15 +37,18 @@ def cell_method(cell: Cell) -> methods.MethodSpec:
     return cell.method_spec()
 
 
-def load_cell_model(model_dir, cell: dict, *, precision: str, attn_implementation: str):
-    """(model in eval mode on the GPU if any, inv_freq): every evaluation of a cell loads its model here."""
+def load_cell_model(model_dir, cell: dict, *, precision: str, attn_implementation: str, decoding: bool = False):
+    """(model in eval mode on the GPU if any, inv_freq): every evaluation of a cell loads its model here, with the
+    attention function `attn_implementation` resolves to (`ropelaw.flash4.resolve`; `decoding`: passkey's)."""
     import torch
 
+    from ropelaw import flash4
     from ropelaw.models import head_dim_of, load_causal_lm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    attention = flash4.resolve(attn_implementation, decoding=decoding)
     model, inv_freq = load_causal_lm(
-        model_dir, cell_method(cell), precision=precision, attn_implementation=attn_implementation, device=device
+        model_dir, cell_method(cell), precision=precision, attn_implementation=attention, device=device
     )
     if head_dim_of(model.config) != cell.head_dim:
         raise UserError(
@@ -155,6 +158,7 @@ def evaluate_cell_docs(model_dir, cell: dict, eval_dir, lengths, *, chunk_size, 
         mlp_slices=chunking["mlp_slices"],
         dtype=str(next(model.parameters()).dtype),
         attn_implementation=attn_implementation,
+        attention=model.config._attn_implementation,
         compiled=compile,
         inv_freq_sha256=rope.inv_freq_digest(inv_freq),
     )
@@ -188,7 +192,9 @@ def add_cell_arguments(parser) -> None:
     parser.add_argument("--cell-json", required=True, help="the cell as JSON (`ropelaw cell --configfile X PATH` prints it)")
     parser.add_argument("--batch-size", type=int, default=1, help="documents (or prompts) per forward")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    parser.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
+    parser.add_argument("--attn-implementation", default="auto", choices=list(flash4.CHOICES),
+                        help="auto: flash4 (FlashAttention-4's kernels, package flash-attn-4) on a Hopper GPU where it "
+                             "imports, else sdpa (`ropelaw.flash4`)")
     parser.add_argument("--out", required=True, help="output CSV (a .json sidecar is written beside it)")
 
 
@@ -238,6 +244,7 @@ def check_arguments(args) -> None:
     edges = getattr(args, "bucket_edges", None) or []
     if edges and (edges != sorted(set(edges)) or edges[0] < 0):
         raise UserError(f"--bucket-edges {edges}: use strictly increasing edges from 0 (evaluation.bucket_edges)")
+    flash4.resolve(args.attn_implementation, decoding=True)  # `flash4` where it cannot run: one line, nothing loaded
     provenance.check_out(args.out, "--out", "eval.csv")
 
 

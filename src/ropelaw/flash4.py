@@ -1,7 +1,14 @@
 """FlashAttention-4's kernels (PyPI `flash-attn-4`: `flash_attn.cute`) as a transformers attention function.
 
+    evaluation.attn_implementation: auto     # flash4 on a Hopper GPU where flash-attn-4 imports, else sdpa
+    evaluation.attn_implementation: flash4   # always (one line naming the key if it cannot run here)
+
     from ropelaw import flash4
     model.set_attn_implementation(flash4.register())   # "ropelaw_fa4"
+
+Why: on an H200 its forward ran the 7B's causal attention at 659 TFLOP/s against cuDNN's 601 (SDPA's choice
+there) at 100K, and SmolLM2's at 542 against 456 at 128K; the compiled 7B evaluation at 100K took 1.18x its FLOP
+floor against SDPA's 1.26x, and at 1M 1.17x against 1.58x (BENCHMARKS.md, "Twentieth session").
 
 The kernels are CuTe-DSL programs compiled at first use for the GPU at hand (Hopper: FlashAttention-3's
 design; Blackwell: FlashAttention-4's), so the package is pure Python plus NVIDIA's CuTe-DSL wheels, no
@@ -15,6 +22,9 @@ projections, norms and MLP stay compiled).
 
 from __future__ import annotations
 
+from ropelaw import UserError
+
+CHOICES = ("auto", "sdpa", "flash4", "flash_attention_2", "eager")  # evaluation.attn_implementation
 NAME = "ropelaw_fa4"  # no "flash" in it: transformers takes such names for its own flash integrations
 PACKAGE = "flash-attn-4"
 
@@ -35,16 +45,43 @@ def missing() -> str | None:
     return None
 
 
+def resolve(requested: str, key: str = "evaluation.attn_implementation", decoding: bool = False) -> str:
+    """The `attn_implementation` to load a model with for `requested` (one of CHOICES): `flash4` is NAME or one
+    `UserError` naming `key`; `auto` is NAME on a GPU of compute capability 9.x (Hopper, where it was measured)
+    where the package imports, else `sdpa`. With `decoding` (passkey's greedy answer through a KV cache, whose
+    one-query steps through these kernels were not measured) `auto` is `sdpa`. Called before the model loads."""
+    if requested not in CHOICES:
+        raise UserError(f"{key}: {requested!r} is not one of {', '.join(CHOICES)}")
+    if requested == "flash4":
+        why = missing()
+        if why:
+            raise UserError(f"{key} is flash4, but {why}; install {PACKAGE} (bench/flash4_site.sh carries it to a "
+                            "machine without network) or set it to auto or sdpa")
+        return register()
+    if requested != "auto":
+        return requested
+    if decoding or missing():
+        return "sdpa"
+    import torch
+
+    return register() if torch.cuda.get_device_capability()[0] == 9 else "sdpa"
+
+
+def kernel():
+    """The package's function: flash_attn_func(q, k, v, softmax_scale, causal) on [B, L, H, d] tensors."""
+    from flash_attn.cute import flash_attn_func
+
+    return flash_attn_func
+
+
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
               **kwargs):
     """transformers' attention interface: q [B, H, L, d], k and v [B, H_kv, S, d] -> ([B, L, H, d], None)."""
-    from flash_attn.cute import flash_attn_func
-
     if attention_mask is not None:
         raise ValueError(f"{NAME} takes no attention mask (unpadded causal rows only); load the model with sdpa")
     if dropout:
         raise ValueError(f"{NAME} has no dropout")
-    out, _ = flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+    out, _ = kernel()(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
                              softmax_scale=scaling, causal=True)
     return out, None
 

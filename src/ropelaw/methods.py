@@ -22,8 +22,8 @@ T is the model's pre-training length T_train, L the length of the current
 sequence, s a method's `factor`. Log-scaled attention multiplies the query at
 0-based position p by max(1, ln(p+1) / ln(T_ref)), T_ref being the cell's
 tuning length (`t_ref: tune_len`, the default), T_train, or a number; it is an
-`AttentionInterface` function wrapping the configured kernel (sdpa or
-flash_attention_2), so no model code is patched. Training-free methods'
+`AttentionInterface` function wrapping the configured kernel (sdpa,
+flash_attention_2 or flash4), so no model code is patched. Training-free methods'
 cells are `results/{model}/{method}/base{b0}_len{T_train}/`.
 
 A `methods:` entry whose name is not a built-in method is a variant: its `kind`
@@ -56,7 +56,7 @@ TRAINING_FREE = ("untuned", "linear", "ntk", "dynamic_ntk", "yarn", "logn")
 NAMES = ON_TUNED + TRAINING_FREE
 GRID_METHODS = tuple(name for name in NAMES if name != "untuned")  # untuned cells come from evaluation.include_untuned
 LOGN = ("logn", "base_logn")
-LOGN_KERNELS = ("sdpa", "flash_attention_2")
+LOGN_KERNELS = ("sdpa", "flash_attention_2", "ropelaw_fa4")  # the last: ropelaw.flash4.NAME
 KINDS = NAMES + ("split",)  # what a `methods:` variant's `kind` may be
 SPLIT_OPTIONS = {"k": None, "low_base": "orig", "high": "rotate"}  # k has no default
 SPLIT_HIGH = ("rotate", "frozen")
@@ -275,8 +275,8 @@ def attention_implementation(spec: MethodSpec, kernel: str) -> str:
         return kernel
     if kernel not in LOGN_KERNELS:
         raise UserError(
-            f"log-scaled attention (method {spec.name}) wraps {' or '.join(LOGN_KERNELS)}, not {kernel}; "
-            "set evaluation.attn_implementation to one of them"
+            f"log-scaled attention (method {spec.name}) wraps sdpa, flash4 or flash_attention_2, not {kernel}; "
+            "set evaluation.attn_implementation to one of them (or auto)"
         )
     register_logn_attention()
     return f"logn_{kernel}"
@@ -290,17 +290,19 @@ def logn_scale(position_ids, t_ref: int):
 
 
 def register_logn_attention() -> None:
-    """Register `logn_sdpa` and `logn_flash_attention_2` with transformers (idempotent)."""
+    """Register `logn_<kernel>` with transformers for each kernel of LOGN_KERNELS registered there (idempotent;
+    `ropelaw_fa4` once `ropelaw.flash4.register` has run), with the kernel's mask function where it has one."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     for kernel in LOGN_KERNELS:
         name = f"logn_{kernel}"
-        if name in ALL_ATTENTION_FUNCTIONS:
+        if name in ALL_ATTENTION_FUNCTIONS or kernel not in ALL_ATTENTION_FUNCTIONS:
             continue
         AttentionInterface.register(name, _logn_wrapper(ALL_ATTENTION_FUNCTIONS[kernel]))
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[kernel])
+        if kernel in ALL_MASK_ATTENTION_FUNCTIONS:
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[kernel])
 
 
 def _logn_wrapper(kernel):

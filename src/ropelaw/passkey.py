@@ -340,7 +340,8 @@ def run(args) -> None:
     tokenizer, tokenizer_identity = load_tokenizer(args.tokenizer)
     bos = bos_id(tokenizer, args.bos)
     prompts_by_length = all_prompts(tokenizer, docs, spec, bos)  # a length that cannot be built fails before the model loads
-    model, inv_freq = load_cell_model(args.model, cell, precision=args.precision, attn_implementation=args.attn_implementation)
+    model, inv_freq = load_cell_model(args.model, cell, precision=args.precision, attn_implementation=args.attn_implementation,
+                                      decoding=True)
     # Everything that decides the answers: what a resumed attempt must share with the one it resumes.
     identity = dict(
         kind="passkey",
@@ -356,6 +357,7 @@ def run(args) -> None:
         batch_size=args.batch_size,
         dtype=str(next(model.parameters()).dtype),
         attn_implementation=args.attn_implementation,
+        attention=model.config._attn_implementation,
         inv_freq_sha256=rope.inv_freq_digest(inv_freq),
     )
     out = Path(args.out)

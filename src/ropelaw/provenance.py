@@ -25,7 +25,7 @@ from ropelaw import UserError
 
 _LIBRARIES = (
     "ropelaw", "torch", "transformers", "accelerate", "tokenizers", "deepspeed",
-    "flash-attn", "numpy", "pandas", "snakemake", "gguf",
+    "flash-attn", "flash-attn-4", "nvidia-cutlass-dsl", "numpy", "pandas", "snakemake", "gguf",
 )
 
 
