@@ -79,6 +79,8 @@ SKIP = {
     "pip install torch": "installs packages",
     "pip install -e '.[deepspeed]'": "installs packages",
     "pip install flash-attn --no-build-isolation": "installs packages (CUDA)",
+    "pip install -e '.[flash4]'": "installs packages (GPU kernels)",
+    "bash bench/flash4_site.sh pack DIR": "downloads wheels (network) and packs them for a machine without network",
     "N=$(nvidia-smi -L | wc -l)": "needs a GPU",
     "snakemake --configfile config/<study>.yaml --cores 32 --resources gpu=$N --set-resources finetune:gpu=$N "
     "pretrain:gpu=$N evaluate:gpu=$N passkey:gpu=$N": "needs GPUs ($N from nvidia-smi)",
