@@ -72,6 +72,25 @@ def test_auto_is_flash4_on_hopper_where_the_package_imports(monkeypatch):
         assert flash4.resolve("flash4", decoding=True) == flash4.NAME  # asked for: used
 
 
+@pytest.mark.parametrize("broken, says", [
+    (lambda q, k, v, **kw: (torch.zeros_like(q), None), "differs from SDPA's by"),
+    (lambda q, k, v, **kw: (reference_flash_attn_func(q, k, v, **kw)[0].flip(1), None), "differs from SDPA's by"),
+    (lambda q, k, v, **kw: 1 / 0, "failed here (ZeroDivisionError"),
+])
+def test_a_kernel_that_fails_its_probe_is_not_used(monkeypatch, capsys, broken, says):
+    monkeypatch.setattr(flash4, "missing", lambda: None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(flash4, "kernel", lambda: reference_flash_attn_func)
+    assert flash4.probe(16) is None and flash4.resolve("auto", head_dim=16) == flash4.NAME
+    monkeypatch.setattr(flash4, "kernel", lambda: broken)
+    assert says in flash4.probe(16)
+    assert flash4.resolve("auto", head_dim=16) == "sdpa"  # auto falls back, and says why in one line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "auto runs SDPA" in err[0] and says in err[0], err
+    with pytest.raises(UserError, match="evaluation.attn_implementation is flash4, but its kernel"):
+        flash4.resolve("flash4", head_dim=16)
+
+
 @pytest.mark.skipif(flash4.missing() is None, reason="flash4 can run here")
 def test_flash4_where_it_cannot_run_is_one_line_naming_the_key():
     with pytest.raises(UserError) as err:

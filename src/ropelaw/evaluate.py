@@ -46,7 +46,7 @@ def load_cell_model(model_dir, cell: dict, *, precision: str, attn_implementatio
     from ropelaw.models import head_dim_of, load_causal_lm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    attention = flash4.resolve(attn_implementation, decoding=decoding)
+    attention = flash4.resolve(attn_implementation, decoding=decoding, head_dim=cell.head_dim or 128)
     model, inv_freq = load_causal_lm(
         model_dir, cell_method(cell), precision=precision, attn_implementation=attention, device=device
     )

@@ -1,6 +1,7 @@
 """FlashAttention-4's kernels (PyPI `flash-attn-4`: `flash_attn.cute`) as a transformers attention function.
 
-    evaluation.attn_implementation: auto     # flash4 on a Hopper GPU where flash-attn-4 imports, else sdpa
+    evaluation.attn_implementation: auto     # flash4 on a Hopper GPU where flash-attn-4 imports (and passes
+                                             # `probe` against SDPA), else sdpa
     evaluation.attn_implementation: flash4   # always (one line naming the key if it cannot run here)
 
     from ropelaw import flash4
@@ -21,6 +22,8 @@ projections, norms and MLP stay compiled).
 """
 
 from __future__ import annotations
+
+import sys
 
 from ropelaw import UserError
 
@@ -45,15 +48,38 @@ def missing() -> str | None:
     return None
 
 
-def resolve(requested: str, key: str = "evaluation.attn_implementation", decoding: bool = False) -> str:
+def probe(head_dim: int = 128) -> str | None:
+    """Why the kernel fails here (one line), or None: a causal attention of 256 positions x 4 heads of `head_dim`
+    (compiling the kernel of that head dim, some seconds the first time) against SDPA's, on the GPU if any."""
+    import torch
+    import torch.nn.functional as F
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 256, head_dim, generator=generator).to(device, dtype) for _ in range(3))
+    try:
+        got = attention(None, q, k, v, None)[0].transpose(1, 2).float()
+    except Exception as err:  # noqa: BLE001 - whatever the kernel raises, the answer is the same: not here
+        return f"its kernel failed here ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+    diff = (got - F.scaled_dot_product_attention(q, k, v, is_causal=True).float()).abs().max().item()
+    if not diff <= 0.02:  # bf16 outputs of unit-scale inputs: the two kernels differ by 0.004 at most (H200)
+        return f"its kernel's output differs from SDPA's by {diff:.3g} here"
+    return None
+
+
+def resolve(requested: str, key: str = "evaluation.attn_implementation", decoding: bool = False,
+            head_dim: int | None = None) -> str:
     """The `attn_implementation` to load a model with for `requested` (one of CHOICES): `flash4` is NAME or one
     `UserError` naming `key`; `auto` is NAME on a GPU of compute capability 9.x (Hopper, where it was measured)
     where the package imports, else `sdpa`. With `decoding` (passkey's greedy answer through a KV cache, whose
-    one-query steps through these kernels were not measured) `auto` is `sdpa`. Called before the model loads."""
+    one-query steps through these kernels were not measured) `auto` is `sdpa`. With `head_dim` (the model's),
+    the kernel must first pass `probe`: `auto` falls back to SDPA with a line on stderr, `flash4` stops.
+    Called before the model loads."""
     if requested not in CHOICES:
         raise UserError(f"{key}: {requested!r} is not one of {', '.join(CHOICES)}")
     if requested == "flash4":
-        why = missing()
+        why = missing() or (probe(head_dim) if head_dim else None)
         if why:
             raise UserError(f"{key} is flash4, but {why}; install {PACKAGE} (bench/flash4_site.sh carries it to a "
                             "machine without network) or set it to auto or sdpa")
@@ -64,7 +90,13 @@ def resolve(requested: str, key: str = "evaluation.attn_implementation", decodin
         return "sdpa"
     import torch
 
-    return register() if torch.cuda.get_device_capability()[0] == 9 else "sdpa"
+    if torch.cuda.get_device_capability()[0] != 9:
+        return "sdpa"
+    why = probe(head_dim) if head_dim else None
+    if why:
+        print(f"{key}: auto runs SDPA: FlashAttention-4 is installed, but {why}", file=sys.stderr, flush=True)
+        return "sdpa"
+    return register()
 
 
 def kernel():
