@@ -38,7 +38,7 @@
 # Results: JSON lines per benchmark and log.txt in $OUT (default bench/results/<part>-<time>/).
 # Each step has its own time limit; a failed step is logged and the next one runs.
 set -uo pipefail
-part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12|eval13|eval14|flash4|flash4b|flash4m|passkeymem|passkeyrec}
+part=${1:?usage: bash bench/run_all.sh eval|train|scaling|eval2|train2|eval3|train3|train4|eval4|eval5|eval9|eval10|eval11|train5|train6|train7|train8|train9|train10|train11|train12|train13|train14|train15|eval4check|eval12|eval13|eval14|flash4|flash4b|flash4d|flash4m|passkeymem|passkeyrec}
 OUT=${OUT:-bench/results/$part-$(date -u +%Y%m%dT%H%M%SZ)}
 export OUT PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # NVLink multicast (NVLS) off, as the shared machines these numbers come from require.
@@ -216,6 +216,12 @@ flash4b)
     # six interleaved rounds (plain with SDPA, the default with flash4). Predictions as flash4.
     step 300 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 32768 100000 --repeat 1 --interleave 6 --attn flash4
     ;;
+flash4d)
+    # Goal 1's first clause at the longest length where plain fits an H200 (262,144 tokens: plain 92.7 GiB):
+    # plain (SDPA) against the default with flash4, interleaved. Not yet run: predictions in
+    # bench/results/2026-12-03-session20/PREDICTIONS.md ("For the next session").
+    step 560 python3 bench/eval_vs_plain.py --shape llama2-7b --tokens 262144 --repeat 1 --interleave 3 --attn flash4
+    ;;
 flash4m)
     # Goal 1's last clause: the compiled 7B at 1,048,576 tokens with FlashAttention-4's kernels against its floor
     # (session 2: 607.5 s with cuDNN's, 1.58x). Longer than one device call: bench/background.sh start flash4m.
@@ -356,7 +362,7 @@ train15)
         --variants plain:4:synced grad_in_forward_compiled:8:compiled:synced grad_in_forward_compiled:8:compiled
     ;;
 *)
-    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check, eval12, eval13, eval14, flash4, flash4b, flash4m, passkeymem or passkeyrec" >&2
+    echo "unknown part '$part': eval, train, scaling, eval2, train2, eval3, train3, train4, eval4, eval5, eval9, eval10, eval11, train5, train6, train7, train8, train9, train10, train11, train12, train13, train14, train15, eval4check, eval12, eval13, eval14, flash4, flash4b, flash4d, flash4m, passkeymem or passkeyrec" >&2
     exit 2
     ;;
 esac
