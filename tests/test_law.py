@@ -221,3 +221,37 @@ def test_published_seed_studies_recompute(tmp_path, page, cells, outcome):
         assert_same_table(tmp_path / name, page / "law" / name)
     out = subprocess.run([sys.executable, str(page / "predictions.py")], capture_output=True, text=True, check=True).stdout
     assert re.findall(r"(hit|missed)$", out, flags=re.M) == outcome, out
+
+
+SMALL_PARTS = ["part_a", "part_b1", "part_b1x", "part_b2x", "part_c", "part_d2", "part_e"]
+
+
+@pytest.mark.parametrize("part", SMALL_PARTS)
+def test_published_small_study_parts_recompute(tmp_path, part):
+    """docs/results/smollm2_small/<part>/law: every law table (cells, fit, bootstrap, seeds, passkey) is what
+    `ropelaw law` computes from the part's published cells with config/smollm2_small.yaml's law block (the
+    segment rule, factor 1.5, 1000 replicates, seed 0), as the rule runs it; numbers to 1e-12 relative
+    (`assert_same_table`: the libraries' 16th-digit drift)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ropelaw.config import load_configs
+
+    law = load_configs([str(Path(__file__).resolve().parents[1] / "config/smollm2_small.yaml")])["law"]
+    page = Path(__file__).resolve().parents[1] / "docs/results/smollm2_small" / part
+    evals = sorted(str(p.relative_to(page)) for p in page.glob("cells/*/*/eval.csv"))
+    passkey = sorted(str(p.relative_to(page)) for p in page.glob("cells/*/*/passkey.csv"))
+    assert evals and passkey
+    names = ("cells", "fit", "bootstrap", "seeds", "passkey")
+    done = subprocess.run([sys.executable, "-m", "ropelaw.cli", "law", "--evals", *evals, "--passkey", *passkey,
+                           "--estimator", law["estimator"], "--factor", str(law["factor"]),
+                           "--bootstrap", str(law["bootstrap"]), "--bootstrap-seed", str(law["bootstrap_seed"]),
+                           *[arg for name in names for arg in (f"--out-{name}", str(tmp_path / f"{name}.csv"))]],
+                          cwd=page, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    published = [name for name in names if (page / "law" / f"{name}.csv").exists()]
+    # parts a and b published before `ropelaw law` wrote seeds.csv; every later part has all five
+    assert published == [name for name in names if name != "seeds" or part in ("part_c", "part_d2", "part_e")]
+    for name in published:
+        assert_same_table(tmp_path / f"{name}.csv", page / "law" / f"{name}.csv")
