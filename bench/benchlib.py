@@ -57,6 +57,17 @@ def llama_config(shape: str, layers: int | None = None, attn: str = "sdpa"):
                        attn_implementation=attn, use_cache=False)
 
 
+def attention_function(choice: str) -> str:
+    """The `attn_implementation` for a bench's --attn (sdpa, flash4), as `ropelaw evaluate` resolves it
+    (`ropelaw.flash4.resolve`): flash4 where it cannot run stops the script in one line."""
+    from ropelaw import UserError, flash4
+
+    try:
+        return flash4.resolve(choice, key="--attn")
+    except UserError as err:
+        raise SystemExit(str(err)) from None
+
+
 def random_llama(shape: str, tiny: dict | None = None, cap_gib: float | None = None, use_cache: bool = False):
     """(model, device): a LLaMA of `shape` (SHAPES) with random weights, bf16 on the GPU, in eval mode; with
     `tiny` (a spec like SHAPES' values), that shape in fp32 on the CPU. `cap_gib` caps the process's GPU

@@ -27,8 +27,8 @@ import torch
 
 import ropelaw.perplexity
 import benchlib
-from benchlib import (environment, forward_flops, gib, kernel_breakdown, llama_config, matmul_params, out_path,
-                      peak_flops, sdpa_context, write_record)
+from benchlib import (attention_function, environment, forward_flops, gib, kernel_breakdown, llama_config,
+                      matmul_params, out_path, peak_flops, sdpa_context, write_record)
 from ropelaw.models import compile_layers
 
 
@@ -48,12 +48,7 @@ def main() -> None:
 
     from transformers import LlamaForCausalLM
 
-    if args.attn == "flash4":
-        from ropelaw import flash4
-
-        if flash4.missing():
-            raise SystemExit(f"bench/eval_long.py: --attn flash4: {flash4.missing()}")
-    config = llama_config(args.shape, attn=flash4.register() if args.attn == "flash4" else "sdpa")
+    config = llama_config(args.shape, attn=attention_function(args.attn))
     torch.manual_seed(0)
     with torch.device(benchlib.DEVICE):
         model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).eval()

@@ -56,7 +56,7 @@ import time
 import numpy as np
 import torch
 
-from benchlib import SHAPES, environment, gib, kernel_breakdown, out_path, random_llama, write_record
+from benchlib import SHAPES, attention_function, environment, gib, kernel_breakdown, out_path, random_llama, write_record
 from ropelaw.chunking import choose_chunk
 from ropelaw.scoring import Scoring, layer_progress, score_window
 
@@ -314,13 +314,7 @@ def main() -> None:
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "flash4"],
                         help="the attention function of every path but plain (flash4: ropelaw.flash4)")
     args = parser.parse_args()
-    attn = "sdpa"
-    if args.attn == "flash4":
-        from ropelaw import flash4
-
-        if flash4.missing():
-            parser.error(f"--attn flash4: {flash4.missing()}")
-        attn = flash4.register()
+    attn = attention_function(args.attn)
 
     model, device = random_llama(args.shape, TINY if args.tiny else None, args.cap_gib)
     lengths = args.tokens or ([1024, 4096] if args.tiny else [32768, 100000])

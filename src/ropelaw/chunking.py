@@ -61,7 +61,8 @@ MLP_SLICES = (1,)
 GIB = 2**30
 
 
-def _shape(model) -> dict[str, int]:
+def model_shape(model) -> dict[str, int]:
+    """The sizes the memory reckonings read: d, vocab, inter (the MLP's), heads, kv_heads, head_dim."""
     config = model.config
     d = config.hidden_size
     heads = config.num_attention_heads
@@ -80,7 +81,7 @@ def _held(s: dict[str, int]) -> int:
 
 def memory_costs(model, length: int, batch: int, head_groups: int = 1) -> dict[str, tuple[int, int]]:
     """{phase: (bytes of its whole-sequence tensors, bytes per chunk position)} of one evaluation forward."""
-    s = _shape(model)
+    s = model_shape(model)
     e = next(model.parameters()).element_size()
     d, heads, kv_heads, head_dim = s["d"], s["heads"], s["kv_heads"], s["head_dim"]
     qkv = (heads + 2 * kv_heads) * head_dim
@@ -110,7 +111,7 @@ def whole_row_mlp_bytes(model, length: int, batch: int, slices: int) -> int:
     buffer where the down projection is summed over slices (> 1; with one it overwrites its input), and two
     [B, L, I/slices] tensors alive at once (the gate's product and its activation, then the activation and the
     up projection's product)."""
-    s = _shape(model)
+    s = model_shape(model)
     e = next(model.parameters()).element_size()
     d = s["d"]
     out = d if slices > 1 else 0

@@ -186,13 +186,13 @@ def cached_peak_bytes(model, length: int, batch: int) -> int:
     positions x KV heads x head_dim) and the forward's own activations, ACTIVATION_BYTES per position per unit of
     the MLP's intermediate size (measured: BENCHMARKS.md, nineteenth session, passkeymem: 9.0-9.3 bytes for a 7B
     and 13B shape in bf16, at 32K to 96K tokens)."""
-    config, element = model.config, next(model.parameters()).element_size()
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    from ropelaw.chunking import model_shape
+
+    shape, element = model_shape(model), next(model.parameters()).element_size()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     positions = length * batch
-    kv = 2 * config.num_hidden_layers * positions * kv_heads * head_dim * element
-    return weights + kv + int(ACTIVATION_BYTES * element / 2 * config.intermediate_size * positions)
+    kv = 2 * model.config.num_hidden_layers * positions * shape["kv_heads"] * shape["head_dim"] * element
+    return weights + kv + int(ACTIVATION_BYTES * element / 2 * shape["inter"] * positions)
 
 
 def choose_decoding(model, length: int, batch: int, budget_gib: float | None = None) -> dict:
