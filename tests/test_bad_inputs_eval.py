@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from evalkit import cell_json, make_kit
 
+from ropelaw import flash4
 from ropelaw.cli import main
 
 SPEC = {"lengths": [96], "depths": [0.5], "trials": 1, "seed": 1, "key_digits": 5, "prefix": "",
@@ -77,6 +78,9 @@ CASES = [  # (command, changes to the good arguments, what the one line must nam
     ("passkey", {"--spec": "{not json"}, "--spec"),
     ("passkey", {"--tokenizer": "{bad}/missing"}, "tokenizer"),
 ]
+if flash4.missing():  # FlashAttention-4's kernels asked for where they cannot run (any machine without a GPU)
+    CASES += [(command, {"--attn-implementation": "flash4"}, "evaluation.attn_implementation is flash4")
+              for command in ("evaluate", "passkey")]
 
 
 @pytest.mark.parametrize("command, changes, named", CASES, ids=[f"{c}_{'_'.join(k.strip('-').replace('-', '_') for k in v)}{i}" for i, (c, v, _) in enumerate(CASES)])
